@@ -1,0 +1,47 @@
+package discovery
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Key layout, all under Prefix (default "/pubmesh"):
+//
+//	<prefix>/<cluster>/nodes/<node-id>            Node JSON, under the agent's lease
+//	<prefix>/<cluster>/drain/<node-id>            drain request, under a 10 min lease
+//	<prefix>/<cluster>/clients/<client-id>        ClientInfo JSON, under the client's lease
+//	<prefix>/<cluster>/acks/<node-id>/<client-id> Ack JSON, under the client's lease
+//
+// A node that is gone has no key under nodes/.
+
+// DefaultPrefix is the root of every pubmesh key in etcd.
+const DefaultPrefix = "/pubmesh"
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
+
+// ValidID reports whether id can name a node, a client or a cluster: 1 to 128
+// characters of letters, digits, '.', '_', ':' and '-', not starting with a
+// punctuation mark. Slashes are refused because they would change the key
+// layout.
+func ValidID(id string) error {
+	if !idPattern.MatchString(id) {
+		return fmt.Errorf("discovery: invalid id %q: want 1-128 of [A-Za-z0-9._:-], starting with a letter or digit", id)
+	}
+	return nil
+}
+
+type keys struct{ root string } // root is "<prefix>/<cluster>/"
+
+func newKeys(prefix, cluster string) keys {
+	return keys{root: strings.TrimSuffix(prefix, "/") + "/" + cluster + "/"}
+}
+
+func (k keys) nodes() string              { return k.root + "nodes/" }
+func (k keys) node(id string) string      { return k.nodes() + id }
+func (k keys) drains() string             { return k.root + "drain/" }
+func (k keys) drain(id string) string     { return k.drains() + id }
+func (k keys) clients() string            { return k.root + "clients/" }
+func (k keys) client(id string) string    { return k.clients() + id }
+func (k keys) acks(node string) string    { return k.root + "acks/" + node + "/" }
+func (k keys) ack(node, cl string) string { return k.acks(node) + cl }
