@@ -86,85 +86,39 @@ type RegisterOptions struct {
 // Close or until the lease is lost (see Registration.Done). It fails with
 // ErrNodeExists if a live node already has the id.
 func (r *Registry) Register(ctx context.Context, node Node, opts RegisterOptions) (*Registration, error) {
-	if opts.TTL == 0 {
-		opts.TTL = 5 * time.Second
-	}
 	if err := node.Validate(); err != nil {
 		return nil, err
 	}
-	secs := int64(opts.TTL / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
-	lease, err := r.cli.Grant(ctx, secs)
+	lease, err := grantLease(ctx, r.cli, opts.TTL, r.cfg.Logger)
 	if err != nil {
-		return nil, fmt.Errorf("discovery: register %s: grant lease: %w", node.ID, err)
+		return nil, fmt.Errorf("discovery: register %s: %w", node.ID, err)
 	}
 	key := r.keys.node(node.ID)
 	val, _ := json.Marshal(node)
 	txn, err := r.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease.ID))).
+		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease.ID()))).
 		Commit()
 	if err == nil && !txn.Succeeded {
 		err = ErrNodeExists
 	}
 	if err != nil {
-		rctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		r.cli.Revoke(rctx, lease.ID)
-		cancel()
+		lease.Close(ctx)
 		return nil, fmt.Errorf("discovery: register %s: %w", node.ID, err)
 	}
-	kctx, kcancel := context.WithCancel(context.Background())
-	ka, err := r.cli.KeepAlive(kctx, lease.ID)
-	if err != nil {
-		kcancel()
-		return nil, fmt.Errorf("discovery: register %s: keep alive: %w", node.ID, err)
-	}
-	reg := &Registration{r: r, key: key, lease: lease.ID, ttl: opts.TTL, node: node, cancel: kcancel, done: make(chan struct{})}
-	go reg.keepAlive(ka)
-	return reg, nil
+	return &Registration{Lease: lease, r: r, key: key, node: node}, nil
 }
 
 // Registration is one node's key under its lease. It is safe for concurrent
 // use. Like concurrency.Session: Done fires when the lease is lost, and Close
-// revokes it.
+// revokes it, which deletes the key.
 type Registration struct {
-	r      *Registry
-	key    string
-	lease  clientv3.LeaseID
-	ttl    time.Duration
-	cancel context.CancelFunc // stops the keep-alive
+	*Lease
+	r   *Registry
+	key string
 
-	mu   sync.Mutex // guards node, err
+	mu   sync.Mutex // guards node
 	node Node
-	err  error
-
-	done      chan struct{} // closed by keepAlive when the lease is lost or closed
-	closeOnce sync.Once
-}
-
-func (g *Registration) keepAlive(ka <-chan *clientv3.LeaseKeepAliveResponse) {
-	defer close(g.done)
-	for range ka {
-	}
-	g.mu.Lock()
-	if g.err == nil {
-		g.err = fmt.Errorf("discovery: node %s: lease lost", g.node.ID)
-	}
-	g.mu.Unlock()
-}
-
-// Done is closed when the lease is lost (not renewed within its TTL, for
-// example while etcd was unreachable) or after Close. The key is then gone
-// or about to go; register again to come back.
-func (g *Registration) Done() <-chan struct{} { return g.done }
-
-// Err says why Done closed.
-func (g *Registration) Err() error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.err
 }
 
 // Node is the value as last written.
@@ -173,9 +127,6 @@ func (g *Registration) Node() Node {
 	defer g.mu.Unlock()
 	return g.node
 }
-
-// Lease is the registration's lease id.
-func (g *Registration) Lease() clientv3.LeaseID { return g.lease }
 
 // SetState writes a new state. It fails if the lease is gone.
 func (g *Registration) SetState(ctx context.Context, s State) error {
@@ -194,38 +145,17 @@ func (g *Registration) Update(ctx context.Context, fn func(*Node)) error {
 	}
 	val, _ := json.Marshal(n)
 	txn, err := g.r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.LeaseValue(g.key), "=", g.lease)).
-		Then(clientv3.OpPut(g.key, string(val), clientv3.WithLease(g.lease))).
+		If(clientv3.Compare(clientv3.LeaseValue(g.key), "=", g.ID())).
+		Then(clientv3.OpPut(g.key, string(val), clientv3.WithLease(g.ID()))).
 		Commit()
 	if err != nil {
 		return fmt.Errorf("discovery: update %s: %w", n.ID, err)
 	}
 	if !txn.Succeeded {
-		return fmt.Errorf("discovery: update %s: lease lost", n.ID)
+		return fmt.Errorf("discovery: update %s: %w", n.ID, ErrLeaseLost)
 	}
 	g.mu.Lock()
 	g.node = n
 	g.mu.Unlock()
 	return nil
-}
-
-// Close revokes the lease, which deletes the key at once. If etcd does not
-// answer within the TTL, the lease expires by itself anyway. Safe to call
-// more than once.
-func (g *Registration) Close(ctx context.Context) error {
-	var err error
-	g.closeOnce.Do(func() {
-		g.mu.Lock()
-		if g.err == nil {
-			g.err = fmt.Errorf("discovery: node %s: closed", g.node.ID)
-		}
-		g.mu.Unlock()
-		g.cancel()
-		rctx, cancel := context.WithTimeout(ctx, g.ttl)
-		defer cancel()
-		if _, rerr := g.r.cli.Revoke(rctx, g.lease); rerr != nil {
-			err = fmt.Errorf("discovery: deregister %s: %w", g.node.ID, rerr)
-		}
-	})
-	return err
 }

@@ -1,0 +1,167 @@
+package discovery
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ClientInfo is the value at <prefix>/<cluster>/clients/<id>: a fanout client
+// that node agents wait for during joins and drains.
+type ClientInfo struct {
+	ID        string    `json:"id"`
+	Host      string    `json:"host,omitempty"`
+	PID       int       `json:"pid,omitempty"`
+	StartedAt time.Time `json:"started_at"`
+	Version   string    `json:"version"`
+}
+
+// AckState is what a client acknowledges about a node.
+type AckState string
+
+const (
+	// AckSubscribed: the client's subscriptions are confirmed on the node
+	// (every SUBSCRIBE answered), so the node may take publishes.
+	AckSubscribed AckState = "subscribed"
+	// AckReleased: the client no longer publishes to the node and has no
+	// publish in flight there, so the node may leave once Redis has flushed
+	// its output buffers.
+	AckReleased AckState = "released"
+)
+
+// Ack is the value at <prefix>/<cluster>/acks/<node-id>/<client-id>.
+type Ack struct {
+	// RunID of the node the ack is about: an ack for an earlier run of a
+	// restarted node does not count.
+	RunID string    `json:"run_id"`
+	State AckState  `json:"state"`
+	At    time.Time `json:"at"`
+}
+
+// ClientRegistration is a fanout client's presence under its lease. Its acks
+// are written under the same lease, so they vanish with the client.
+type ClientRegistration struct {
+	*Lease
+	r    *Registry
+	info ClientInfo
+}
+
+// RegisterClient announces a fanout client. From then on, joins and drains
+// of nodes wait for its acks (up to their timeout).
+func (r *Registry) RegisterClient(ctx context.Context, info ClientInfo, ttl time.Duration) (*ClientRegistration, error) {
+	if err := ValidID(info.ID); err != nil {
+		return nil, err
+	}
+	lease, err := grantLease(ctx, r.cli, ttl, r.cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("discovery: register client %s: %w", info.ID, err)
+	}
+	val, _ := json.Marshal(info)
+	if _, err := r.cli.Put(ctx, r.keys.client(info.ID), string(val), clientv3.WithLease(lease.ID())); err != nil {
+		lease.Close(ctx)
+		return nil, fmt.Errorf("discovery: register client %s: %w", info.ID, err)
+	}
+	return &ClientRegistration{Lease: lease, r: r, info: info}, nil
+}
+
+// Ack records what the client confirms about node nodeID.
+func (c *ClientRegistration) Ack(ctx context.Context, nodeID string, a Ack) error {
+	if a.At.IsZero() {
+		a.At = time.Now().UTC()
+	}
+	val, _ := json.Marshal(a)
+	if _, err := c.r.cli.Put(ctx, c.r.keys.ack(nodeID, c.info.ID), string(val), clientv3.WithLease(c.ID())); err != nil {
+		return fmt.Errorf("discovery: ack %s %s: %w", nodeID, a.State, err)
+	}
+	return nil
+}
+
+// Clients lists the registered fanout clients.
+func (r *Registry) Clients(ctx context.Context) ([]ClientInfo, error) {
+	resp, err := r.cli.Get(ctx, r.keys.clients(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("discovery: list clients: %w", err)
+	}
+	out := make([]ClientInfo, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var ci ClientInfo
+		if json.Unmarshal(kv.Value, &ci) != nil {
+			ci.ID = strings.TrimPrefix(string(kv.Key), r.keys.clients())
+		}
+		out = append(out, ci)
+	}
+	return out, nil
+}
+
+// PendingAcks returns the ids of registered clients that have not yet
+// acknowledged state want for this run of node, and the revision read.
+func (r *Registry) PendingAcks(ctx context.Context, node Node, want AckState) ([]string, int64, error) {
+	resp, err := r.cli.Txn(ctx).Then(
+		clientv3.OpGet(r.keys.clients(), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+		clientv3.OpGet(r.keys.acks(node.ID), clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return nil, 0, fmt.Errorf("discovery: acks for %s: %w", node.ID, err)
+	}
+	acked := map[string]bool{}
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		var a Ack
+		if json.Unmarshal(kv.Value, &a) == nil && a.RunID == node.RunID && a.State == want {
+			acked[strings.TrimPrefix(string(kv.Key), r.keys.acks(node.ID))] = true
+		}
+	}
+	var pending []string
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+		id := strings.TrimPrefix(string(kv.Key), r.keys.clients())
+		if !acked[id] {
+			pending = append(pending, id)
+		}
+	}
+	sort.Strings(pending)
+	return pending, resp.Header.Revision, nil
+}
+
+// WaitAcks blocks until every registered client has acknowledged state want
+// for this run of node. Clients that register meanwhile are waited for
+// too; clients that vanish are not. When ctx ends first it returns the
+// clients still pending with the context's error, so the caller can log who
+// did not answer.
+func (r *Registry) WaitAcks(ctx context.Context, node Node, want AckState) ([]string, error) {
+	for {
+		pending, rev, err := r.PendingAcks(ctx, node, want)
+		if err == nil && len(pending) == 0 {
+			return nil, nil
+		}
+		if ctx.Err() != nil {
+			return pending, ctx.Err()
+		}
+		if err != nil {
+			sleep(ctx, 200*time.Millisecond)
+			continue
+		}
+		// Wait for any change to clients or to this node's acks.
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		cw := r.cli.Watch(wctx, r.keys.clients(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		aw := r.cli.Watch(wctx, r.keys.acks(node.ID), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		select {
+		case <-cw:
+		case <-aw:
+		case <-ctx.Done():
+		case <-time.After(2 * time.Second): // a broken watch must not stall the wait
+		}
+		cancel()
+	}
+}
+
+// ClearAcks deletes every ack about node id, once the node has left.
+func (r *Registry) ClearAcks(ctx context.Context, id string) error {
+	if _, err := r.cli.Delete(ctx, r.keys.acks(id), clientv3.WithPrefix()); err != nil {
+		return fmt.Errorf("discovery: clear acks %s: %w", id, err)
+	}
+	return nil
+}
