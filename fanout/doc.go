@@ -1,0 +1,35 @@
+// Package fanout is the client that every service instance embeds to use a
+// pubmesh cluster: independent Redis nodes registered in etcd.
+//
+// A Client watches the cluster's nodes in etcd, keeps a connection to every
+// live node, subscribes every channel and pattern on all of them, and
+// publishes each message to exactly one node: the channel's home, chosen by
+// rendezvous hashing over the ready nodes (two nodes with Replicas: 2). So
+// each subscriber receives every message, and each message costs one node's
+// work however many nodes there are.
+//
+//	c, err := fanout.New(ctx, fanout.Config{Etcd: discovery.EtcdConfig{Endpoints: eps}})
+//	sub, err := c.Subscribe(ctx, "orders.eu")
+//	err = c.Publish(ctx, "orders.eu", []byte("hello"))
+//	for m := range sub.Messages() { ... }
+//
+// Semantics:
+//   - A subscriber receives each message published after Subscribe returned
+//     once: message ids (the envelope) drop duplicates within
+//     Config.DedupWindow.
+//   - Messages of one publisher on one channel arrive in publish order;
+//     while the home node of a channel moves, a message that overtakes its
+//     predecessor is held up to Config.ReorderWindow.
+//   - Joins and drains lose nothing: the client acks a joining node only
+//     once subscribed there (the node takes publishes only after every
+//     client acked), and acks a draining node once nothing is in flight to
+//     it (the node leaves only after every client acked).
+//   - A node crash loses what was in flight on it; with Replicas: 2, nothing.
+//   - Each Subscription's buffer is bounded (Config.SubscriptionBuffer); on
+//     overflow the oldest message is dropped and counted (DropOldest), or
+//     delivery waits (Block).
+//
+// Client and Subscription are safe for concurrent use. Close on either can
+// be called twice; later calls return ErrClosed. See docs/wire-format.md for
+// what travels over Redis.
+package fanout

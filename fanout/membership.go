@@ -1,0 +1,190 @@
+package fanout
+
+import (
+	"context"
+	"os"
+	"time"
+
+	"github.com/pubmesh/pubmesh/discovery"
+	"github.com/pubmesh/pubmesh/internal/version"
+)
+
+// register announces the client in etcd under its own lease.
+func (c *Client) register(ctx context.Context) error {
+	host, _ := os.Hostname()
+	p, err := c.reg.RegisterClient(ctx, discovery.ClientInfo{
+		ID: c.cfg.ID, Host: host, PID: os.Getpid(), StartedAt: time.Now().UTC(), Version: version.Version,
+	}, c.cfg.LeaseTTL)
+	if err != nil {
+		return err
+	}
+	c.presence.Store(p)
+	return nil
+}
+
+// keepPresence registers the client again if etcd confirms its lease is
+// gone (a long etcd outage), and then acks everything again.
+func (c *Client) keepPresence() {
+	defer c.wg.Done()
+	for {
+		p := c.presence.Load()
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-p.Done():
+		}
+		c.log.Warn("fanout: client lease lost, registering again", "err", p.Err())
+		for c.ctx.Err() == nil {
+			ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+			err := c.register(ctx)
+			cancel()
+			if err == nil {
+				break
+			}
+			sleep(c.ctx, time.Second)
+		}
+		for _, nc := range c.conns() {
+			nc.acked.Store("")
+		}
+		c.membershipChanged()
+	}
+}
+
+// membershipChanged asks the membership loop to look at acks again.
+func (c *Client) membershipChanged() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// follow applies every snapshot until the client closes.
+func (c *Client) follow(snaps <-chan discovery.Snapshot) {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case s, ok := <-snaps:
+			if !ok {
+				return
+			}
+			c.apply(s)
+		case <-c.kick:
+			c.connMu.Lock()
+			s := c.snap
+			c.connMu.Unlock()
+			c.apply(s)
+		}
+	}
+}
+
+// apply makes the connections match snapshot s, rebuilds the ready set and
+// sends the acks the snapshot calls for.
+func (c *Client) apply(s discovery.Snapshot) {
+	c.connMu.Lock()
+	defer c.connMu.Unlock()
+	c.snap = s
+	live := make(map[string]bool, len(s.Nodes))
+	for _, n := range s.Nodes {
+		live[n.ID] = true
+		nc := c.nodes[n.ID]
+		if nc != nil && (nc.node.RunID != n.RunID || nc.node.Addr != n.Addr) {
+			c.retire(nc) // a new run of the node: start afresh
+			nc = nil
+		}
+		if nc == nil {
+			nc = newNodeConn(c, n)
+			c.nodes[n.ID] = nc
+			go nc.start()
+		}
+		nc.state.Store(n.State)
+	}
+	if !s.Stale { // an outage says nothing about the nodes: keep them
+		for id, nc := range c.nodes {
+			if !live[id] {
+				c.retire(nc)
+			}
+		}
+	}
+	rs := &readySet{}
+	counts := map[discovery.State]float64{}
+	for _, n := range s.Nodes {
+		counts[n.State]++
+		if nc := c.nodes[n.ID]; n.State == discovery.StateReady && nc != nil {
+			rs.conns = append(rs.conns, nc)
+			rs.seeds = append(rs.seeds, nc.seed)
+		}
+	}
+	for _, st := range []discovery.State{discovery.StateJoining, discovery.StateReady, discovery.StateDraining} {
+		c.m.nodes.WithLabelValues(string(st)).Set(counts[st])
+	}
+	c.ready.Store(rs)
+	close(c.readyC)
+	c.readyC = make(chan struct{})
+	for _, nc := range c.nodes {
+		c.ackIfDue(nc)
+	}
+}
+
+// retire removes nc (called under connMu) and closes it after RemoveGrace,
+// so messages still in flight from the node are read.
+func (c *Client) retire(nc *nodeConn) {
+	delete(c.nodes, nc.node.ID)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		nc.release(context.Background())
+		grace := c.cfg.RemoveGrace
+		if c.ctx.Err() != nil {
+			grace = 0
+		}
+		nc.close(grace)
+	}()
+}
+
+// ackIfDue writes the ack a node's state calls for, once per state and run:
+// subscribed for a joining or ready node once our subscriptions there are
+// confirmed; released for a draining node once nothing is in flight to it.
+func (c *Client) ackIfDue(nc *nodeConn) {
+	p := c.presence.Load()
+	st := nc.getState()
+	want := discovery.AckSubscribed
+	if st == discovery.StateDraining {
+		want = discovery.AckReleased
+	}
+	tag := string(want) + "/" + nc.node.RunID
+	if nc.acked.Load().(string) == tag {
+		return
+	}
+	if want == discovery.AckSubscribed {
+		select {
+		case <-nc.subscribed:
+		default:
+			return // start() kicks us again once subscribed
+		}
+	}
+	nc.acked.Store(tag)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if want == discovery.AckReleased {
+			if err := nc.release(c.ctx); err != nil {
+				return
+			}
+		}
+		for attempt := 0; c.ctx.Err() == nil; attempt++ {
+			ctx, cancel := context.WithTimeout(c.ctx, 2*time.Second)
+			err := p.Ack(ctx, nc.node.ID, discovery.Ack{RunID: nc.node.RunID, State: want})
+			cancel()
+			if err == nil {
+				return
+			}
+			c.m.ackTimeouts.Inc()
+			if attempt == 0 {
+				c.log.Warn("fanout: ack failed, retrying", "node", nc, "state", want, "err", err)
+			}
+			sleep(c.ctx, 250*time.Millisecond)
+		}
+	}()
+}

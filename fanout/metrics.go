@@ -1,0 +1,50 @@
+package fanout
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are always counted; they are registered only when
+// Config.Registerer is set.
+type metrics struct {
+	publishes      prometheus.Counter
+	publishErrors  prometheus.Counter
+	retries        prometheus.Counter
+	deliveries     prometheus.Counter
+	duplicates     prometheus.Counter
+	overflowDrops  prometheus.Counter
+	reordered      prometheus.Counter
+	outOfOrder     prometheus.Counter
+	gaps           prometheus.Counter
+	reconnects     prometheus.Counter
+	ackTimeouts    prometheus.Counter
+	nodes          *prometheus.GaugeVec
+	publishLatency prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	c := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: name, Help: help})
+	}
+	m := &metrics{
+		publishes:     c("publishes_total", "Messages accepted by at least one node."),
+		publishErrors: c("publish_errors_total", "Publish calls that returned an error."),
+		retries:       c("publish_retries_total", "Publish attempts retried on another node after a failure."),
+		deliveries:    c("deliveries_total", "Messages handed to subscriptions."),
+		duplicates:    c("duplicates_dropped_total", "Messages dropped because their id was already delivered."),
+		overflowDrops: c("overflow_drops_total", "Messages dropped from full subscription buffers (DropOldest)."),
+		reordered:     c("reorder_holds_total", "Messages held back because they overtook an earlier message of the same publisher and channel."),
+		outOfOrder:    c("out_of_order_total", "Messages delivered after a later message of the same publisher and channel."),
+		gaps:          c("reorder_gaps_total", "Held messages released after ReorderWindow because their predecessor never came."),
+		reconnects:    c("reconnects_total", "Subscription connections to nodes that broke and were re-established."),
+		ackTimeouts:   c("ack_errors_total", "Acks to etcd that failed."),
+		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "nodes",
+			Help: "Live nodes known to the client, by state."}, []string{"state"}),
+		publishLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "pubmesh", Subsystem: "fanout",
+			Name: "publish_seconds", Help: "Time from Publish to acceptance by the node(s).",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16)}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.publishes, m.publishErrors, m.retries, m.deliveries, m.duplicates, m.overflowDrops,
+			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.nodes, m.publishLatency)
+	}
+	return m
+}

@@ -1,0 +1,343 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pubmesh/pubmesh/discovery"
+)
+
+var errNodeGone = errors.New("fanout: node left")
+
+// pubReq is one publish waiting for one node.
+type pubReq struct {
+	channel string
+	data    []byte
+	node    *nodeConn
+	done    chan<- pubResult // buffered by the caller
+}
+
+type pubResult struct {
+	node *nodeConn
+	err  error
+}
+
+// nodeConn is the client's link to one run of one node: PublishConns
+// pipelined publishers fed by a bounded queue, and one subscription
+// connection that carries every channel and pattern of the client.
+type nodeConn struct {
+	c    *Client
+	node discovery.Node // id, addr and run id are fixed for the conn's life
+	seed uint64
+	rdb  *redis.Client
+	ps   *redis.PubSub
+
+	state atomic.Value // discovery.State, updated from snapshots
+
+	// pubMu guards pubClosed and the inflight count against the drain path:
+	// once pubClosed is set no new request is queued.
+	pubMu     sync.Mutex
+	pubClosed bool
+	inflight  sync.WaitGroup
+	queue     chan *pubReq
+
+	suspectUntil atomic.Int64 // unix nanos
+
+	// subMu serialises SUBSCRIBE/UNSUBSCRIBE traffic on ps.
+	subMu      sync.Mutex
+	fenceMu    sync.Mutex // guards fences, fenceSeq
+	fences     map[string]chan struct{}
+	fenceSeq   uint64
+	subscribed chan struct{} // closed once the first subscription set is confirmed
+
+	acked atomic.Value // string: "<state>/<run id>" last acked, to ack once
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // publishers and receiver
+}
+
+func newNodeConn(c *Client, n discovery.Node) *nodeConn {
+	opt := &redis.Options{
+		Addr:            n.Addr,
+		Username:        c.cfg.Username,
+		Password:        c.cfg.Password,
+		DialTimeout:     c.cfg.DialTimeout,
+		ReadTimeout:     c.cfg.PublishTimeout,
+		WriteTimeout:    c.cfg.PublishTimeout,
+		PoolSize:        c.cfg.PublishConns + 2,
+		MaxRetries:      -1, // the client retries on another node instead
+		DisableIdentity: true,
+	}
+	if n.TLS && c.cfg.TLS != nil {
+		opt.TLSConfig = c.cfg.TLS.Clone()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	nc := &nodeConn{
+		c: c, node: n, seed: nodeSeed(n.ID), rdb: redis.NewClient(opt),
+		queue: make(chan *pubReq, c.cfg.PublishQueue), fences: map[string]chan struct{}{},
+		subscribed: make(chan struct{}), ctx: ctx, cancel: cancel,
+	}
+	nc.ps = nc.rdb.Subscribe(ctx) // connects lazily, on the first command
+	nc.state.Store(n.State)
+	nc.acked.Store("")
+	return nc
+}
+
+func (nc *nodeConn) String() string { return nc.node.ID + "@" + nc.node.Addr }
+
+func (nc *nodeConn) getState() discovery.State { return nc.state.Load().(discovery.State) }
+
+func (nc *nodeConn) suspect() bool { return time.Now().UnixNano() < nc.suspectUntil.Load() }
+
+func (nc *nodeConn) markSuspect() {
+	nc.suspectUntil.Store(time.Now().Add(nc.c.cfg.SuspectFor).UnixNano())
+}
+
+// start runs the publishers and the receiver, then subscribes the client's
+// current channels and patterns and waits for the fence that confirms them.
+func (nc *nodeConn) start() {
+	for range nc.c.cfg.PublishConns {
+		nc.wg.Add(1)
+		go nc.publisher()
+	}
+	nc.wg.Add(1)
+	go nc.receive()
+	for attempt := 0; nc.ctx.Err() == nil; attempt++ {
+		chans, pats := nc.c.subs.names()
+		if err := nc.subscribe(nc.ctx, chans, pats); err == nil {
+			close(nc.subscribed)
+			nc.c.membershipChanged()
+			return
+		} else if attempt%20 == 0 {
+			nc.c.log.Warn("fanout: cannot subscribe on node, retrying", "node", nc, "err", err)
+		}
+		sleep(nc.ctx, min(time.Duration(attempt+1)*50*time.Millisecond, time.Second))
+	}
+}
+
+// subscribe sends SUBSCRIBE/PSUBSCRIBE for the names, then a PING fence,
+// and returns once the fence's PONG came back: Redis answers in order, so
+// every subscription before it is in place.
+func (nc *nodeConn) subscribe(ctx context.Context, chans, pats []string) error {
+	nc.subMu.Lock()
+	if len(chans) > 0 {
+		if err := nc.ps.Subscribe(ctx, chans...); err != nil {
+			nc.subMu.Unlock()
+			return fmt.Errorf("fanout: subscribe on %s: %w", nc, err)
+		}
+	}
+	if len(pats) > 0 {
+		if err := nc.ps.PSubscribe(ctx, pats...); err != nil {
+			nc.subMu.Unlock()
+			return fmt.Errorf("fanout: psubscribe on %s: %w", nc, err)
+		}
+	}
+	nc.subMu.Unlock()
+	return nc.fence(ctx)
+}
+
+func (nc *nodeConn) unsubscribe(ctx context.Context, chans, pats []string) {
+	nc.subMu.Lock()
+	defer nc.subMu.Unlock()
+	if len(chans) > 0 {
+		nc.ps.Unsubscribe(ctx, chans...)
+	}
+	if len(pats) > 0 {
+		nc.ps.PUnsubscribe(ctx, pats...)
+	}
+}
+
+func (nc *nodeConn) fence(ctx context.Context) error {
+	nc.fenceMu.Lock()
+	nc.fenceSeq++
+	token := "pubmesh-fence-" + strconv.FormatUint(nc.fenceSeq, 10)
+	ch := make(chan struct{})
+	nc.fences[token] = ch
+	nc.fenceMu.Unlock()
+	defer func() {
+		nc.fenceMu.Lock()
+		delete(nc.fences, token)
+		nc.fenceMu.Unlock()
+	}()
+	if err := nc.ps.Ping(ctx, token); err != nil {
+		return fmt.Errorf("fanout: fence on %s: %w", nc, err)
+	}
+	t := time.NewTimer(nc.c.cfg.PublishTimeout + nc.c.cfg.DialTimeout)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("fanout: fence on %s: no answer", nc)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// receive is the only reader of ps. It reconnects (go-redis resubscribes
+// everything on the new connection) until the conn is closed.
+func (nc *nodeConn) receive() {
+	defer nc.wg.Done()
+	failures := 0
+	for {
+		msg, err := nc.ps.Receive(nc.ctx)
+		if nc.ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failures++
+			if failures == 1 {
+				nc.c.m.reconnects.Inc()
+				nc.c.log.Warn("fanout: subscription connection broke", "node", nc, "err", err)
+			}
+			sleep(nc.ctx, min(time.Duration(failures)*50*time.Millisecond, time.Second))
+			continue
+		}
+		failures = 0
+		switch m := msg.(type) {
+		case *redis.Message:
+			nc.c.dispatch(nc, m)
+		case *redis.Pong:
+			nc.fenceMu.Lock()
+			if ch, ok := nc.fences[m.Payload]; ok {
+				close(ch)
+				delete(nc.fences, m.Payload)
+			}
+			nc.fenceMu.Unlock()
+		}
+	}
+}
+
+// enqueue queues r unless publishing to the node is closed.
+func (nc *nodeConn) enqueue(ctx context.Context, r *pubReq) error {
+	nc.pubMu.Lock()
+	if nc.pubClosed {
+		nc.pubMu.Unlock()
+		return errNodeGone
+	}
+	nc.inflight.Add(1)
+	nc.pubMu.Unlock()
+	select {
+	case nc.queue <- r:
+		return nil
+	default:
+	}
+	t := time.NewTimer(nc.c.cfg.PublishTimeout)
+	defer t.Stop()
+	select {
+	case nc.queue <- r:
+		return nil
+	case <-t.C:
+		nc.inflight.Done()
+		return fmt.Errorf("fanout: publish queue of %s full for %s", nc, nc.c.cfg.PublishTimeout)
+	case <-ctx.Done():
+		nc.inflight.Done()
+		return ctx.Err()
+	case <-nc.ctx.Done():
+		nc.inflight.Done()
+		return errNodeGone
+	}
+}
+
+// publisher drains the queue into pipelines: it blocks for the first
+// request, then takes whatever else is already waiting, so an idle client
+// adds no latency and a busy one sends large batches.
+func (nc *nodeConn) publisher() {
+	defer nc.wg.Done()
+	batch := make([]*pubReq, 0, nc.c.cfg.MaxBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case r := <-nc.queue:
+			batch = append(batch, r)
+		case <-nc.ctx.Done():
+			nc.failQueued()
+			return
+		}
+	fill:
+		for len(batch) < cap(batch) {
+			select {
+			case r := <-nc.queue:
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		pipe := nc.rdb.Pipeline()
+		cmds := make([]*redis.IntCmd, len(batch))
+		for i, r := range batch {
+			cmds[i] = pipe.Publish(nc.ctx, r.channel, r.data)
+		}
+		_, err := pipe.Exec(nc.ctx)
+		for i, r := range batch {
+			e := cmds[i].Err()
+			if e == nil && err != nil && !errors.Is(err, redis.Nil) {
+				e = err
+			}
+			if e != nil {
+				e = fmt.Errorf("fanout: publish to %s: %w", nc, e)
+			}
+			r.done <- pubResult{node: nc, err: e}
+			nc.inflight.Done()
+		}
+	}
+}
+
+func (nc *nodeConn) failQueued() {
+	for {
+		select {
+		case r := <-nc.queue:
+			r.done <- pubResult{node: nc, err: errNodeGone}
+			nc.inflight.Done()
+		default:
+			return
+		}
+	}
+}
+
+// release stops new publishes to the node and waits for those in flight.
+func (nc *nodeConn) release(ctx context.Context) error {
+	nc.pubMu.Lock()
+	nc.pubClosed = true
+	nc.pubMu.Unlock()
+	done := make(chan struct{})
+	go func() { nc.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// close ends the conn; in-flight subscription data is read for up to grace
+// first, unless the node's connection ends sooner.
+func (nc *nodeConn) close(grace time.Duration) {
+	nc.pubMu.Lock()
+	nc.pubClosed = true
+	nc.pubMu.Unlock()
+	if grace > 0 {
+		sleep(nc.ctx, grace)
+	}
+	nc.cancel()
+	nc.ps.Close()
+	nc.wg.Wait()
+	nc.rdb.Close()
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

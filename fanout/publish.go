@@ -1,0 +1,161 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// prevTable remembers, per channel, the seq of this client's last message
+// there, so each envelope can name its predecessor. It forgets the oldest
+// channels beyond its size; a forgotten channel's next message names no
+// predecessor and is never held back.
+type prevTable struct {
+	mu   sync.Mutex
+	last map[string]uint64
+	fifo []string
+	max  int
+}
+
+func newPrevTable(n int) *prevTable { return &prevTable{last: map[string]uint64{}, max: n} }
+
+// next allocates seq (under the lock, so seq order matches prev links) and
+// returns the channel's previous seq.
+func (p *prevTable) next(channel string, alloc func() uint64) (seq, prev uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	seq = alloc()
+	prev, ok := p.last[channel]
+	if !ok {
+		p.fifo = append(p.fifo, channel)
+		if len(p.fifo) > p.max {
+			delete(p.last, p.fifo[0])
+			p.fifo = p.fifo[1:]
+		}
+	}
+	p.last[channel] = seq
+	return seq, prev
+}
+
+var rankPool = sync.Pool{New: func() any { s := make([]int, 0, 16); return &s }}
+
+// Publish sends payload to channel and returns once Replicas nodes (at
+// least one) accepted it. It tries the channel's home node first and, on a
+// failure, marks that node suspect and tries the next one in rendezvous
+// order. When no node is ready it waits up to Config.WaitReady for one.
+//
+// Concurrent calls to the same node are sent together as one pipeline, so
+// many goroutines calling Publish get pipelined throughput. Messages from
+// one goroutine to one channel are delivered in the order Publish returned.
+func (c *Client) Publish(ctx context.Context, channel string, payload []byte) error {
+	if c.isClosed() {
+		return ErrClosed
+	}
+	if err := ValidateChannel(channel); err != nil {
+		return err
+	}
+	start := time.Now()
+	err := c.publish(ctx, channel, payload, start)
+	if err != nil {
+		c.m.publishErrors.Inc()
+		return err
+	}
+	c.m.publishes.Inc()
+	c.m.publishLatency.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+func (c *Client) publish(ctx context.Context, channel string, payload []byte, start time.Time) error {
+	seq, prev := c.prevs.next(channel, func() uint64 { return c.seq.Add(1) })
+	data := appendEnvelope(make([]byte, 0, len(payload)+64), envelope{pub: c.pubID, seq: seq, prev: prev, ts: start.UnixNano()}, payload)
+
+	rs, err := c.waitReady(ctx)
+	if err != nil {
+		return err
+	}
+	rp := rankPool.Get().(*[]int)
+	defer rankPool.Put(rp)
+	order := rank(*rp, channelHash(channel), rs.seeds, func(i int) bool { return rs.conns[i].suspect() })
+	*rp = order
+
+	need := min(c.cfg.Replicas, len(order))
+	results := make(chan pubResult, len(order))
+	next, pending, accepted := 0, 0, 0
+	var lastErr error
+	send := func() {
+		for pending+accepted < need && next < len(order) {
+			nc := rs.conns[order[next]]
+			next++
+			r := &pubReq{channel: channel, data: data, node: nc, done: results}
+			if err := nc.enqueue(ctx, r); err != nil {
+				lastErr = err
+				if ctx.Err() != nil {
+					return
+				}
+				c.m.retries.Inc()
+				continue
+			}
+			pending++
+		}
+	}
+	send()
+	for pending > 0 {
+		var r pubResult
+		select {
+		case r = <-results:
+		case <-ctx.Done():
+			return fmt.Errorf("fanout: publish to %s: %w", channel, ctx.Err())
+		}
+		pending--
+		if r.err == nil {
+			accepted++
+			continue
+		}
+		lastErr = r.err
+		if !errors.Is(r.err, errNodeGone) {
+			r.node.markSuspect()
+			c.log.Warn("fanout: publish failed, trying next node", "node", r.node, "err", r.err)
+		}
+		c.m.retries.Inc()
+		send()
+	}
+	if accepted > 0 {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("fanout: publish to %s: %w", channel, ctx.Err())
+	}
+	if lastErr == nil {
+		return ErrNoNodes
+	}
+	return fmt.Errorf("%w: %w", ErrNoNodes, lastErr)
+}
+
+// waitReady returns the ready set, waiting up to WaitReady for one node.
+func (c *Client) waitReady(ctx context.Context) (*readySet, error) {
+	rs := c.ready.Load()
+	if len(rs.conns) > 0 {
+		return rs, nil
+	}
+	t := time.NewTimer(c.cfg.WaitReady)
+	defer t.Stop()
+	for {
+		c.connMu.Lock()
+		changed := c.readyC
+		c.connMu.Unlock()
+		if rs = c.ready.Load(); len(rs.conns) > 0 {
+			return rs, nil
+		}
+		select {
+		case <-changed:
+		case <-t.C:
+			return nil, ErrNoNodes
+		case <-ctx.Done():
+			return nil, fmt.Errorf("fanout: waiting for a ready node: %w", ctx.Err())
+		case <-c.ctx.Done():
+			return nil, ErrClosed
+		}
+	}
+}

@@ -1,0 +1,312 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Message is one delivered message.
+type Message struct {
+	Channel string
+	// Pattern is the pattern that matched, for PSubscribe subscriptions.
+	Pattern string
+	Payload []byte
+	// ID is "<publisher>-<seq>", unique per message; empty for a message
+	// published without pubmesh's envelope (e.g. by redis-cli).
+	ID string
+	// PublishedAt is when Publish was called (zero without an envelope).
+	PublishedAt time.Time
+	// Node is the id of the node the message came through.
+	Node string
+}
+
+// Subscription receives the messages of its channels or patterns. Its
+// methods are safe for concurrent use; Messages has one reader at a time.
+type Subscription struct {
+	c        *Client
+	names    []string
+	patterns bool
+
+	// out is buffered (Config.SubscriptionBuffer) and closed by Close,
+	// under mu.
+	out     chan *Message
+	closing chan struct{} // closed first by Close, to free a blocked sender
+
+	mu        sync.Mutex // guards closed, dropped and sends on out
+	closed    bool
+	dropped   uint64
+	closeOnce sync.Once
+}
+
+// Messages returns the channel of delivered messages. It is closed by Close
+// (and by Client.Close).
+func (s *Subscription) Messages() <-chan *Message { return s.out }
+
+// Dropped is how many messages this subscription discarded because its
+// buffer was full (Overflow DropOldest).
+func (s *Subscription) Dropped() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dropped
+}
+
+// Names are the channels or patterns of the subscription.
+func (s *Subscription) Names() []string { return append([]string(nil), s.names...) }
+
+// Close unsubscribes and closes Messages. A second call returns ErrClosed.
+func (s *Subscription) Close() error {
+	err := ErrClosed
+	s.closeOnce.Do(func() {
+		err = nil
+		close(s.closing)
+		gone := s.c.subs.remove(s)
+		s.mu.Lock()
+		s.closed = true
+		close(s.out)
+		s.mu.Unlock()
+		s.c.unsubscribe(gone, s.patterns)
+	})
+	return err
+}
+
+// put hands m to the reader, applying the overflow policy.
+func (s *Subscription) put(m *Message, policy Overflow, met *metrics) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	select {
+	case s.out <- m:
+		met.deliveries.Inc()
+		return
+	default:
+	}
+	if policy == Block {
+		select {
+		case s.out <- m:
+			met.deliveries.Inc()
+		case <-s.closing:
+		}
+		return
+	}
+	select { // drop the oldest; only we send, so there is room afterwards
+	case <-s.out:
+		s.dropped++
+		met.overflowDrops.Inc()
+	default:
+	}
+	s.out <- m
+	met.deliveries.Inc()
+}
+
+// registry maps channels and patterns to subscriptions.
+type registry struct {
+	mu       sync.RWMutex
+	channels map[string]map[*Subscription]struct{}
+	patterns map[string]map[*Subscription]struct{}
+}
+
+func newRegistry() *registry {
+	return &registry{channels: map[string]map[*Subscription]struct{}{}, patterns: map[string]map[*Subscription]struct{}{}}
+}
+
+func (r *registry) table(patterns bool) map[string]map[*Subscription]struct{} {
+	if patterns {
+		return r.patterns
+	}
+	return r.channels
+}
+
+// add registers s and returns the names that had no subscriber before.
+func (r *registry) add(s *Subscription) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.table(s.patterns)
+	var fresh []string
+	for _, n := range s.names {
+		if t[n] == nil {
+			t[n] = map[*Subscription]struct{}{}
+			fresh = append(fresh, n)
+		}
+		t[n][s] = struct{}{}
+	}
+	return fresh
+}
+
+// remove unregisters s and returns the names left with no subscriber.
+func (r *registry) remove(s *Subscription) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.table(s.patterns)
+	var gone []string
+	for _, n := range s.names {
+		delete(t[n], s)
+		if len(t[n]) == 0 && t[n] != nil {
+			delete(t, n)
+			gone = append(gone, n)
+		}
+	}
+	return gone
+}
+
+// names lists every subscribed channel and pattern, sorted.
+func (r *registry) names() (chans, pats []string) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for n := range r.channels {
+		chans = append(chans, n)
+	}
+	for n := range r.patterns {
+		pats = append(pats, n)
+	}
+	sort.Strings(chans)
+	sort.Strings(pats)
+	return chans, pats
+}
+
+func (r *registry) has(name string, pattern bool) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.table(pattern)[name] != nil
+}
+
+// each calls fn for every subscription of channel (or pattern, if set).
+func (r *registry) each(channel, pattern string, fn func(*Subscription)) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	set := r.channels[channel]
+	if pattern != "" {
+		set = r.patterns[pattern]
+	}
+	for s := range set {
+		fn(s)
+	}
+}
+
+// Subscribe subscribes to channels on every live node and returns once the
+// subscription is confirmed on each node that answers (nodes that do not
+// are subscribed when they come back). Messages published after Subscribe
+// returns are delivered.
+func (c *Client) Subscribe(ctx context.Context, channels ...string) (*Subscription, error) {
+	return c.subscribe(ctx, channels, false)
+}
+
+// PSubscribe subscribes to Redis glob patterns (news.*, user.[ab]?) like
+// Subscribe does to channels.
+func (c *Client) PSubscribe(ctx context.Context, patterns ...string) (*Subscription, error) {
+	return c.subscribe(ctx, patterns, true)
+}
+
+func (c *Client) subscribe(ctx context.Context, names []string, patterns bool) (*Subscription, error) {
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
+	if len(names) == 0 {
+		return nil, errors.New("fanout: subscribe: no channels")
+	}
+	for _, n := range names {
+		if err := ValidateChannel(n); err != nil {
+			return nil, err
+		}
+	}
+	s := &Subscription{
+		c: c, names: dedupStrings(names), patterns: patterns,
+		out: make(chan *Message, c.cfg.SubscriptionBuffer), closing: make(chan struct{}),
+	}
+	fresh := c.subs.add(s)
+	if len(fresh) == 0 {
+		return s, nil
+	}
+	var chans, pats []string
+	if patterns {
+		pats = fresh
+	} else {
+		chans = fresh
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for _, nc := range c.conns() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select { // a conn still starting subscribes the current set itself
+			case <-nc.subscribed:
+			case <-ctx.Done():
+				return
+			case <-nc.ctx.Done():
+				return
+			}
+			if err := nc.subscribe(ctx, chans, pats); err != nil && nc.ctx.Err() == nil {
+				select {
+				case errs <- err:
+				default:
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if ctx.Err() != nil {
+		s.Close()
+		return nil, fmt.Errorf("fanout: subscribe: %w", ctx.Err())
+	}
+	for err := range errs {
+		c.log.Warn("fanout: subscription not confirmed on a node; it is renewed when the node reconnects", "err", err)
+	}
+	return s, nil
+}
+
+// unsubscribe sends UNSUBSCRIBE for names that lost their last
+// subscription. A Subscribe racing with it may have re-added a name after
+// the removal; such names are subscribed again afterwards, and the per-node
+// order of commands makes the subscription win.
+func (c *Client) unsubscribe(names []string, patterns bool) {
+	if len(names) == 0 {
+		return
+	}
+	var chans, pats []string
+	if patterns {
+		pats = names
+	} else {
+		chans = names
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.PublishTimeout)
+	defer cancel()
+	for _, nc := range c.conns() {
+		nc.unsubscribe(ctx, chans, pats)
+	}
+	var again []string
+	for _, n := range names {
+		if c.subs.has(n, patterns) {
+			again = append(again, n)
+		}
+	}
+	if len(again) == 0 {
+		return
+	}
+	if patterns {
+		pats, chans = again, nil
+	} else {
+		chans = again
+	}
+	for _, nc := range c.conns() {
+		nc.subscribe(ctx, chans, pats)
+	}
+}
+
+func dedupStrings(in []string) []string {
+	seen := map[string]bool{}
+	out := make([]string, 0, len(in))
+	for _, s := range in {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
