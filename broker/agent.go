@@ -1,0 +1,354 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pubmesh/pubmesh/discovery"
+)
+
+// ErrClosed is returned by Run when the Agent was shut down before Run
+// started.
+var ErrClosed = errors.New("broker: agent shut down")
+
+// opTimeout bounds one etcd call of the agent (register, state change,
+// revoke), so an unreachable etcd delays the agent but never hangs it.
+const opTimeout = 2 * time.Second
+
+// restartResetAfter is how long a child must have run for the restart
+// backoff to start over at Config.RestartBackoff.
+const restartResetAfter = 10 * time.Second
+
+// Agent runs one pubmesh node: it supervises a redis-server child (or
+// watches an attached Redis), registers it in the registry, reports its
+// state, and drains it on request. See the package doc for the life cycle.
+//
+// Run is the root of the agent's goroutines; the goroutine that calls Run
+// is the only one that starts, stops or restarts the child. The other
+// methods are safe for concurrent use.
+type Agent struct {
+	cfg  Config
+	reg  *discovery.Registry
+	log  *slog.Logger
+	m    *metrics
+	addr string // where the agent PINGs: the child's bind:port, or Attach
+
+	ready     chan struct{} // closed by Run the first time the node is ready
+	readyOnce sync.Once
+	done      chan struct{} // closed when Run returns
+	shutdown  chan struct{} // closed by the first Shutdown
+
+	mu          sync.Mutex // guards the fields below
+	running     bool
+	closed      bool
+	shutdownCtx context.Context // the first Shutdown's ctx; bounds the drain
+	node        discovery.Node  // as last registered
+	state       discovery.State // "" while the node has no key
+	pid         int             // the child's pid, 0 when none
+}
+
+// New checks cfg (see Config.Validate), registers the agent's metrics on
+// cfg.Registerer and returns an Agent that does nothing until Run.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Registry == nil {
+		return nil, errors.New("broker: Config.Registry is required")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	addr := cfg.Attach
+	if addr == "" {
+		addr = net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.Port))
+	}
+	return &Agent{
+		cfg:      cfg,
+		reg:      cfg.Registry,
+		log:      cfg.Logger.With("node", cfg.ID),
+		m:        m,
+		addr:     addr,
+		ready:    make(chan struct{}),
+		done:     make(chan struct{}),
+		shutdown: make(chan struct{}),
+	}, nil
+}
+
+// ID is the node id.
+func (a *Agent) ID() string { return a.cfg.ID }
+
+// Addr is the address clients dial, as registered.
+func (a *Agent) Addr() string { return a.cfg.Advertise }
+
+// Ready is closed the first time the node turns ready.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// Done is closed when Run has returned and the child has stopped.
+func (a *Agent) Done() <-chan struct{} { return a.done }
+
+// State is the node's state in the registry, or "" while it has no key
+// (starting, unhealthy, restarting, or stopped).
+func (a *Agent) State() discovery.State {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.state
+}
+
+// Node is the registry value as last written.
+func (a *Agent) Node() discovery.Node {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.node
+}
+
+// PID is the redis-server child's process id, or 0 when there is none
+// (attached, restarting or stopped).
+func (a *Agent) PID() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.pid
+}
+
+// Shutdown drains the node and stops the agent: the node turns draining,
+// DrainGate runs (bounded by DrainTimeout and by ctx), the lease is revoked
+// so the key is gone, and the child is stopped. It returns once Run has
+// returned, which is at most StopTimeout plus a few etcd calls after ctx
+// ends, so no child outlives it; it returns ctx.Err() if ctx ended first.
+// It may be called more than once and before or without Run.
+func (a *Agent) Shutdown(ctx context.Context) error {
+	a.mu.Lock()
+	if !a.closed {
+		a.closed = true
+		a.shutdownCtx = ctx
+		close(a.shutdown)
+	}
+	running := a.running
+	a.mu.Unlock()
+	if !running {
+		return nil
+	}
+	select {
+	case <-a.done:
+		return nil
+	case <-ctx.Done():
+		<-a.done
+		return ctx.Err()
+	}
+}
+
+// Run starts the node and keeps it running until it is drained (by
+// Registry.RequestDrain or Shutdown), then returns nil. If ctx is cancelled
+// it stops at once, without the drain wait: it revokes the lease, stops the
+// child and returns ctx.Err(). It fails at start, with a one-line error, when
+// the port is taken, the redis-server cannot start, or another live agent
+// holds the node id. Once started, Redis crashes, hangs and etcd outages are
+// handled, not returned.
+func (a *Agent) Run(ctx context.Context) error {
+	a.mu.Lock()
+	switch {
+	case a.closed:
+		a.mu.Unlock()
+		return ErrClosed
+	case a.running:
+		a.mu.Unlock()
+		return errors.New("broker: Run called twice")
+	}
+	a.running = true
+	a.mu.Unlock()
+	defer close(a.done)
+	return a.run(ctx)
+}
+
+// runState is what the run goroutine owns.
+type runState struct {
+	dir       string        // the child's data dir, holding its redis.conf
+	child     *process      // nil when attached or not running
+	childDone chan struct{} // child.done, or nil
+	restartC  <-chan time.Time
+	backoff   time.Duration // the next restart wait
+	started   time.Time     // the Redis's start, for Node.StartedAt
+
+	reg        *discovery.Registration
+	regDone    <-chan struct{}
+	oldLease   clientv3.LeaseID // a lost lease, revoked before the next Register
+	nextReg    time.Time        // no Register before this
+	regBackoff time.Duration
+	registered bool      // registered at least once
+	firstUntil time.Time // before the first registration, how long ErrNodeExists is retried
+
+	gateDone   chan error // the JoinGate's result; nil unless one runs
+	gateCancel context.CancelFunc
+	gates      sync.WaitGroup
+
+	health health
+	probe  *probe
+}
+
+func (a *Agent) run(ctx context.Context) error {
+	cfg := a.cfg
+	s := &runState{
+		backoff:    cfg.RestartBackoff,
+		health:     health{limit: cfg.HealthFailures},
+		firstUntil: time.Now().Add(cfg.LeaseTTL + time.Second),
+		probe:      newProbe(a.addr, cfg.HealthTimeout),
+	}
+	defer s.probe.close()
+	defer s.gates.Wait() // runs after rcancel, below
+	rctx, rcancel := context.WithCancel(ctx)
+	defer rcancel()
+
+	if cfg.Attach == "" {
+		dir := cfg.DataDir
+		if dir == "" {
+			d, err := os.MkdirTemp("", "pubmesh-node-")
+			if err != nil {
+				return fmt.Errorf("broker: data dir: %w", err)
+			}
+			defer os.RemoveAll(d)
+			dir = d
+		}
+		s.dir = dir
+	}
+
+	// A drain request left from an earlier agent with this id (it crashed
+	// before it could clear it) must not drain this one.
+	cctx, ccancel := context.WithTimeout(rctx, opTimeout)
+	if err := a.reg.ClearDrain(cctx, cfg.ID); err != nil {
+		a.log.Warn("cannot clear an old drain request", "err", err)
+	}
+	ccancel()
+	drainReq := a.reg.DrainRequested(rctx, cfg.ID)
+
+	defer func() {
+		a.leave(s, leaveStop)
+		if s.child != nil {
+			s.child.stop(cfg.StopTimeout)
+			a.setPID(0)
+			a.log.Info("redis-server stopped")
+		}
+	}()
+	if cfg.Attach == "" {
+		if err := a.startChild(rctx, s); err != nil {
+			return err
+		}
+	} else {
+		a.log.Info("watching attached redis", "addr", cfg.Attach)
+	}
+	if err := a.checkHealth(rctx, s); err != nil {
+		return err
+	}
+
+	tick := time.NewTicker(cfg.HealthInterval)
+	defer tick.Stop()
+	for {
+		var err error
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.shutdown:
+			a.mu.Lock()
+			bound := a.shutdownCtx
+			a.mu.Unlock()
+			a.log.Info("shutting down: draining")
+			return a.drain(rctx, s, bound)
+		case <-drainReq:
+			a.log.Info("drain requested")
+			return a.drain(rctx, s, rctx)
+		case <-s.childDone:
+			a.childExited(s)
+		case <-s.restartC:
+			err = a.restartChild(rctx, s)
+		case <-s.regDone:
+			a.leaseLost(s)
+		case gerr := <-s.gateDone:
+			a.joinGateDone(rctx, s, gerr)
+		case <-tick.C:
+			err = a.checkHealth(rctx, s)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// startChild starts the redis-server child and records it.
+func (a *Agent) startChild(ctx context.Context, s *runState) error {
+	conf, err := writeConf(s.dir, a.cfg)
+	if err != nil {
+		return err
+	}
+	p, _, err := startProcess(ctx, a.cfg, conf, s.probe, a.log)
+	if err != nil {
+		return err
+	}
+	s.child, s.childDone, s.started = p, p.done, p.started
+	s.health = health{limit: a.cfg.HealthFailures}
+	a.setPID(p.pid)
+	a.log.Info("redis-server started", "pid", p.pid, "addr", a.addr)
+	return nil
+}
+
+// childExited handles the child's exit: the node leaves at once, and a
+// restart is scheduled after the backoff.
+func (a *Agent) childExited(s *runState) {
+	p := s.child
+	s.child, s.childDone = nil, nil
+	a.setPID(0)
+	a.m.redisUp.Set(0)
+	a.leave(s, leaveExit)
+	if time.Since(p.started) >= restartResetAfter {
+		s.backoff = a.cfg.RestartBackoff
+	}
+	a.log.Warn("redis-server exited; restarting it", "pid", p.pid, "reason", p.exitReason(), "in", s.backoff)
+	s.restartC = time.After(s.backoff)
+	s.backoff = min(s.backoff*2, a.cfg.RestartBackoffMax)
+}
+
+// restartChild starts the child again; if that fails it tries again after
+// the backoff. Once the child answers, the node registers as joining.
+func (a *Agent) restartChild(ctx context.Context, s *runState) error {
+	s.restartC = nil
+	a.m.restarts.Inc()
+	if err := a.startChild(ctx, s); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.log.Warn("cannot restart redis-server; trying again", "err", err, "in", s.backoff)
+		s.restartC = time.After(s.backoff)
+		s.backoff = min(s.backoff*2, a.cfg.RestartBackoffMax)
+		return nil
+	}
+	return a.checkHealth(ctx, s)
+}
+
+func (a *Agent) setNode(n discovery.Node) {
+	a.mu.Lock()
+	a.node, a.state = n, n.State
+	a.mu.Unlock()
+	a.m.setState(string(n.State))
+}
+
+func (a *Agent) setGone() {
+	a.mu.Lock()
+	a.state = ""
+	a.mu.Unlock()
+	a.m.setState(StateGone)
+}
+
+func (a *Agent) setPID(pid int) {
+	a.mu.Lock()
+	a.pid = pid
+	a.mu.Unlock()
+}

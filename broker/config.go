@@ -1,0 +1,380 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pubmesh/pubmesh/discovery"
+)
+
+// Config of an Agent. The zero value of every field means its default, and
+// New copies the Config, so the caller may reuse or change it afterwards.
+type Config struct {
+	// Registry is where the node registers. Required.
+	Registry *discovery.Registry
+
+	// ID names the node in the cluster: 1-128 of [A-Za-z0-9._:-].
+	// Default: "<hostname>-<port>".
+	ID string
+
+	// Bind is the address the redis-server child listens on. Ignored with
+	// Attach. Default: 127.0.0.1.
+	Bind string
+	// Port the redis-server child listens on. Ignored with Attach.
+	// Default: 7000.
+	Port int
+	// Advertise is the host:port clients dial, written into the registry.
+	// Default: Bind:Port, or <hostname>:Port when Bind is 0.0.0.0 or ::.
+	Advertise string
+
+	// Attach is the host:port of a Redis the agent did not start and does not
+	// own: the agent only watches and registers it, and never stops it.
+	// Default: none (the agent starts its own redis-server).
+	Attach string
+
+	// RedisServer is the redis-server binary, a path or a name looked up in
+	// PATH. Default: "redis-server".
+	RedisServer string
+	// DataDir holds the child's redis.conf (the child keeps no data: no RDB,
+	// no AOF). It is created with mode 0700 if missing and kept at exit.
+	// Default: a new temporary directory, removed when Run returns.
+	DataDir string
+	// OutputBufferLimit is the child's client-output-buffer-limit for pub/sub
+	// clients. Default: hard 64 MiB, soft 16 MiB for 60s (see
+	// DefaultOutputBufferLimit for why).
+	OutputBufferLimit BufferLimit
+	// StartTimeout bounds how long a starting redis-server may take to
+	// answer PING. Default: 10s.
+	StartTimeout time.Duration
+	// StopTimeout is how long a stopping redis-server gets after SIGTERM
+	// before SIGKILL. Default: 5s.
+	StopTimeout time.Duration
+	// RestartBackoff is the first wait before restarting a child that
+	// exited; it doubles on each exit up to RestartBackoffMax, and starts
+	// over once a child has run for 10s. Default: 100ms.
+	RestartBackoff time.Duration
+	// RestartBackoffMax caps the restart wait. Default: 5s.
+	RestartBackoffMax time.Duration
+
+	// HealthInterval is how often the agent PINGs Redis. Default: 500ms.
+	HealthInterval time.Duration
+	// HealthTimeout bounds one PING, so a hung (SIGSTOPped) Redis counts as
+	// a miss. Default: half of HealthInterval (250ms with the defaults).
+	HealthTimeout time.Duration
+	// HealthFailures is how many PINGs in a row may miss before the node
+	// leaves the cluster (its key is deleted). Default: 3.
+	HealthFailures int
+
+	// JoinDelay is how long the default JoinGate keeps a new node joining
+	// before it turns ready. Default: 1s.
+	JoinDelay time.Duration
+	// JoinGate is called after the node registers as joining, and the node
+	// turns ready when it returns nil. It must return soon after ctx is done
+	// (the node left, or the agent stops). An error makes the node leave and
+	// register again after a backoff. Default: sleep JoinDelay.
+	JoinGate func(ctx context.Context, n discovery.Node) error
+	// DrainTimeout bounds the drain: the time between the node turning
+	// draining and its key being deleted. Default: 3s.
+	DrainTimeout time.Duration
+	// DrainGate is called while the node is draining, with a ctx that ends
+	// after DrainTimeout (or earlier, when Shutdown's ctx ends); the key is
+	// deleted when it returns. Its error is logged, not fatal.
+	// Default: sleep until ctx is done (that is, DrainTimeout).
+	DrainGate func(ctx context.Context, n discovery.Node) error
+
+	// LeaseTTL is the registry lease: a crashed agent's node disappears
+	// this long after its last keep-alive. Default: 5s.
+	LeaseTTL time.Duration
+
+	// Logger. Default: slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the agent's metrics (see metrics.go). Give each
+	// agent its own, e.g. prometheus.WrapRegistererWith(
+	// prometheus.Labels{"node": id}, reg). Default: none (metrics are kept
+	// but not exported).
+	Registerer prometheus.Registerer
+}
+
+// BufferLimit is a redis client-output-buffer-limit: a client is
+// disconnected when its pending output reaches Hard, or stays above Soft for
+// SoftFor.
+type BufferLimit struct {
+	Hard    int64         // bytes
+	Soft    int64         // bytes
+	SoftFor time.Duration // whole seconds
+}
+
+// DefaultOutputBufferLimit is the pub/sub limit of the child redis-server:
+// hard 64 MiB, soft 16 MiB for 60s, twice Redis's own 32mb/8mb/60. A pubmesh
+// subscriber is one connection per service instance carrying all of its
+// channels, so it is busier than a typical Redis subscriber and should ride
+// out a GC pause or a short network stall. The limit still exists so that
+// one stuck consumer cannot take all of the node's memory: the worst case is
+// 64 MiB per subscribed connection, and the client that is cut off
+// resubscribes.
+var DefaultOutputBufferLimit = BufferLimit{Hard: 64 << 20, Soft: 16 << 20, SoftFor: 60 * time.Second}
+
+// String renders the limit as redis.conf wants it after "pubsub".
+func (b BufferLimit) String() string {
+	return fmt.Sprintf("%d %d %d", b.Hard, b.Soft, int64(b.SoftFor/time.Second))
+}
+
+// ParseBufferLimit parses "HARD SOFT SECONDS" as in redis.conf, with sizes
+// in bytes or with a kb/mb/gb suffix (1024-based), e.g. "64mb 16mb 60".
+func ParseBufferLimit(s string) (BufferLimit, error) {
+	f := strings.Fields(s)
+	if len(f) != 3 {
+		return BufferLimit{}, fmt.Errorf("broker: buffer limit %q: want \"HARD SOFT SECONDS\", e.g. \"64mb 16mb 60\"", s)
+	}
+	hard, err1 := parseSize(f[0])
+	soft, err2 := parseSize(f[1])
+	secs, err3 := strconv.ParseInt(f[2], 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil || secs < 0 {
+		return BufferLimit{}, fmt.Errorf("broker: buffer limit %q: want \"HARD SOFT SECONDS\", e.g. \"64mb 16mb 60\"", s)
+	}
+	return BufferLimit{Hard: hard, Soft: soft, SoftFor: time.Duration(secs) * time.Second}, nil
+}
+
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	ls := strings.ToLower(s)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"gb", 1 << 30}, {"mb", 1 << 20}, {"kb", 1 << 10}, {"b", 1}} {
+		if strings.HasSuffix(ls, u.suffix) {
+			ls, mult = strings.TrimSuffix(ls, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(ls, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return n * mult, nil
+}
+
+// withDefaults returns a copy of c with every zero field set to its default.
+func (c Config) withDefaults() Config {
+	if c.Bind == "" {
+		c.Bind = "127.0.0.1"
+	}
+	if c.Port == 0 {
+		c.Port = 7000
+	}
+	if c.ID == "" {
+		c.ID = DefaultID(c.portForID())
+	}
+	if c.Advertise == "" {
+		switch {
+		case c.Attach != "":
+			c.Advertise = c.Attach
+		case isUnspecified(c.Bind):
+			c.Advertise = net.JoinHostPort(hostname(), strconv.Itoa(c.Port))
+		default:
+			c.Advertise = net.JoinHostPort(c.Bind, strconv.Itoa(c.Port))
+		}
+	}
+	if c.RedisServer == "" {
+		c.RedisServer = "redis-server"
+	}
+	if c.OutputBufferLimit == (BufferLimit{}) {
+		c.OutputBufferLimit = DefaultOutputBufferLimit
+	}
+	if c.StartTimeout == 0 {
+		c.StartTimeout = 10 * time.Second
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = 5 * time.Second
+	}
+	if c.RestartBackoff == 0 {
+		c.RestartBackoff = 100 * time.Millisecond
+	}
+	if c.RestartBackoffMax == 0 {
+		c.RestartBackoffMax = 5 * time.Second
+	}
+	if c.HealthInterval == 0 {
+		c.HealthInterval = 500 * time.Millisecond
+	}
+	if c.HealthTimeout == 0 {
+		c.HealthTimeout = c.HealthInterval / 2
+	}
+	if c.HealthFailures == 0 {
+		c.HealthFailures = 3
+	}
+	if c.JoinDelay == 0 {
+		c.JoinDelay = time.Second
+	}
+	if c.JoinGate == nil {
+		delay := c.JoinDelay
+		c.JoinGate = func(ctx context.Context, _ discovery.Node) error { return sleep(ctx, delay) }
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 3 * time.Second
+	}
+	if c.DrainGate == nil {
+		c.DrainGate = func(ctx context.Context, _ discovery.Node) error {
+			<-ctx.Done()
+			return nil
+		}
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Registerer == nil {
+		c.Registerer = prometheus.NewRegistry()
+	}
+	return c
+}
+
+// portForID is the port in the default ID: the child's, or the attached one.
+func (c Config) portForID() int {
+	if c.Attach != "" {
+		if _, p, err := net.SplitHostPort(c.Attach); err == nil {
+			n, _ := strconv.Atoi(p)
+			return n
+		}
+	}
+	return c.Port
+}
+
+// Validate checks the configuration before anything starts, so that a
+// mistake is one clear error: the ID, the --attach address, the durations,
+// that the redis-server binary exists and that the port can be bound now.
+// New calls it; the CLI calls it before it dials etcd.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	if err := discovery.ValidID(c.ID); err != nil {
+		return fmt.Errorf("broker: node id: %w", err)
+	}
+	if c.Attach != "" {
+		if err := ValidAddr(c.Attach); err != nil {
+			return fmt.Errorf("broker: invalid attach address: %w", err)
+		}
+	} else {
+		if c.Port < 1 || c.Port > 65535 {
+			return fmt.Errorf("broker: invalid port %d: want 1-65535", c.Port)
+		}
+		if net.ParseIP(c.Bind) == nil {
+			return fmt.Errorf("broker: invalid bind address %q: want an IP address", c.Bind)
+		}
+		if _, err := exec.LookPath(c.RedisServer); err != nil {
+			return fmt.Errorf("broker: redis-server binary %q not found (install redis-server or set --redis-server)", c.RedisServer)
+		}
+		if err := checkPortFree(c.Bind, c.Port); err != nil {
+			return err
+		}
+	}
+	if err := ValidAddr(c.Advertise); err != nil {
+		return fmt.Errorf("broker: invalid advertise address: %w", err)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"health interval", c.HealthInterval}, {"health timeout", c.HealthTimeout},
+		{"join delay", c.JoinDelay}, {"drain timeout", c.DrainTimeout},
+		{"lease TTL", c.LeaseTTL}, {"start timeout", c.StartTimeout},
+		{"stop timeout", c.StopTimeout}, {"restart backoff", c.RestartBackoff},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("broker: %s %s is negative", d.name, d.v)
+		}
+	}
+	if c.LeaseTTL < time.Second {
+		return fmt.Errorf("broker: lease TTL %s is below etcd's 1s minimum", c.LeaseTTL)
+	}
+	if c.HealthFailures < 1 {
+		return fmt.Errorf("broker: health failures %d: want at least 1", c.HealthFailures)
+	}
+	return nil
+}
+
+// ValidAddr checks a host:port address: a non-empty host and a port in
+// 1-65535. It does not resolve the host.
+func ValidAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: want HOST:PORT", addr)
+	}
+	if host == "" {
+		return fmt.Errorf("%q: missing host", addr)
+	}
+	if strings.ContainsAny(host, " /") {
+		return fmt.Errorf("%q: bad host", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: port must be 1-65535", addr)
+	}
+	return nil
+}
+
+// DefaultID is "<hostname>-<port>", the default node id.
+func DefaultID(port int) string {
+	return fmt.Sprintf("%s-%d", hostname(), port)
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	// Keep the id valid for discovery.ValidID whatever the host is called.
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '-', r == '_':
+			return r
+		}
+		return '-'
+	}, h)
+}
+
+func isUnspecified(host string) bool {
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}
+
+func isLoopback(host string) bool {
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// checkPortFree fails with a clear message when bind:port is taken.
+func checkPortFree(bind string, port int) error {
+	addr := net.JoinHostPort(bind, strconv.Itoa(port))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("broker: port %d on %s is already in use (another redis-server or pubmesh node? pick another --port)", port, bind)
+		}
+		return fmt.Errorf("broker: cannot listen on %s: %w", addr, err)
+	}
+	l.Close()
+	return nil
+}
+
+// sleep waits d or until ctx is done, and returns ctx.Err() in that case.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,32 @@
+// Package broker is the pubmesh node agent: it runs one node of the pub/sub
+// tier and keeps its entry in the registry (package discovery) true.
+//
+// An Agent starts a redis-server child (no persistence, protected mode on
+// loopback, a bounded pub/sub output buffer; see Config), or with
+// Config.Attach only watches a Redis that runs elsewhere. Its life in the
+// registry:
+//
+//	start ──PING ok──▶ joining ──JoinGate──▶ ready ──drain──▶ draining ──DrainGate──▶ gone
+//	                      │                    │
+//	                      └──── HealthFailures PINGs missed, child exited, ────┘──▶ gone ──PING ok──▶ joining
+//	                            lease lost
+//
+// The node registers as joining only once its Redis answers PING, and turns
+// ready when JoinGate returns (by default after JoinDelay). Every
+// HealthInterval the agent PINGs Redis with a timeout, so a hung server
+// (SIGSTOP) counts like a dead one; after HealthFailures misses in a row the
+// node leaves by deleting its key (revoking its lease), and registers again
+// as joining when PING works. If the child exits, the node leaves at once
+// and the child is restarted with exponential backoff. If the lease is lost
+// (etcd unreachable for longer than LeaseTTL), the node registers again as
+// soon as etcd answers.
+//
+// A drain, requested through the registry (discovery.Registry.RequestDrain)
+// or by Shutdown, turns the node draining, runs DrainGate bounded by
+// DrainTimeout, revokes the lease, clears the request and stops the child.
+//
+// Run is the root of the agent's goroutines, and the goroutine that calls
+// it is the only one that starts, stops or restarts the child. The child
+// dies with the agent (Pdeathsig), and when Run returns it has stopped.
+// The other methods of Agent are safe for concurrent use.
+package broker

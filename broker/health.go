@@ -1,0 +1,234 @@
+package broker
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// probe talks to the node's Redis for health checks: PING with a timeout,
+// and INFO for the registry value and the metrics. It keeps one connection
+// and drops it after any error, so the next check dials afresh. It is not
+// safe for concurrent use: only the run goroutine (and startProcess, called
+// by it) uses it.
+//
+// It speaks the few lines of RESP it needs itself rather than through
+// go-redis: a health check wants exactly one attempt bounded by the health
+// timeout, while go-redis's pool retries dials, then reports the last dial
+// error for up to a second after the server is back, and logs through a
+// process-wide logger.
+type probe struct {
+	addr    string
+	timeout time.Duration
+	conn    net.Conn // nil until the first check, and after an error
+	rd      *bufio.Reader
+}
+
+func newProbe(addr string, timeout time.Duration) *probe {
+	return &probe{addr: addr, timeout: timeout}
+}
+
+func (p *probe) close() {
+	if p.conn != nil {
+		p.conn.Close()
+		p.conn, p.rd = nil, nil
+	}
+}
+
+// do sends one command and returns its reply: a simple string, or the body
+// of a bulk string. The whole exchange, dial included, is bounded by the
+// health timeout and by ctx.
+func (p *probe) do(ctx context.Context, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	reply, err := p.exchange(ctx, args)
+	if err != nil {
+		p.close()
+	}
+	return reply, err
+}
+
+func (p *probe) exchange(ctx context.Context, args []string) (string, error) {
+	if p.conn == nil {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", p.addr)
+		if err != nil {
+			return "", err
+		}
+		p.conn, p.rd = c, bufio.NewReader(c)
+	}
+	dl, _ := ctx.Deadline()
+	p.conn.SetDeadline(dl)
+	// A ctx cancelled early (the agent stops) must not wait for the deadline.
+	stop := context.AfterFunc(ctx, func() { p.conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var req []byte
+	req = fmt.Appendf(req, "*%d\r\n", len(args))
+	for _, a := range args {
+		req = fmt.Appendf(req, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := p.conn.Write(req); err != nil {
+		return "", err
+	}
+	line, err := p.rd.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimSuffix(line, "\r\n")
+	if line == "" {
+		return "", errors.New("redis: empty reply")
+	}
+	switch line[0] {
+	case '+':
+		return line[1:], nil
+	case '-':
+		return "", fmt.Errorf("redis: %s", line[1:])
+	case '$':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < 0 || n > 16<<20 {
+			return "", fmt.Errorf("redis: bad bulk length %q", line)
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(p.rd, buf); err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	}
+	return "", fmt.Errorf("redis: unexpected reply %q", line)
+}
+
+// ping sends PING and waits at most the health timeout for PONG.
+func (p *probe) ping(ctx context.Context) error {
+	r, err := p.do(ctx, "PING")
+	if err == nil && r != "PONG" {
+		err = fmt.Errorf("redis: PING answered %q", r)
+	}
+	return err
+}
+
+// info is what the agent reads from INFO.
+type info struct {
+	pid            int
+	runID          string
+	version        string
+	clients        int64
+	pubsubChannels int64
+	pubsubPatterns int64
+	uptime         int64 // seconds
+}
+
+// serverInfo reads INFO server: the pid, run_id and version.
+func (p *probe) serverInfo(ctx context.Context) (info, error) {
+	s, err := p.do(ctx, "INFO", "server")
+	if err != nil {
+		return info{}, err
+	}
+	return parseInfo(s), nil
+}
+
+// statsInfo reads INFO clients and stats, for the metrics.
+func (p *probe) statsInfo(ctx context.Context) (info, error) {
+	s, err := p.do(ctx, "INFO", "clients", "stats")
+	if err != nil {
+		return info{}, err
+	}
+	return parseInfo(s), nil
+}
+
+// parseInfo reads the fields the agent uses from an INFO reply and ignores
+// the rest.
+func parseInfo(s string) info {
+	var in info
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch k {
+		case "process_id":
+			in.pid = int(n)
+		case "run_id":
+			in.runID = v
+		case "redis_version":
+			in.version = v
+		case "uptime_in_seconds":
+			in.uptime = n
+		case "connected_clients":
+			in.clients = n
+		case "pubsub_channels":
+			in.pubsubChannels = n
+		case "pubsub_patterns":
+			in.pubsubPatterns = n
+		}
+	}
+	return in
+}
+
+// checkHealth PINGs the Redis once, updates the metrics, and acts on the
+// result: after HealthFailures misses in a row the node leaves (its key is
+// deleted, so clients stop using it at once); after a PING that works, a
+// node without a key registers again as joining. While the child is down
+// and a restart is pending there is nothing to check. It returns an error
+// only when the node cannot start at all (see register).
+func (a *Agent) checkHealth(ctx context.Context, s *runState) error {
+	if a.cfg.Attach == "" && s.child == nil {
+		return nil
+	}
+	t0 := time.Now()
+	err := s.probe.ping(ctx)
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err == nil {
+		a.m.ping.Observe(time.Since(t0).Seconds())
+		a.m.redisUp.Set(1)
+		if in, ierr := s.probe.statsInfo(ctx); ierr == nil {
+			a.m.clients.Set(float64(in.clients))
+			a.m.pubsubChannels.Set(float64(in.pubsubChannels))
+			a.m.pubsubPatterns.Set(float64(in.pubsubPatterns))
+		}
+	} else {
+		a.m.pingFailures.Inc()
+		a.m.redisUp.Set(0)
+	}
+	missed := s.health.failures
+	if s.health.record(err) {
+		if missed > 0 {
+			a.log.Info("redis answers PING again", "after_misses", missed)
+		}
+		if s.reg == nil && !time.Now().Before(s.nextReg) {
+			return a.register(ctx, s)
+		}
+		return nil
+	}
+	if s.health.failures == s.health.limit {
+		a.log.Warn("redis missed PINGs; leaving the cluster until it answers", "misses", s.health.failures, "err", err)
+	}
+	a.leave(s, leaveHealth)
+	return nil
+}
+
+// health counts consecutive PING misses. It is owned by the run goroutine.
+type health struct {
+	failures int // consecutive misses
+	limit    int // misses before the node leaves
+}
+
+// record notes one PING result and reports whether the node is healthy:
+// true after a success, false once limit misses happened in a row.
+func (h *health) record(err error) (healthy bool) {
+	if err == nil {
+		h.failures = 0
+		return true
+	}
+	h.failures++
+	return h.failures < h.limit
+}

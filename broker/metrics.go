@@ -1,0 +1,120 @@
+package broker
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metric names; docs/operations.md describes each. The CLI adds a "node"
+// label through prometheus.WrapRegistererWith.
+const (
+	metricState          = "pubmesh_node_state"
+	metricRedisUp        = "pubmesh_node_redis_up"
+	metricPing           = "pubmesh_node_ping_seconds"
+	metricPingFailures   = "pubmesh_node_ping_failures_total"
+	metricClients        = "pubmesh_node_redis_connected_clients"
+	metricPubsubChannels = "pubmesh_node_redis_pubsub_channels"
+	metricPubsubPatterns = "pubmesh_node_redis_pubsub_patterns"
+	metricRestarts       = "pubmesh_node_redis_restarts_total"
+	metricLeaves         = "pubmesh_node_leaves_total"
+)
+
+// StateGone is the value of the state metric while the node has no key in
+// the registry (starting, unhealthy, or stopped).
+const StateGone = "gone"
+
+// metricStates are the values of the state label, one-hot.
+var metricStates = []string{StateGone, "joining", "ready", "draining"}
+
+// Reasons a node leaves, the values of the leaves metric's reason label.
+const (
+	leaveHealth    = "health"     // PING missed HealthFailures times in a row
+	leaveExit      = "exit"       // the redis-server child exited
+	leaveLeaseLost = "lease_lost" // the lease expired, e.g. etcd unreachable for longer than the TTL
+	leaveGate      = "join_gate"  // the JoinGate returned an error
+	leaveEtcd      = "etcd"       // a state write to etcd failed
+	leaveDrain     = "drain"      // drained (RequestDrain or Shutdown)
+	leaveStop      = "stop"       // Run's context was cancelled
+)
+
+var leaveReasons = []string{leaveHealth, leaveExit, leaveLeaseLost, leaveGate, leaveEtcd, leaveDrain, leaveStop}
+
+// metrics of one agent. Prometheus types are safe for concurrent use.
+type metrics struct {
+	state          *prometheus.GaugeVec
+	redisUp        prometheus.Gauge
+	ping           prometheus.Histogram
+	pingFailures   prometheus.Counter
+	clients        prometheus.Gauge
+	pubsubChannels prometheus.Gauge
+	pubsubPatterns prometheus.Gauge
+	restarts       prometheus.Counter
+	leaves         *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: metricState,
+			Help: "Registry state of the node, one-hot: 1 for the current state (gone, joining, ready, draining), 0 for the others.",
+		}, []string{"state"}),
+		redisUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: metricRedisUp,
+			Help: "1 if the node's Redis answered the last PING, else 0.",
+		}),
+		ping: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    metricPing,
+			Help:    "Round-trip time of the health PINGs that succeeded.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+		}),
+		pingFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: metricPingFailures,
+			Help: "Health PINGs that failed or timed out.",
+		}),
+		clients: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: metricClients,
+			Help: "connected_clients from the node's Redis INFO.",
+		}),
+		pubsubChannels: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: metricPubsubChannels,
+			Help: "pubsub_channels from the node's Redis INFO: channels with at least one subscriber.",
+		}),
+		pubsubPatterns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: metricPubsubPatterns,
+			Help: "pubsub_patterns from the node's Redis INFO: subscribed patterns.",
+		}),
+		restarts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: metricRestarts,
+			Help: "Times the agent restarted its redis-server child after it exited.",
+		}),
+		leaves: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricLeaves,
+			Help: "Times the node left the registry (its key was deleted), by reason.",
+		}, []string{"reason"}),
+	}
+	for _, c := range []prometheus.Collector{
+		m.state, m.redisUp, m.ping, m.pingFailures, m.clients,
+		m.pubsubChannels, m.pubsubPatterns, m.restarts, m.leaves,
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("broker: register metrics: %w", err)
+		}
+	}
+	for _, r := range leaveReasons {
+		m.leaves.WithLabelValues(r) // export zeros, so rate() works from the start
+	}
+	m.setState(StateGone)
+	return m, nil
+}
+
+// setState makes state the one state set to 1.
+func (m *metrics) setState(state string) {
+	for _, s := range metricStates {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		m.state.WithLabelValues(s).Set(v)
+	}
+}

@@ -1,0 +1,229 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// process is one redis-server child. Only the agent's run goroutine starts
+// and stops it; a waiter goroutine reaps it and closes done.
+type process struct {
+	pid     int
+	started time.Time
+	out     *tail         // the child's last output lines
+	done    chan struct{} // closed by the waiter once the child has exited and been reaped
+	waitErr error         // the exit status; written before done closes
+}
+
+// confName is the file the child reads its configuration from.
+const confName = "redis.conf"
+
+// writeConf writes the child's redis.conf into dir (mode 0600) and returns
+// its path. The file is rewritten at every start, so edits to it are lost.
+func writeConf(dir string, cfg Config) (string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("broker: data dir: %w", err)
+	}
+	protected := "yes"
+	if !isLoopback(cfg.Bind) {
+		// Protected mode would refuse every non-local client of a node that
+		// is meant to serve them; the operator chose a non-loopback bind.
+		protected = "no"
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# Written by the pubmesh node agent for node %s; rewritten at every start.\n", cfg.ID)
+	fmt.Fprintf(&b, "port %d\n", cfg.Port)
+	fmt.Fprintf(&b, "bind %s\n", cfg.Bind)
+	fmt.Fprintf(&b, "protected-mode %s\n", protected)
+	b.WriteString("daemonize no\n")
+	fmt.Fprintf(&b, "dir %s\n", quoteConf(dir))
+	b.WriteString("logfile \"\"\n")
+	b.WriteString("loglevel notice\n")
+	b.WriteString("# A pub/sub node keeps no data: no RDB snapshots, no AOF.\n")
+	b.WriteString("save \"\"\n")
+	b.WriteString("appendonly no\n")
+	b.WriteString("# Subscribers that fall this far behind are disconnected (and resubscribe).\n")
+	fmt.Fprintf(&b, "client-output-buffer-limit pubsub %s\n", cfg.OutputBufferLimit)
+	path := filepath.Join(dir, confName)
+	if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil {
+		return "", fmt.Errorf("broker: write %s: %w", path, err)
+	}
+	// WriteFile keeps the mode of an existing file; make sure it is 0600.
+	if err := os.Chmod(path, 0o600); err != nil {
+		return "", fmt.Errorf("broker: chmod %s: %w", path, err)
+	}
+	return path, nil
+}
+
+func quoteConf(s string) string { return strconv.Quote(s) }
+
+// startProcess starts redis-server with conf and waits until it answers
+// PING and its INFO shows the child's own pid (so a server that was already
+// on the port is never mistaken for ours). A child that exits first is a
+// clear error with the last line it printed.
+func startProcess(ctx context.Context, cfg Config, conf string, pr *probe, log *slog.Logger) (*process, info, error) {
+	if err := checkPortFree(cfg.Bind, cfg.Port); err != nil {
+		return nil, info{}, err
+	}
+	cmd := exec.Command(cfg.RedisServer, conf)
+	p := &process{out: newTail(20, log), done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		// The child dies with the agent even if the agent is SIGKILLed.
+		Pdeathsig: syscall.SIGKILL,
+		// Its own process group: a terminal's Ctrl-C reaches the agent only,
+		// which then drains before it stops the child.
+		Setpgid: true,
+	}
+	started := make(chan error, 1)
+	go func() {
+		// Pdeathsig fires when the thread that forked the child exits, not
+		// the process (golang/go#27505). Keep this goroutine on its thread
+		// until the child is gone, so the signal means "the agent died".
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		p.pid, p.started = cmd.Process.Pid, time.Now()
+		started <- nil
+		p.waitErr = cmd.Wait()
+		close(p.done)
+	}()
+	if err := <-started; err != nil {
+		return nil, info{}, fmt.Errorf("broker: start %s: %w", cfg.RedisServer, err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
+	defer cancel()
+	for {
+		if pr.ping(sctx) == nil {
+			in, err := pr.serverInfo(sctx)
+			if err == nil && in.pid == p.pid {
+				return p, in, nil
+			}
+		}
+		select {
+		case <-p.done:
+			return nil, info{}, fmt.Errorf("broker: redis-server exited at start (%s)", p.exitReason())
+		case <-sctx.Done():
+			p.stop(cfg.StopTimeout)
+			if ctx.Err() != nil {
+				return nil, info{}, ctx.Err()
+			}
+			return nil, info{}, fmt.Errorf("broker: redis-server on %s:%d did not answer PING within %s", cfg.Bind, cfg.Port, cfg.StartTimeout)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// stop ends the child: SIGTERM to its process group, SIGKILL after timeout
+// if it is still there, and waits until it is reaped.
+func (p *process) stop(timeout time.Duration) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	syscall.Kill(-p.pid, syscall.SIGTERM)
+	syscall.Kill(-p.pid, syscall.SIGCONT) // a stopped process must run to handle TERM
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-p.done:
+	case <-t.C:
+		syscall.Kill(-p.pid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+// exitReason is the exit status and the last line the child printed.
+func (p *process) exitReason() string {
+	status := "exited"
+	var ee *exec.ExitError
+	if errors.As(p.waitErr, &ee) {
+		status = ee.ProcessState.String() // "exit status 1", "signal: killed"
+	} else if p.waitErr != nil {
+		status = p.waitErr.Error()
+	} else {
+		status = "exit status 0"
+	}
+	if last := p.out.last(); last != "" {
+		return status + ": " + last
+	}
+	return status
+}
+
+// tail is an io.Writer that keeps the last lines the child printed and logs
+// each at debug level. It is safe for concurrent use.
+type tail struct {
+	log *slog.Logger
+
+	mu      sync.Mutex // guards partial, lines
+	partial []byte
+	lines   []string
+	max     int
+}
+
+func newTail(max int, log *slog.Logger) *tail { return &tail{max: max, log: log} }
+
+func (t *tail) Write(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.partial = append(t.partial, b...)
+	for {
+		i := bytes.IndexByte(t.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := strings.TrimSpace(string(t.partial[:i]))
+		t.partial = t.partial[i+1:]
+		if line == "" {
+			continue
+		}
+		t.log.Debug("redis-server", "line", line)
+		t.lines = append(t.lines, line)
+		if len(t.lines) > t.max {
+			t.lines = t.lines[1:]
+		}
+	}
+	if len(t.partial) > 64<<10 { // a line that never ends
+		t.partial = t.partial[:0]
+	}
+	return len(b), nil
+}
+
+// last returns the most telling recent line: the last warning ("#") if
+// there is one, otherwise the last line, without redis's "pid:role date"
+// prefix.
+func (t *tail) last() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	pick := ""
+	for _, l := range t.lines {
+		if strings.Contains(l, " # ") {
+			pick = l
+		}
+	}
+	if pick == "" && len(t.lines) > 0 {
+		pick = t.lines[len(t.lines)-1]
+	}
+	for _, mark := range []string{" # ", " * ", " - ", " . "} {
+		if i := strings.Index(pick, mark); i >= 0 {
+			return pick[i+len(mark):]
+		}
+	}
+	return pick
+}
