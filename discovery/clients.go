@@ -132,13 +132,17 @@ func (r *Registry) PendingAcks(ctx context.Context, node Node, want AckState) ([
 // clients still pending with the context's error, so the caller can log who
 // did not answer.
 func (r *Registry) WaitAcks(ctx context.Context, node Node, want AckState) ([]string, error) {
+	var known []string // pending as last read, for the caller's log
 	for {
 		pending, rev, err := r.PendingAcks(ctx, node, want)
 		if err == nil && len(pending) == 0 {
 			return nil, nil
 		}
+		if err == nil {
+			known = pending
+		}
 		if ctx.Err() != nil {
-			return pending, ctx.Err()
+			return known, ctx.Err()
 		}
 		if err != nil {
 			sleep(ctx, 200*time.Millisecond)

@@ -10,6 +10,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // EtcdConfig says how to reach etcd. The zero value is not usable: Endpoints
@@ -61,6 +63,13 @@ func Dial(ctx context.Context, cfg EtcdConfig) (*clientv3.Client, error) {
 		Password:             cfg.Password,
 		TLS:                  cfg.TLS,
 		Logger:               zap.NewNop(),
+		// gRPC's default reconnect backoff grows to 2 minutes; after an etcd
+		// restart that is longer than a lease TTL, and leases would expire
+		// only because the client waits. Retry at least every second.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("discovery: etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)

@@ -69,6 +69,10 @@ func (l *Lease) run(ctx context.Context) {
 		}
 		// The keep-alive stopped: find out whether the lease is really gone.
 		for ctx.Err() == nil {
+			if l.cli.Ctx().Err() != nil {
+				l.setErr(fmt.Errorf("discovery: etcd client closed: %w", ErrLeaseLost))
+				return
+			}
 			tctx, cancel := context.WithTimeout(ctx, time.Second)
 			ttl, err := l.cli.TimeToLive(tctx, l.id)
 			cancel()

@@ -49,7 +49,7 @@ type WatchOptions struct {
 }
 
 // Watch sends a Snapshot of the live nodes now and after every change, until
-// ctx is done; then it closes the channel. One goroutine owns and closes it.
+// ctx is done or the etcd client is closed; then it closes the channel. One goroutine owns and closes it.
 //
 // It lists, then watches from the list's revision + 1, so no change falls
 // between the two. When the watch breaks (compaction, lost leader: the watch
@@ -107,7 +107,7 @@ func (r *Registry) watch(ctx context.Context, opts WatchOptions, out chan Snapsh
 		nodes, rev, err := r.List(clientv3.WithRequireLeader(lctx))
 		cancel()
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || r.cli.Ctx().Err() != nil { // done, or etcd client closed
 				return
 			}
 			r.cfg.Logger.Warn("discovery: etcd unreachable, keeping last node set", "err", err)
@@ -123,7 +123,7 @@ func (r *Registry) watch(ctx context.Context, opts WatchOptions, out chan Snapsh
 		}
 		send(Snapshot{Nodes: nodes, Revision: rev})
 		err = r.follow(ctx, opts, rev, set, send)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || r.cli.Ctx().Err() != nil {
 			return
 		}
 		if errors.Is(err, rpctypes.ErrCompacted) {
