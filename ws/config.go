@@ -1,0 +1,153 @@
+package ws
+
+import (
+	"crypto"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults of the limits, exported so documentation, flags and tests name
+// the same numbers.
+const (
+	DefaultMaxFrameBytes    = 64 << 10 // 64 KiB
+	DefaultMaxPublishBytes  = 32 << 10 // 32 KiB
+	DefaultMaxSubscriptions = 100
+	DefaultMaxChannelBytes  = 128
+	DefaultPublishRate      = 20 // per second
+	DefaultPublishBurst     = 40
+	DefaultSendQueue        = 256 // frames
+	DefaultPingInterval     = 25 * time.Second
+	DefaultPongTimeout      = 10 * time.Second
+	DefaultWriteTimeout     = 10 * time.Second
+	DefaultCloseGrace       = 2 * time.Second
+	DefaultOpTimeout        = 10 * time.Second
+	DefaultShutdownTimeout  = 10 * time.Second
+)
+
+// Config of a Handler. Zero means the default; a negative limit means no
+// limit where the field says so.
+type Config struct {
+	// JWTSecret verifies HS256 tokens. Default: none.
+	JWTSecret []byte
+	// JWTPublicKey verifies RS256 tokens (an *rsa.PublicKey) or ES256,
+	// ES384, ES512 tokens (an *ecdsa.PublicKey on P-256, P-384, P-521); see
+	// ParsePublicKeyPEM. Default: none.
+	JWTPublicKey crypto.PublicKey
+	// APIKeys are bearer credentials with full access (publish and
+	// subscribe on every channel), meant for backends. Default: none.
+	APIKeys []string
+	// Insecure lets every request in, with full access, when none of
+	// JWTSecret, JWTPublicKey and APIKeys is set. Without it and without any
+	// of them NewHandler fails. With any of them set, Insecure changes
+	// nothing: credentials are required. Default: false.
+	Insecure bool
+	// AllowOrigins lists the Origin values a browser may connect from:
+	// exact origins ("https://app.example.com"), a "*." wildcard for
+	// subdomains ("https://*.example.com"), or "*" for any. Requests without
+	// an Origin header (non-browser clients) are always allowed. Default:
+	// only the gateway's own origin (the Origin's host equals Host).
+	AllowOrigins []string
+
+	// MaxFrameBytes is the largest frame a client may send; a larger one
+	// closes the connection with 1009. Default: 64 KiB.
+	MaxFrameBytes int
+	// MaxPublishBytes is the largest publish data, over WebSocket
+	// (error too_large) or as an HTTP body (413). Default: 32 KiB.
+	MaxPublishBytes int
+	// MaxSubscriptions per connection (error limit). Negative: no limit.
+	// Default: 100.
+	MaxSubscriptions int
+	// MaxChannelBytes is the longest channel name (error bad_request), on
+	// top of fanout.ValidateChannel's rules. Default: 128.
+	MaxChannelBytes int
+	// PublishRate is how many publishes per second one connection may
+	// send, with bursts of PublishBurst (error rate_limited). Negative: no
+	// limit. Default: 20.
+	PublishRate float64
+	// PublishBurst. Default: 40.
+	PublishBurst int
+	// SendQueue is how many frames may wait for one connection's writer.
+	// When it is full the connection is closed with 4008 "slow consumer".
+	// Default: 256.
+	SendQueue int
+
+	// PingInterval is how often the gateway pings an idle client. Default:
+	// 25s.
+	PingInterval time.Duration
+	// PongTimeout: a client that sends nothing, not even a pong, for
+	// PingInterval + PongTimeout is dead and closed. Default: 10s.
+	PongTimeout time.Duration
+	// WriteTimeout bounds one write to a client. Default: 10s.
+	WriteTimeout time.Duration
+	// CloseGrace is how long a closing connection may take to deliver its
+	// close frame and hear the client's. Default: 2s.
+	CloseGrace time.Duration
+	// OpTimeout bounds a subscribe or publish through the fanout client.
+	// Default: 10s.
+	OpTimeout time.Duration
+	// ShutdownTimeout bounds Serve's graceful shutdown. Default: 10s.
+	ShutdownTimeout time.Duration
+
+	// Logger. Default: slog.Default().
+	Logger *slog.Logger
+	// Metrics is the registry the handler registers its metrics in and
+	// serves at /metrics. Pass the registry given to fanout.Config as
+	// Registerer to serve both. Default: a new registry of its own.
+	Metrics *prometheus.Registry
+}
+
+// ErrNoAuth is returned by NewHandler when no credential is configured and
+// Config.Insecure is false.
+var ErrNoAuth = errors.New("ws: no authentication configured (set a JWT secret, a JWT public key or an API key, or Insecure)")
+
+func (c *Config) setDefaults() error {
+	if len(c.JWTSecret) == 0 && c.JWTPublicKey == nil && len(c.APIKeys) == 0 && !c.Insecure {
+		return ErrNoAuth
+	}
+	def := func(p *int, d int) {
+		if *p == 0 {
+			*p = d
+		}
+	}
+	defDur := func(p *time.Duration, d time.Duration) {
+		if *p == 0 {
+			*p = d
+		}
+	}
+	def(&c.MaxFrameBytes, DefaultMaxFrameBytes)
+	def(&c.MaxPublishBytes, DefaultMaxPublishBytes)
+	def(&c.MaxSubscriptions, DefaultMaxSubscriptions)
+	def(&c.MaxChannelBytes, DefaultMaxChannelBytes)
+	def(&c.PublishBurst, DefaultPublishBurst)
+	def(&c.SendQueue, DefaultSendQueue)
+	if c.PublishRate == 0 {
+		c.PublishRate = DefaultPublishRate
+	}
+	defDur(&c.PingInterval, DefaultPingInterval)
+	defDur(&c.PongTimeout, DefaultPongTimeout)
+	defDur(&c.WriteTimeout, DefaultWriteTimeout)
+	defDur(&c.CloseGrace, DefaultCloseGrace)
+	defDur(&c.OpTimeout, DefaultOpTimeout)
+	defDur(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Metrics == nil {
+		c.Metrics = prometheus.NewRegistry()
+	}
+	for name, v := range map[string]int{"MaxFrameBytes": c.MaxFrameBytes, "MaxPublishBytes": c.MaxPublishBytes, "MaxChannelBytes": c.MaxChannelBytes, "SendQueue": c.SendQueue, "PublishBurst": c.PublishBurst} {
+		if v < 0 {
+			return fmt.Errorf("ws: %s must not be negative", name)
+		}
+	}
+	for _, d := range []time.Duration{c.PingInterval, c.PongTimeout, c.WriteTimeout, c.CloseGrace, c.OpTimeout, c.ShutdownTimeout} {
+		if d < 0 {
+			return errors.New("ws: durations must not be negative")
+		}
+	}
+	return nil
+}

@@ -1,0 +1,27 @@
+// Package ws is pubmesh's WebSocket gateway: it serves browsers and apps
+// over WebSocket and backends over HTTP, on top of one fanout client.
+//
+//	client, _ := fanout.New(ctx, fanout.Config{Etcd: etcdCfg, Registerer: reg})
+//	h, err := ws.NewHandler(client, ws.Config{JWTSecret: secret, Metrics: reg})
+//	...
+//	err = h.Serve(ctx, listener) // or ws.ListenAndServe(ctx, addr, client, cfg)
+//
+// Clients speak JSON text frames at GET /ws (subscribe, unsubscribe,
+// publish, ping; replies ok and error; message frames); backends POST JSON
+// to /api/publish/{channel}. docs/protocol.md describes frames, error and
+// close codes, limits and their defaults, and authentication (JWT with
+// subscribe/publish channel globs, or API keys).
+//
+// Efficiency: the gateway holds one fanout subscription per channel,
+// however many clients want it (reference counted), encodes each message
+// once and queues the same bytes to every subscriber, and writes a
+// client's queued frames with one syscall. Each connection has a bounded
+// send queue (SendQueue, 256 frames): a client that cannot keep up is
+// closed with 4008 "slow consumer" and counted, and never delays the
+// others.
+//
+// Concurrency: Handler is safe for concurrent use. Each connection has one
+// reader and one writer goroutine; the hub's per-channel pump goroutines
+// never block on a connection. Shutdown is idempotent and safe to call
+// concurrently with connections opening and closing.
+package ws

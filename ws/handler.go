@@ -1,0 +1,241 @@
+package ws
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pubmesh/pubmesh/fanout"
+)
+
+// Handler is the gateway: an http.Handler serving
+//
+//	GET  /ws                       WebSocket clients (docs/protocol.md)
+//	POST /api/publish/{channel}    publish the JSON body
+//	GET  /api/nodes                the nodes as the gateway sees them
+//	GET  /healthz                  200 while at least one node is ready
+//	GET  /metrics                  Prometheus metrics
+//	GET  /                         the demo page
+//	GET  /pubmesh.js               the JavaScript client
+//
+// on top of one fanout client. It is safe for concurrent use. Shutdown
+// closes its WebSocket connections; the fanout client is the caller's to
+// close, after Shutdown.
+type Handler struct {
+	client  *fanout.Client
+	cfg     Config
+	auth    *authenticator
+	metrics *metrics
+	hub     *hub
+	mux     *http.ServeMux
+	up      websocket.Upgrader
+	log     *slog.Logger
+
+	ctx    context.Context // canceled by Shutdown
+	cancel context.CancelFunc
+
+	mu       sync.Mutex // guards conns, shutdown
+	conns    map[*conn]struct{}
+	shutdown bool
+	running  sync.WaitGroup // connections being served; Add only under mu while !shutdown
+	done     chan struct{}  // closed when Shutdown has closed every connection
+}
+
+var _ http.Handler = (*Handler)(nil)
+
+// NewHandler returns a gateway on client. It fails with ErrNoAuth when cfg
+// configures no credential and is not Insecure. cfg is copied.
+func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
+	if client == nil {
+		return nil, errors.New("ws: nil fanout client")
+	}
+	cfg.APIKeys = append([]string(nil), cfg.APIKeys...)
+	cfg.AllowOrigins = append([]string(nil), cfg.AllowOrigins...)
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	auth, err := newAuthenticator(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &Handler{
+		client: client, cfg: cfg, auth: auth, metrics: m, log: cfg.Logger,
+		ctx: ctx, cancel: cancel,
+		conns: make(map[*conn]struct{}),
+		done:  make(chan struct{}),
+	}
+	if auth.open {
+		h.log.Warn("ws: INSECURE: no authentication, every client may subscribe and publish to every channel")
+	}
+	h.hub = newHub(h, ctx)
+	h.up = websocket.Upgrader{
+		// Origin is checked before Upgrade (checkOrigin), to count it.
+		CheckOrigin: func(*http.Request) bool { return true },
+		// Idle connections hold no write buffer.
+		WriteBufferPool: &sync.Pool{},
+		HandshakeTimeout: cfg.WriteTimeout,
+	}
+	h.mux = http.NewServeMux()
+	h.mux.HandleFunc("GET /ws", h.serveWS)
+	h.mux.HandleFunc("POST /api/publish/{channel...}", h.servePublish)
+	h.mux.HandleFunc("GET /api/nodes", h.serveNodes)
+	h.mux.HandleFunc("GET /healthz", h.serveHealth)
+	h.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{Registry: cfg.Metrics}))
+	h.mux.HandleFunc("GET /{$}", serveStatic("index.html", "text/html; charset=utf-8"))
+	h.mux.HandleFunc("GET /pubmesh.js", serveStatic("pubmesh.js", "text/javascript; charset=utf-8"))
+	return h, nil
+}
+
+// ServeHTTP routes r.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
+	if !h.checkOrigin(r) {
+		h.metrics.authFailures.WithLabelValues("origin").Inc()
+		writeError(w, http.StatusForbidden, &Error{Code: CodeForbidden, Message: "origin not allowed"})
+		return
+	}
+	p, err := h.auth.authenticate(r)
+	if err != nil {
+		h.refuse(w, err)
+		return
+	}
+	if !websocket.IsWebSocketUpgrade(r) {
+		writeError(w, http.StatusBadRequest, &Error{Code: CodeBadRequest, Message: "expected a WebSocket upgrade"})
+		return
+	}
+	h.mu.Lock()
+	down := h.shutdown
+	if !down {
+		h.running.Add(1)
+	}
+	h.mu.Unlock()
+	if down {
+		writeError(w, http.StatusServiceUnavailable, &Error{Code: CodeUnavailable, Message: "gateway shutting down"})
+		return
+	}
+	defer h.running.Done()
+
+	hw := &hijackWriter{ResponseWriter: w}
+	wsc, err := h.up.Upgrade(hw, r, nil)
+	if err != nil {
+		return // Upgrade has answered
+	}
+	c := newConn(h, wsc, hw.conn, p)
+	h.mu.Lock()
+	h.conns[c] = struct{}{}
+	down = h.shutdown
+	h.mu.Unlock()
+	if down {
+		c.close(CloseGoingAway, "gateway shutting down")
+	}
+	h.metrics.connections.Inc()
+	h.metrics.connects.Inc()
+	c.run()
+	h.metrics.connections.Dec()
+	h.mu.Lock()
+	delete(h.conns, c)
+	h.mu.Unlock()
+}
+
+// checkOrigin allows requests without Origin (not from a browser), the
+// gateway's own origin, and AllowOrigins.
+func (h *Handler) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if len(h.cfg.AllowOrigins) == 0 {
+		return strings.EqualFold(u.Host, r.Host)
+	}
+	for _, a := range h.cfg.AllowOrigins {
+		if originMatches(a, origin, u) {
+			return true
+		}
+	}
+	return false
+}
+
+func originMatches(allowed, origin string, u *url.URL) bool {
+	if allowed == "*" || strings.EqualFold(allowed, origin) {
+		return true
+	}
+	// "https://*.example.com" matches subdomains of example.com.
+	scheme, rest, ok := strings.Cut(allowed, "://*.")
+	return ok && strings.EqualFold(scheme, u.Scheme) && strings.HasSuffix(strings.ToLower(u.Host), "."+strings.ToLower(rest))
+}
+
+// refuse answers an authentication failure with 401.
+func (h *Handler) refuse(w http.ResponseWriter, err error) {
+	reason := "invalid"
+	var ae *authError
+	if errors.As(err, &ae) {
+		reason = ae.reason
+	}
+	h.metrics.authFailures.WithLabelValues(reason).Inc()
+	w.Header().Set("WWW-Authenticate", `Bearer realm="pubmesh"`)
+	h.metrics.errors.WithLabelValues(CodeUnauthorized).Inc()
+	writeError(w, http.StatusUnauthorized, &Error{Code: CodeUnauthorized, Message: err.Error()})
+}
+
+// Shutdown stops accepting WebSocket connections, sends every client a
+// close frame (1001, "gateway shutting down") and waits until they are
+// gone or ctx is done, when it drops the rest. Later calls wait for the
+// first to finish and return nil. The fanout client is not closed.
+func (h *Handler) Shutdown(ctx context.Context) error {
+	h.mu.Lock()
+	first := !h.shutdown
+	h.shutdown = true
+	conns := make([]*conn, 0, len(h.conns))
+	for c := range h.conns {
+		conns = append(conns, c)
+	}
+	h.mu.Unlock()
+	if !first {
+		select {
+		case <-h.done:
+		case <-ctx.Done():
+		}
+		return nil
+	}
+	defer close(h.done)
+	h.cancel()
+	for _, c := range conns {
+		c.close(CloseGoingAway, "gateway shutting down")
+	}
+	waited := make(chan struct{})
+	go func() { h.running.Wait(); close(waited) }()
+	select {
+	case <-waited:
+		return nil
+	case <-ctx.Done():
+	}
+	// Out of time: close the sockets; the connections end at once.
+	h.mu.Lock()
+	for c := range h.conns {
+		c.ws.NetConn().Close()
+	}
+	h.mu.Unlock()
+	<-waited
+	return ctx.Err()
+}
+
+// Metrics is the registry served at /metrics.
+func (h *Handler) Metrics() *prometheus.Registry { return h.cfg.Metrics }

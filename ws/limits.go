@@ -1,0 +1,56 @@
+package ws
+
+import (
+	"bytes"
+	"encoding/json"
+	"strconv"
+
+	"golang.org/x/time/rate"
+
+	"github.com/pubmesh/pubmesh/fanout"
+)
+
+// checkChannel applies fanout.ValidateChannel (non-empty, printable UTF-8,
+// no spaces or control characters) and MaxChannelBytes.
+func (h *Handler) checkChannel(id json.RawMessage, name string) *Error {
+	if len(name) > h.cfg.MaxChannelBytes {
+		return badRequest(id, "channel name longer than %d bytes", h.cfg.MaxChannelBytes)
+	}
+	if err := fanout.ValidateChannel(name); err != nil {
+		return badRequest(id, "bad channel name: %v", err)
+	}
+	return nil
+}
+
+// checkData validates and compacts publish data: at most MaxPublishBytes
+// (too_large), and valid JSON (bad_request). HTTP bodies come here too.
+func (h *Handler) checkData(id json.RawMessage, data []byte) ([]byte, *Error) {
+	if len(data) > h.cfg.MaxPublishBytes {
+		return nil, &Error{Code: CodeTooLarge, Message: "data larger than " + byteSize(h.cfg.MaxPublishBytes), ID: id}
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(data))
+	if err := json.Compact(&buf, data); err != nil {
+		return nil, badRequest(id, "data is not valid JSON: %v", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// newLimiter returns the per-connection publish limiter, or nil for no
+// limit.
+func (h *Handler) newLimiter() *rate.Limiter {
+	if h.cfg.PublishRate < 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(h.cfg.PublishRate), h.cfg.PublishBurst)
+}
+
+func byteSize(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.Itoa(n>>20) + " MiB"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return strconv.Itoa(n>>10) + " KiB"
+	}
+	return strconv.Itoa(n) + " bytes"
+}

@@ -1,0 +1,71 @@
+package ws
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics of one Handler, registered in Config.Metrics.
+type metrics struct {
+	connections     prometheus.Gauge
+	connects        prometheus.Counter
+	subscriptions   prometheus.Gauge // client subscriptions
+	channels        prometheus.Gauge // fanout subscriptions held by the hub
+	messagesIn      *prometheus.CounterVec
+	messagesFanout  prometheus.Counter // received from the fanout client
+	messagesOut     prometheus.Counter // message frames written to clients
+	writeBatches    prometheus.Counter
+	slowConsumers   prometheus.Counter
+	errors          *prometheus.CounterVec
+	authFailures    *prometheus.CounterVec
+	closes          *prometheus.CounterVec
+	subscribeErrors prometheus.Counter
+}
+
+func newMetrics(reg *prometheus.Registry) (*metrics, error) {
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pubmesh_ws_connections", Help: "Open WebSocket connections."}),
+		connects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pubmesh_ws_connections_total", Help: "WebSocket connections accepted."}),
+		subscriptions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pubmesh_ws_subscriptions", Help: "Channel subscriptions of connected clients."}),
+		channels: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pubmesh_ws_channels", Help: "Channels the gateway is subscribed to through fanout (one per channel, however many clients)."}),
+		messagesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pubmesh_ws_messages_in_total", Help: "Messages published through the gateway, by source (ws or http)."}, []string{"source"}),
+		messagesFanout: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pubmesh_ws_messages_received_total", Help: "Messages received from the fanout client (each encoded once)."}),
+		messagesOut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pubmesh_ws_messages_out_total", Help: "Message frames written to clients."}),
+		writeBatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pubmesh_ws_write_batches_total", Help: "Flushes to client sockets; frames written / batches is the coalescing factor."}),
+		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pubmesh_ws_slow_consumer_disconnects_total", Help: "Connections closed with 4008 because their send queue overflowed."}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pubmesh_ws_errors_total", Help: "Error replies (WebSocket frames and HTTP), by code."}, []string{"code"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pubmesh_ws_auth_failures_total", Help: "Refused requests, by reason (missing, invalid, expired, origin)."}, []string{"reason"}),
+		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pubmesh_ws_closes_total", Help: "Connections closed by the gateway, by close code."}, []string{"code"}),
+		subscribeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pubmesh_ws_fanout_subscribe_errors_total", Help: "Failed fanout subscriptions."}),
+	}
+	for _, c := range []prometheus.Collector{m.connections, m.connects, m.subscriptions, m.channels, m.messagesIn,
+		m.messagesFanout, m.messagesOut, m.writeBatches, m.slowConsumers, m.errors, m.authFailures, m.closes, m.subscribeErrors} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("ws: register metrics: %w", err)
+		}
+	}
+	// Make the labelled series visible at zero.
+	for _, code := range []string{CodeBadRequest, CodeForbidden, CodeTooLarge, CodeRateLimited, CodeLimit, CodeUnavailable, CodeUnauthorized} {
+		m.errors.WithLabelValues(code)
+	}
+	for _, r := range []string{"missing", "invalid", "expired", "origin"} {
+		m.authFailures.WithLabelValues(r)
+	}
+	m.messagesIn.WithLabelValues("ws")
+	m.messagesIn.WithLabelValues("http")
+	return m, nil
+}

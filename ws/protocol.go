@@ -1,0 +1,209 @@
+package ws
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+	"unicode/utf8"
+)
+
+// Operations in the "op" field of a frame. See docs/protocol.md.
+const (
+	// Client to server.
+	OpSubscribe   = "subscribe"
+	OpUnsubscribe = "unsubscribe"
+	OpPublish     = "publish"
+	OpPing        = "ping"
+	// Server to client.
+	OpOK      = "ok"
+	OpError   = "error"
+	OpMessage = "message"
+)
+
+// Error codes of error frames and HTTP error bodies.
+const (
+	CodeBadRequest   = "bad_request"  // malformed frame, unknown op, bad channel name, data that is not JSON
+	CodeForbidden    = "forbidden"    // the credential does not cover the channel
+	CodeTooLarge     = "too_large"    // publish data over MaxPublishBytes
+	CodeRateLimited  = "rate_limited" // over PublishRate
+	CodeLimit        = "limit"        // over MaxSubscriptions
+	CodeUnavailable  = "unavailable"  // the fanout client failed (no ready node, timeout)
+	CodeUnauthorized = "unauthorized" // HTTP only: missing, invalid or expired credential
+)
+
+// Close codes the gateway sends, besides 1000 (an echo of the client's own
+// close).
+const (
+	CloseGoingAway    = 1001 // the gateway is shutting down
+	CloseTooBig       = 1009 // a frame over MaxFrameBytes
+	CloseInternal     = 1011 // the gateway lost its subscription to a channel
+	CloseTokenExpired = 4001 // the token's exp passed; reconnect with a fresh one
+	CloseSlowConsumer = 4008 // the send queue overflowed: the client reads too slowly
+)
+
+// maxIDBytes bounds the id a client may send; the gateway echoes it.
+const maxIDBytes = 64
+
+// Frame is a decoded client frame.
+type Frame struct {
+	Op      string
+	Channel string
+	// Data is the publish data, valid JSON (possibly "null"); nil when
+	// absent.
+	Data json.RawMessage
+	// ID is the request id as sent (a JSON number or string), echoed in the
+	// reply; nil when absent.
+	ID json.RawMessage
+}
+
+// Error is a protocol error: the reply to a frame the gateway refuses.
+type Error struct {
+	Code    string
+	Message string
+	// ID of the frame it answers, when it could be read.
+	ID json.RawMessage
+}
+
+func (e *Error) Error() string { return "ws: " + e.Code + ": " + e.Message }
+
+func badRequest(id json.RawMessage, format string, args ...any) *Error {
+	return &Error{Code: CodeBadRequest, Message: fmt.Sprintf(format, args...), ID: id}
+}
+
+type wireFrame struct {
+	Op      string          `json:"op"`
+	Channel string          `json:"channel"`
+	Data    json.RawMessage `json:"data"`
+	ID      json.RawMessage `json:"id"`
+}
+
+// DecodeFrame parses one client frame. It checks the shape (an object with
+// a known op, a channel where the op needs one, data for publish, an id
+// that is a number or a string of at most 64 bytes) but not the channel
+// name rules, which depend on the Config. Unknown fields are ignored. On
+// failure it returns an *Error with code bad_request and, when it could be
+// read, the frame's id.
+func DecodeFrame(b []byte) (Frame, error) {
+	if !utf8.Valid(b) {
+		return Frame{}, badRequest(nil, "frame is not UTF-8")
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' {
+		return Frame{}, badRequest(nil, "frame is not a JSON object")
+	}
+	var w wireFrame
+	err := json.Unmarshal(b, &w)
+	var te *json.UnmarshalTypeError
+	if err != nil && !errors.As(err, &te) {
+		return Frame{}, badRequest(nil, "frame is not valid JSON: %v", err)
+	}
+	id, idErr := checkID(w.ID)
+	if idErr != nil {
+		return Frame{}, idErr
+	}
+	if err != nil {
+		return Frame{}, badRequest(id, "field %q has the wrong type", te.Field)
+	}
+	f := Frame{Op: w.Op, Channel: w.Channel, ID: id}
+	switch w.Op {
+	case OpSubscribe, OpUnsubscribe:
+	case OpPublish:
+		if w.Data == nil {
+			return Frame{}, badRequest(id, "publish needs data")
+		}
+		f.Data = w.Data
+	case OpPing:
+		return f, nil
+	case "":
+		return Frame{}, badRequest(id, "missing op")
+	default:
+		return Frame{}, badRequest(id, "unknown op %q", truncate(w.Op, 32))
+	}
+	if w.Channel == "" {
+		return Frame{}, badRequest(id, "%s needs a channel", w.Op)
+	}
+	return f, nil
+}
+
+// checkID accepts a JSON number or string of at most maxIDBytes; null
+// counts as absent.
+func checkID(id json.RawMessage) (json.RawMessage, *Error) {
+	if len(id) == 0 || string(id) == "null" {
+		return nil, nil
+	}
+	if len(id) > maxIDBytes {
+		return nil, badRequest(nil, "id longer than %d bytes", maxIDBytes)
+	}
+	switch c := id[0]; {
+	case c == '"', c == '-', c >= '0' && c <= '9':
+		return id, nil
+	}
+	return nil, badRequest(nil, "id must be a number or a string")
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
+
+// okFrame is {"op":"ok","id":<id>}, or {"op":"ok"} without an id.
+func okFrame(id json.RawMessage) []byte {
+	if id == nil {
+		return []byte(`{"op":"ok"}`)
+	}
+	b := make([]byte, 0, 20+len(id))
+	b = append(b, `{"op":"ok","id":`...)
+	b = append(b, id...)
+	return append(b, '}')
+}
+
+type wireError struct {
+	Op      string          `json:"op"`
+	ID      json.RawMessage `json:"id,omitempty"`
+	Code    string          `json:"code"`
+	Message string          `json:"message"`
+}
+
+// errorFrame is {"op":"error","id":<id>,"code":…,"message":…}.
+func errorFrame(e *Error) []byte {
+	b, _ := json.Marshal(wireError{Op: OpError, ID: e.ID, Code: e.Code, Message: e.Message})
+	return b
+}
+
+// encodeMessage builds a message frame once for every subscriber:
+//
+//	{"op":"message","channel":"news","data":<JSON>,"id":"<message id>","ts":<ms>}
+//
+// A payload that is valid JSON is sent as is; any other payload (published
+// by a Go service) as a JSON string, with invalid UTF-8 replaced by U+FFFD.
+func encodeMessage(channel string, payload []byte, id string, ts time.Time) []byte {
+	b := make([]byte, 0, 64+len(channel)+len(payload)+len(id))
+	b = append(b, `{"op":"message","channel":`...)
+	b = appendString(b, channel)
+	b = append(b, `,"data":`...)
+	if json.Valid(payload) {
+		b = append(b, payload...)
+	} else {
+		b = appendString(b, string(payload))
+	}
+	b = append(b, `,"id":`...)
+	b = appendString(b, id)
+	if !ts.IsZero() {
+		b = append(b, `,"ts":`...)
+		b = strconv.AppendInt(b, ts.UnixMilli(), 10)
+	}
+	return append(b, '}')
+}
+
+func appendString(b []byte, s string) []byte {
+	q, _ := json.Marshal(s)
+	return append(b, q...)
+}
