@@ -85,7 +85,7 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 		// Origin is checked before Upgrade (checkOrigin), to count it.
 		CheckOrigin: func(*http.Request) bool { return true },
 		// Idle connections hold no write buffer.
-		WriteBufferPool: &sync.Pool{},
+		WriteBufferPool:  &sync.Pool{},
 		HandshakeTimeout: cfg.WriteTimeout,
 	}
 	h.mux = http.NewServeMux()
