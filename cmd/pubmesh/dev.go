@@ -1,0 +1,180 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/urfave/cli/v2"
+
+	"github.com/pubmesh/pubmesh/broker"
+	"github.com/pubmesh/pubmesh/internal/embedetcd"
+	"github.com/pubmesh/pubmesh/internal/freeport"
+)
+
+func devCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "dev",
+		Usage:     "run a whole local cluster in one process: an embedded etcd and N nodes",
+		UsageText: "pubmesh dev [--nodes 3] [--etcd-listen 127.0.0.1:2379] [--base-port 7001] [--data-dir DIR] [--cluster NAME]",
+		Description: "Starts a real etcd inside the process and one node agent (each with its own redis-server) per\n" +
+			"port from --base-port up, and prints each node when it is ready. Other commands reach it with\n" +
+			"their default --etcd. Ctrl-C drains and stops everything; no process is left behind.",
+		Flags: append([]cli.Flag{
+			&cli.IntFlag{
+				Name:    "nodes",
+				Value:   3,
+				Usage:   "number of nodes (1-64)",
+				EnvVars: []string{"PUBMESH_DEV_NODES"},
+			},
+			&cli.StringFlag{
+				Name:    "etcd-listen",
+				Value:   "127.0.0.1:2379",
+				Usage:   "host:port the embedded etcd serves clients on",
+				EnvVars: []string{"PUBMESH_ETCD_LISTEN"},
+			},
+			&cli.IntFlag{
+				Name:    "base-port",
+				Value:   7001,
+				Usage:   "port of the first node; node i listens on base-port+i",
+				EnvVars: []string{"PUBMESH_BASE_PORT"},
+			},
+			&cli.StringFlag{
+				Name:        "data-dir",
+				Usage:       "directory for etcd's data (DIR/etcd) and the nodes' redis.conf (DIR/<node-id>), kept at exit",
+				DefaultText: "a temporary directory, removed at exit",
+				EnvVars:     []string{"PUBMESH_DATA_DIR"},
+			},
+			clusterFlag(),
+			logLevelFlag("warn"),
+		}, agentFlags(time.Second)...),
+		Action: runDev,
+	}
+}
+
+func runDev(c *cli.Context) error {
+	if c.Args().Present() {
+		return usageError{fmt.Errorf("unexpected argument %q (see pubmesh dev --help)", c.Args().First())}
+	}
+	log, err := newLogger(c)
+	if err != nil {
+		return usageError{err}
+	}
+	n, base := c.Int("nodes"), c.Int("base-port")
+	if n < 1 || n > 64 {
+		return usageError{fmt.Errorf("invalid --nodes %d: want 1-64", n)}
+	}
+	if base < 1 || base+n-1 > 65535 {
+		return usageError{fmt.Errorf("invalid --base-port %d for %d nodes", base, n)}
+	}
+	etcdListen := c.String("etcd-listen")
+	if _, _, err := net.SplitHostPort(etcdListen); err != nil {
+		return usageError{fmt.Errorf("invalid --etcd-listen %q: want HOST:PORT", etcdListen)}
+	}
+	if !freeport.Free(etcdListen) {
+		return fmt.Errorf("--etcd-listen %s is already in use (another pubmesh dev or etcd running? pick another --etcd-listen)", etcdListen)
+	}
+
+	// Check every node before starting anything.
+	proto, err := agentConfig(c, log)
+	if err != nil {
+		return usageError{err}
+	}
+	dir := c.String("data-dir")
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "pubmesh-dev-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	cfgs := make([]broker.Config, n)
+	for i := range cfgs {
+		cfg := proto
+		cfg.Port = base + i
+		cfg.Bind = "127.0.0.1"
+		cfg.ID = "dev-" + strconv.Itoa(cfg.Port)
+		cfg.DataDir = filepath.Join(dir, cfg.ID)
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
+		cfgs[i] = cfg
+	}
+
+	etcd, err := embedetcd.Start(embedetcd.Config{ClientAddr: etcdListen, Dir: filepath.Join(dir, "etcd")})
+	if err != nil {
+		return err
+	}
+	defer etcd.Close() // after the agents have left
+	out := c.App.Writer
+	fmt.Fprintf(out, "etcd: %s  (cluster %q)\n", etcd.Endpoint(), c.String("cluster"))
+
+	reg, cli, err := openRegistryAt(c.Context, []string{etcd.Endpoint()}, 10*time.Second, c.String("cluster"), log)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	metrics := newMetricsRegistry()
+	agents := make([]*broker.Agent, n)
+	for i, cfg := range cfgs {
+		cfg.Registry = reg
+		cfg.Registerer = prometheus.WrapRegistererWith(prometheus.Labels{"node": cfg.ID}, metrics)
+		if agents[i], err = broker.New(cfg); err != nil {
+			return err
+		}
+	}
+	if addr := c.String("metrics-listen"); addr != "" {
+		stop, err := serveMetrics(addr, metrics, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+
+	// Print each node as it turns ready, then how to use the cluster.
+	var (
+		printMu sync.Mutex
+		ready   int
+		wg      sync.WaitGroup
+	)
+	for _, a := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case <-a.Ready():
+			case <-a.Done():
+				return
+			}
+			printMu.Lock()
+			defer printMu.Unlock()
+			fmt.Fprintf(out, "node %s ready at %s\n", a.ID(), a.Addr())
+			if ready++; ready == n {
+				etcdFlag := ""
+				if etcdListen != "127.0.0.1:2379" {
+					etcdFlag = " --etcd " + etcdListen
+				}
+				if reg.Cluster() != "default" {
+					etcdFlag += " --cluster " + reg.Cluster()
+				}
+				fmt.Fprintf(out, "cluster ready: %d nodes. Try `bin/pubmesh nodes%s` in another terminal. Ctrl-C stops everything.\n", n, etcdFlag)
+			}
+			printMu.Unlock()
+			<-a.Done()
+			printMu.Lock()
+			fmt.Fprintf(out, "node %s has left\n", a.ID())
+		}()
+	}
+	err = runAgents(c.Context, log, proto.DrainTimeout, true, agents...)
+	wg.Wait()
+	if err == nil {
+		fmt.Fprintln(out, "stopped")
+	}
+	return err
+}

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pubmesh/pubmesh/discovery"
+)
+
+// `pubmesh dev` brings up etcd and N ready nodes, and SIGINT (Ctrl-C) stops
+// all of it, leaving no redis-server behind.
+func TestDevStartsAndStopsCleanly(t *testing.T) {
+	t.Parallel()
+	const n = 2
+	base := freePorts(t, n)
+	etcdAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	p := startPubmesh(t, "dev", "--nodes", fmt.Sprint(n), "--etcd-listen", etcdAddr,
+		"--base-port", fmt.Sprint(base), "--data-dir", t.TempDir(), "--cluster", "devtest")
+	p.out.wait(t, `^etcd: http://`+etcdAddr, 30*time.Second)
+	for i := range n {
+		p.out.wait(t, fmt.Sprintf(`^node dev-%d ready at 127\.0\.0\.1:%d$`, base+i, base+i), 30*time.Second)
+	}
+	p.out.wait(t, `^cluster ready: 2 nodes`, 10*time.Second)
+	children := waitRedisChildren(t, p.cmd.Process.Pid, n, 5*time.Second)
+
+	r := runPubmesh(t, 30*time.Second, "nodes", "--etcd", etcdAddr, "--cluster", "devtest")
+	if r.code != 0 {
+		t.Fatalf("pubmesh nodes: %d %s", r.code, r.stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != n+1 || !strings.HasPrefix(lines[0], "ID") {
+		t.Fatalf("pubmesh nodes table:\n%s", r.stdout)
+	}
+	for i, l := range lines[1:] {
+		f := strings.Fields(l)
+		if len(f) < 5 || f[0] != fmt.Sprintf("dev-%d", base+i) || f[2] != string(discovery.StateReady) {
+			t.Errorf("row %q: want dev-%d ... ready", l, base+i)
+		}
+	}
+
+	p.cmd.Process.Signal(syscall.SIGINT)
+	if code := p.exit(t, 30*time.Second); code != 0 {
+		t.Fatalf("dev exit code %d after SIGINT; stderr:\n%s", code, p.errs.String())
+	}
+	for _, c := range children {
+		waitGone(t, c, 5*time.Second)
+	}
+	if !strings.Contains(p.out.String(), "\nstopped") {
+		t.Errorf("no 'stopped' line:\n%s", p.out.String())
+	}
+	if s := p.errs.String(); s != "" {
+		t.Errorf("stderr not empty at the default log level:\n%s", s)
+	}
+}

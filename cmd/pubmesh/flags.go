@@ -1,0 +1,229 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/urfave/cli/v2"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pubmesh/pubmesh/broker"
+	"github.com/pubmesh/pubmesh/discovery"
+)
+
+// Shared flags. Every flag has an environment variable PUBMESH_*; urfave/cli
+// prints it and the default in --help. docs/operations.md lists them all.
+
+// etcdFlags say how to reach the registry: --etcd, --etcd-timeout,
+// --cluster.
+func etcdFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{
+			Name:    "etcd",
+			Value:   "127.0.0.1:2379",
+			Usage:   "etcd endpoints, comma-separated host:port or URLs",
+			EnvVars: []string{"PUBMESH_ETCD"},
+		},
+		&cli.DurationFlag{
+			Name:    "etcd-timeout",
+			Value:   5 * time.Second,
+			Usage:   "how long to wait for etcd to answer at start",
+			EnvVars: []string{"PUBMESH_ETCD_TIMEOUT"},
+		},
+		clusterFlag(),
+	}
+}
+
+func clusterFlag() cli.Flag {
+	return &cli.StringFlag{
+		Name:    "cluster",
+		Value:   "default",
+		Usage:   "cluster name; clusters share etcd but nothing else",
+		EnvVars: []string{"PUBMESH_CLUSTER"},
+	}
+}
+
+// logLevelFlag is --log-level with the command's default.
+func logLevelFlag(def string) cli.Flag {
+	return &cli.StringFlag{
+		Name:    "log-level",
+		Value:   def,
+		Usage:   "log level: debug, info, warn or error (logs go to stderr)",
+		EnvVars: []string{"PUBMESH_LOG_LEVEL"},
+	}
+}
+
+// newLogger builds the slog logger of --log-level.
+func newLogger(c *cli.Context) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return nil, fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", c.String("log-level"))
+	}
+	return slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+// openRegistry dials etcd (checking that it answers) and returns the
+// registry of --cluster. The caller closes the client.
+func openRegistry(c *cli.Context, log *slog.Logger) (*discovery.Registry, *clientv3.Client, error) {
+	return openRegistryAt(c.Context, discovery.ParseEndpoints(c.String("etcd")), c.Duration("etcd-timeout"), c.String("cluster"), log)
+}
+
+func openRegistryAt(ctx context.Context, endpoints []string, timeout time.Duration, cluster string, log *slog.Logger) (*discovery.Registry, *clientv3.Client, error) {
+	if err := discovery.ValidID(cluster); err != nil {
+		return nil, nil, fmt.Errorf("invalid --cluster: %w", err)
+	}
+	cli, err := discovery.Dial(ctx, discovery.EtcdConfig{Endpoints: endpoints, DialTimeout: timeout})
+	if err != nil {
+		return nil, nil, err
+	}
+	reg, err := discovery.New(cli, discovery.Config{Cluster: cluster, Logger: log})
+	if err != nil {
+		cli.Close()
+		return nil, nil, err
+	}
+	return reg, cli, nil
+}
+
+// agentFlags tune node agents, for `node` and `dev`. drainDefault differs:
+// a dev cluster stops quicker.
+func agentFlags(drainDefault time.Duration) []cli.Flag {
+	return []cli.Flag{
+		&cli.DurationFlag{
+			Name:    "health-interval",
+			Value:   500 * time.Millisecond,
+			Usage:   "how often the agent PINGs its Redis",
+			EnvVars: []string{"PUBMESH_HEALTH_INTERVAL"},
+		},
+		&cli.DurationFlag{
+			Name:        "health-timeout",
+			Usage:       "how long one PING may take before it counts as a miss",
+			DefaultText: "half of --health-interval",
+			EnvVars:     []string{"PUBMESH_HEALTH_TIMEOUT"},
+		},
+		&cli.IntFlag{
+			Name:    "health-failures",
+			Value:   3,
+			Usage:   "PINGs missed in a row before the node leaves the cluster (its key is deleted)",
+			EnvVars: []string{"PUBMESH_HEALTH_FAILURES"},
+		},
+		&cli.DurationFlag{
+			Name:    "join-delay",
+			Value:   time.Second,
+			Usage:   "how long a new node stays joining (clients subscribe) before it turns ready (clients publish)",
+			EnvVars: []string{"PUBMESH_JOIN_DELAY"},
+		},
+		&cli.DurationFlag{
+			Name:    "drain-timeout",
+			Value:   drainDefault,
+			Usage:   "how long a node stays draining before it leaves, on SIGTERM/SIGINT or a drain request",
+			EnvVars: []string{"PUBMESH_DRAIN_TIMEOUT"},
+		},
+		&cli.DurationFlag{
+			Name:    "lease-ttl",
+			Value:   5 * time.Second,
+			Usage:   "etcd lease TTL: a crashed agent's node disappears this long after its last keep-alive",
+			EnvVars: []string{"PUBMESH_LEASE_TTL"},
+		},
+		&cli.StringFlag{
+			Name:    "redis-server",
+			Value:   "redis-server",
+			Usage:   "redis-server binary, a path or a name in PATH",
+			EnvVars: []string{"PUBMESH_REDIS_SERVER"},
+		},
+		&cli.StringFlag{
+			Name:    "pubsub-buffer-limit",
+			Value:   "64mb 16mb 60",
+			Usage:   "client-output-buffer-limit for pub/sub clients: \"HARD SOFT SECONDS\"; a subscriber this far behind is disconnected",
+			EnvVars: []string{"PUBMESH_PUBSUB_BUFFER_LIMIT"},
+		},
+		&cli.StringFlag{
+			Name:        "metrics-listen",
+			Usage:       "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9121",
+			DefaultText: "off",
+			EnvVars:     []string{"PUBMESH_METRICS_LISTEN"},
+		},
+	}
+}
+
+// agentConfig reads the agentFlags into a broker.Config.
+func agentConfig(c *cli.Context, log *slog.Logger) (broker.Config, error) {
+	limit, err := broker.ParseBufferLimit(c.String("pubsub-buffer-limit"))
+	if err != nil {
+		return broker.Config{}, fmt.Errorf("invalid --pubsub-buffer-limit: %w", err)
+	}
+	cfg := broker.Config{
+		HealthInterval:    c.Duration("health-interval"),
+		HealthTimeout:     c.Duration("health-timeout"),
+		HealthFailures:    c.Int("health-failures"),
+		JoinDelay:         c.Duration("join-delay"),
+		DrainTimeout:      c.Duration("drain-timeout"),
+		LeaseTTL:          c.Duration("lease-ttl"),
+		RedisServer:       c.String("redis-server"),
+		OutputBufferLimit: limit,
+		Logger:            log,
+	}
+	for _, d := range []string{"health-interval", "join-delay", "drain-timeout", "lease-ttl"} {
+		if c.Duration(d) <= 0 {
+			return broker.Config{}, fmt.Errorf("invalid --%s %s: must be positive", d, c.Duration(d))
+		}
+	}
+	if c.Int("health-failures") < 1 {
+		return broker.Config{}, fmt.Errorf("invalid --health-failures %d: must be at least 1", c.Int("health-failures"))
+	}
+	return cfg, nil
+}
+
+// newMetricsRegistry is a Prometheus registry with the Go and process
+// collectors.
+func newMetricsRegistry() *prometheus.Registry {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return r
+}
+
+// serveMetrics serves g at http://addr/metrics until the returned stop is
+// called. A taken address is an error at once.
+func serveMetrics(addr string, g prometheus.Gatherer, log *slog.Logger) (stop func(), err error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", "err", err)
+		}
+	}()
+	log.Info("serving metrics", "url", "http://"+l.Addr().String()+"/metrics")
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	}, nil
+}
+
+// hostPID names this process in drain requests: "host:pid".
+func hostPID() string {
+	h, _ := os.Hostname()
+	return fmt.Sprintf("%s:%d", h, os.Getpid())
+}
+
+// oneLine flattens an error message to one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/urfave/cli/v2"
+
+	"github.com/pubmesh/pubmesh/broker"
+)
+
+func nodeCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "node",
+		Usage:     "run one node: start and supervise a redis-server (or --attach to one) and register it in etcd",
+		UsageText: "pubmesh node [--etcd ENDPOINTS] [--cluster NAME] [--id ID] [--port P] [--bind ADDR] [--attach HOST:PORT] [options]",
+		Description: "The node registers as joining once its Redis answers PING, and turns ready after --join-delay.\n" +
+			"After --health-failures missed PINGs it leaves the cluster (its key is deleted) until Redis answers\n" +
+			"again; a redis-server child that exits is restarted. SIGTERM or SIGINT drains it: state draining\n" +
+			"for --drain-timeout, then its key is deleted and the child is stopped. A second signal stops at once.",
+		Flags: append(append(etcdFlags(),
+			&cli.StringFlag{
+				Name:        "id",
+				Usage:       "node id, unique in the cluster",
+				DefaultText: "<hostname>-<port>",
+				EnvVars:     []string{"PUBMESH_NODE_ID"},
+			},
+			&cli.IntFlag{
+				Name:    "port",
+				Value:   7000,
+				Usage:   "port of the redis-server child",
+				EnvVars: []string{"PUBMESH_PORT"},
+			},
+			&cli.StringFlag{
+				Name:    "bind",
+				Value:   "127.0.0.1",
+				Usage:   "address the redis-server child listens on (protected mode is on for loopback)",
+				EnvVars: []string{"PUBMESH_BIND"},
+			},
+			&cli.StringFlag{
+				Name:        "advertise",
+				Usage:       "host:port clients dial, as registered",
+				DefaultText: "BIND:PORT, or <hostname>:PORT when BIND is 0.0.0.0",
+				EnvVars:     []string{"PUBMESH_ADVERTISE"},
+			},
+			&cli.StringFlag{
+				Name:        "attach",
+				Usage:       "register the Redis at HOST:PORT, which runs elsewhere, instead of starting one; the agent only watches it",
+				DefaultText: "none",
+				EnvVars:     []string{"PUBMESH_ATTACH"},
+			},
+			&cli.StringFlag{
+				Name:        "data-dir",
+				Usage:       "directory for the child's redis.conf (no data is persisted)",
+				DefaultText: "a temporary directory, removed at exit",
+				EnvVars:     []string{"PUBMESH_DATA_DIR"},
+			},
+			logLevelFlag("info"),
+		), agentFlags(3*time.Second)...),
+		Action: runNode,
+	}
+}
+
+func runNode(c *cli.Context) error {
+	if c.Args().Present() {
+		return usageError{fmt.Errorf("unexpected argument %q (see pubmesh node --help)", c.Args().First())}
+	}
+	log, err := newLogger(c)
+	if err != nil {
+		return usageError{err}
+	}
+	cfg, err := agentConfig(c, log)
+	if err != nil {
+		return usageError{err}
+	}
+	cfg.Port, cfg.Bind, cfg.Advertise, cfg.DataDir = c.Int("port"), c.String("bind"), c.String("advertise"), c.String("data-dir")
+	if a := c.String("attach"); a != "" {
+		if err := broker.ValidAddr(a); err != nil {
+			return usageError{fmt.Errorf("invalid --attach: %w", err)}
+		}
+		cfg.Attach = a
+	}
+	cfg.ID = c.String("id")
+	if cfg.ID == "" {
+		port := cfg.Port
+		if cfg.Attach != "" {
+			_, p, _ := net.SplitHostPort(cfg.Attach)
+			port, _ = strconv.Atoi(p)
+		}
+		cfg.ID = broker.DefaultID(port)
+	}
+	// Local mistakes (port taken, no redis-server, bad address) first: they
+	// need no etcd.
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	reg, etcd, err := openRegistry(c, log)
+	if err != nil {
+		return err
+	}
+	defer etcd.Close()
+	cfg.Registry = reg
+
+	metrics := newMetricsRegistry()
+	cfg.Registerer = prometheus.WrapRegistererWith(prometheus.Labels{"node": cfg.ID}, metrics)
+	agent, err := broker.New(cfg)
+	if err != nil {
+		return err
+	}
+	if addr := c.String("metrics-listen"); addr != "" {
+		stop, err := serveMetrics(addr, metrics, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	go func() {
+		select {
+		case <-agent.Ready():
+			log.Info("node ready", "id", cfg.ID, "addr", agent.Addr(), "cluster", reg.Cluster())
+		case <-agent.Done():
+		}
+	}()
+	return runAgents(c.Context, log, cfg.DrainTimeout, false, agent)
+}
+
+// runAgents runs the agents until they all return (drained), or with
+// untilSignal until a signal arrives. SIGINT/SIGTERM drains them all, with
+// Shutdown bounded by drainTimeout plus a margin; a second signal stops them
+// at once. If an agent fails, it stops the others and returns that error.
+func runAgents(ctx context.Context, log *slog.Logger, drainTimeout time.Duration, untilSignal bool, agents ...*broker.Agent) error {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	errc := make(chan error, len(agents))
+	for _, a := range agents {
+		go func() { errc <- a.Run(runCtx) }()
+	}
+	shutdown := func() {
+		sctx, scancel := context.WithTimeout(context.Background(), drainTimeout+15*time.Second)
+		defer scancel()
+		go func() {
+			select {
+			case sig := <-sigs:
+				log.Warn("second signal: stopping now, without the drain", "signal", sig)
+				cancel()
+			case <-sctx.Done():
+			}
+		}()
+		done := make(chan struct{})
+		for _, a := range agents {
+			go func() {
+				if err := a.Shutdown(sctx); err != nil {
+					log.Warn("shutdown cut short", "node", a.ID(), "err", err)
+				}
+				done <- struct{}{}
+			}()
+		}
+		for range agents {
+			<-done
+		}
+	}
+
+	var first error
+	for left := len(agents); left > 0 || untilSignal; {
+		select {
+		case sig := <-sigs:
+			log.Info("signal: draining", "signal", sig)
+			shutdown()
+			// Every Run has returned now; collect their results.
+			for ; left > 0; left-- {
+				if err := <-errc; err != nil && first == nil && !errors.Is(err, context.Canceled) {
+					first = err
+				}
+			}
+			return first
+		case err := <-errc:
+			left--
+			if err != nil && first == nil {
+				first, untilSignal = err, false
+				if left > 0 {
+					log.Error("a node failed; stopping the others", "err", err)
+					cancel()
+				}
+			}
+		}
+	}
+	return first
+}

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/pubmesh/pubmesh/discovery"
+)
+
+func nodesCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "nodes",
+		Usage:     "list the cluster's nodes",
+		UsageText: "pubmesh nodes [--etcd ENDPOINTS] [--cluster NAME] [--json] [--watch]",
+		Description: "Prints a table (ID, ADDR, STATE, UPTIME, VERSION, REDIS) of the live nodes. A node that is\n" +
+			"gone has no entry. --json prints a JSON array of node objects (id, addr, state, started_at,\n" +
+			"version, redis_version, run_id, attached); with --watch, one array per line on every change.",
+		Flags: append(etcdFlags(),
+			&cli.BoolFlag{
+				Name:    "json",
+				Usage:   "print a JSON array instead of a table",
+				EnvVars: []string{"PUBMESH_JSON"},
+			},
+			&cli.BoolFlag{
+				Name:    "watch",
+				Usage:   "print the list again on every change, until Ctrl-C",
+				EnvVars: []string{"PUBMESH_WATCH"},
+			},
+			logLevelFlag("warn"),
+		),
+		Action: runNodes,
+	}
+}
+
+func runNodes(c *cli.Context) error {
+	if c.Args().Present() {
+		return usageError{fmt.Errorf("unexpected argument %q (see pubmesh nodes --help)", c.Args().First())}
+	}
+	log, err := newLogger(c)
+	if err != nil {
+		return usageError{err}
+	}
+	reg, etcd, err := openRegistry(c, log)
+	if err != nil {
+		return err
+	}
+	defer etcd.Close()
+	out := c.App.Writer
+	asJSON := c.Bool("json")
+	if !c.Bool("watch") {
+		ctx, cancel := context.WithTimeout(c.Context, c.Duration("etcd-timeout"))
+		defer cancel()
+		nodes, _, err := reg.List(ctx)
+		if err != nil {
+			return err
+		}
+		if len(nodes) == 0 && !asJSON {
+			fmt.Fprintf(c.App.ErrWriter, "no live nodes in cluster %q (etcd %s)\n", reg.Cluster(), c.String("etcd"))
+		}
+		return printNodes(out, nodes, asJSON, time.Now())
+	}
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	for snap := range reg.Watch(ctx, discovery.WatchOptions{}) {
+		if !asJSON {
+			status := ""
+			if snap.Stale {
+				status = fmt.Sprintf(" (stale: etcd unreachable: %s)", oneLine(fmt.Sprint(snap.Err)))
+			}
+			fmt.Fprintf(out, "--- %s cluster %q, %d nodes%s\n", time.Now().Format("15:04:05"), reg.Cluster(), len(snap.Nodes), status)
+		}
+		if err := printNodes(out, snap.Nodes, asJSON, time.Now()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// printNodes writes nodes as a table, or as one line of JSON.
+func printNodes(w io.Writer, nodes []discovery.Node, asJSON bool, now time.Time) error {
+	if asJSON {
+		if nodes == nil {
+			nodes = []discovery.Node{}
+		}
+		b, err := json.Marshal(nodes)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "%s\n", b)
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tADDR\tSTATE\tUPTIME\tVERSION\tREDIS")
+	for _, n := range nodes {
+		redis := n.RedisVersion
+		if n.Attached {
+			redis += " (attached)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, n.Addr, n.State, uptime(now.Sub(n.StartedAt)), n.Version, redis)
+	}
+	return tw.Flush()
+}
+
+// uptime is a short duration: 45s, 12m3s, 5h2m, 3d4h.
+func uptime(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	d = d.Truncate(time.Second)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%dh%dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd%dh", int(d.Hours())/24, int(d.Hours())%24)
+}

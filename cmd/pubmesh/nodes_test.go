@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"path"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pubmesh/pubmesh/discovery"
+)
+
+func register(t *testing.T, reg *discovery.Registry, id, addr string, st discovery.State) *discovery.Registration {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	g, err := reg.Register(ctx, discovery.Node{
+		ID: id, Addr: addr, State: st, StartedAt: time.Now().Add(-90 * time.Second), Version: "test", RedisVersion: "7.0.0",
+	}, discovery.RegisterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close(context.Background()) })
+	return g
+}
+
+func TestNodesTableAndJSON(t *testing.T) {
+	t.Parallel()
+	cluster := uniqueCluster(t)
+	reg := registry(t, cluster)
+
+	r := runPubmesh(t, 30*time.Second, "nodes", "--etcd", etcdEndpoint, "--cluster", cluster, "--json")
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "[]" {
+		t.Fatalf("empty cluster --json: exit %d, %q", r.code, r.stdout)
+	}
+	register(t, reg, "b", "127.0.0.1:2", discovery.StateJoining)
+	register(t, reg, "a", "127.0.0.1:1", discovery.StateReady)
+
+	r = runPubmesh(t, 30*time.Second, "nodes", "--etcd", etcdEndpoint, "--cluster", cluster)
+	want := [][]string{
+		{"ID", "ADDR", "STATE", "UPTIME", "VERSION", "REDIS"},
+		{"a", "127.0.0.1:1", "ready", "1m3?s", "test", "7.0.0"},
+		{"b", "127.0.0.1:2", "joining", "1m3?s", "test", "7.0.0"},
+	}
+	got := strings.Split(strings.TrimRight(r.stdout, "\n"), "\n")
+	if r.code != 0 || len(got) != len(want) {
+		t.Fatalf("table: exit %d:\n%s", r.code, r.stdout)
+	}
+	for i, w := range want {
+		f := strings.Fields(got[i])
+		if len(f) != len(w) {
+			t.Errorf("line %d = %q, want columns %q", i, got[i], w)
+			continue
+		}
+		for j := range w {
+			if ok, _ := path.Match(w[j], f[j]); !ok {
+				t.Errorf("line %d column %d = %q, want %q", i, j, f[j], w[j])
+			}
+		}
+	}
+
+	r = runPubmesh(t, 30*time.Second, "nodes", "--etcd", etcdEndpoint, "--cluster", cluster, "--json")
+	var objs []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &objs); err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 2 || objs[0]["id"] != "a" || objs[0]["addr"] != "127.0.0.1:1" || objs[0]["state"] != "ready" || objs[1]["state"] != "joining" {
+		t.Errorf("--json = %s", r.stdout)
+	}
+}
+
+func TestNodesWatch(t *testing.T) {
+	t.Parallel()
+	cluster := uniqueCluster(t)
+	reg := registry(t, cluster)
+	p := startPubmesh(t, "nodes", "--etcd", etcdEndpoint, "--cluster", cluster, "--watch", "--json")
+	p.out.wait(t, `^\[\]$`, 20*time.Second)
+	g := register(t, reg, "w1", "127.0.0.1:1", discovery.StateJoining)
+	p.out.wait(t, `"id":"w1".*"state":"joining"`, 10*time.Second)
+	if err := g.SetState(context.Background(), discovery.StateReady); err != nil {
+		t.Fatal(err)
+	}
+	p.out.wait(t, `"id":"w1".*"state":"ready"`, 10*time.Second)
+	g.Close(context.Background())
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.HasSuffix(p.out.String(), "\n[]") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no empty list after the node left:\n%s", p.out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.cmd.Process.Signal(syscall.SIGINT)
+	if code := p.exit(t, 10*time.Second); code != 0 {
+		t.Fatalf("--watch exit code %d after SIGINT: %s", code, p.errs.String())
+	}
+}
