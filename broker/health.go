@@ -66,7 +66,10 @@ func (p *probe) exchange(ctx context.Context, args []string) (string, error) {
 	dl, _ := ctx.Deadline()
 	p.conn.SetDeadline(dl)
 	// A ctx cancelled early (the agent stops) must not wait for the deadline.
-	stop := context.AfterFunc(ctx, func() { p.conn.SetDeadline(time.Unix(1, 0)) })
+	// The func may run after do has closed and cleared p.conn, so it holds
+	// its own reference.
+	conn := p.conn
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	var req []byte
 	req = fmt.Appendf(req, "*%d\r\n", len(args))

@@ -60,7 +60,7 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 		return nil
 	}
 	s.reg, s.regDone, s.registered, s.regBackoff = reg, reg.Done(), true, 0
-	a.setNode(node)
+	a.setNode(reg.Node())
 	a.log.Info("registered", "state", node.State, "addr", node.Addr, "run_id", node.RunID)
 
 	gctx, gcancel := context.WithCancel(ctx)
@@ -69,7 +69,7 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 	s.gates.Add(1)
 	go func() {
 		defer s.gates.Done()
-		done <- a.cfg.JoinGate(gctx, node)
+		done <- a.cfg.JoinGate(gctx, reg.Node())
 	}()
 	return nil
 }

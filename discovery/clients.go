@@ -38,9 +38,12 @@ const (
 type Ack struct {
 	// RunID of the node the ack is about: an ack for an earlier run of a
 	// restarted node does not count.
-	RunID string    `json:"run_id"`
-	State AckState  `json:"state"`
-	At    time.Time `json:"at"`
+	RunID string `json:"run_id"`
+	// Incarnation of the node's registration the ack is about (see
+	// Node.Incarnation).
+	Incarnation int64     `json:"incarnation"`
+	State       AckState  `json:"state"`
+	At          time.Time `json:"at"`
 }
 
 // ClientRegistration is a fanout client's presence under its lease. Its acks
@@ -99,7 +102,8 @@ func (r *Registry) Clients(ctx context.Context) ([]ClientInfo, error) {
 }
 
 // PendingAcks returns the ids of registered clients that have not yet
-// acknowledged state want for this run of node, and the revision read.
+// acknowledged state want for this registration of node (same RunID and
+// Incarnation), and the revision read.
 func (r *Registry) PendingAcks(ctx context.Context, node Node, want AckState) ([]string, int64, error) {
 	resp, err := r.cli.Txn(ctx).Then(
 		clientv3.OpGet(r.keys.clients(), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
@@ -111,7 +115,7 @@ func (r *Registry) PendingAcks(ctx context.Context, node Node, want AckState) ([
 	acked := map[string]bool{}
 	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
 		var a Ack
-		if json.Unmarshal(kv.Value, &a) == nil && a.RunID == node.RunID && a.State == want {
+		if json.Unmarshal(kv.Value, &a) == nil && a.RunID == node.RunID && a.Incarnation == node.Incarnation && a.State == want {
 			acked[strings.TrimPrefix(string(kv.Key), r.keys.acks(node.ID))] = true
 		}
 	}

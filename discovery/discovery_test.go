@@ -283,6 +283,7 @@ func TestWaitAcks(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
 	n := node("a", discovery.StateJoining)
+	n.Incarnation = 42
 	// No clients: nothing to wait for.
 	if pending, err := f.reg.WaitAcks(ctx, n, discovery.AckSubscribed); err != nil || len(pending) != 0 {
 		t.Fatalf("WaitAcks with no clients = %v, %v", pending, err)
@@ -297,11 +298,11 @@ func TestWaitAcks(t *testing.T) {
 		p, _ := f.reg.WaitAcks(ctx, n, discovery.AckSubscribed)
 		done <- p
 	}()
-	c1.Ack(ctx, "a", discovery.Ack{RunID: "r1", State: discovery.AckSubscribed})
-	c2.Ack(ctx, "a", discovery.Ack{RunID: "old-run", State: discovery.AckSubscribed})
+	c1.Ack(ctx, "a", discovery.Ack{RunID: "r1", Incarnation: 42, State: discovery.AckSubscribed})
+	c2.Ack(ctx, "a", discovery.Ack{RunID: "r1", Incarnation: 41, State: discovery.AckSubscribed})
 	select {
 	case <-done:
-		t.Fatal("WaitAcks returned with c2's ack for another run")
+		t.Fatal("WaitAcks returned with c2's ack for an earlier registration")
 	case <-time.After(500 * time.Millisecond):
 	}
 	c2.Close(ctx) // a client that leaves is no longer waited for

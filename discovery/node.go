@@ -42,6 +42,11 @@ type Node struct {
 	Attached bool `json:"attached,omitempty"`
 	// TLS is true when clients must connect with TLS.
 	TLS bool `json:"tls,omitempty"`
+	// Incarnation is the etcd revision that created this registration. It
+	// is not stored in the value: the registry fills it in from the key. A
+	// node that leaves and registers again, even with the same Redis run,
+	// gets a new one, so acks for the earlier registration do not count.
+	Incarnation int64 `json:"-"`
 }
 
 // Validate checks the fields a client relies on.

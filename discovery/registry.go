@@ -70,7 +70,7 @@ func (r *Registry) List(ctx context.Context) ([]Node, int64, error) {
 	}
 	m := make(map[string]Node, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		r.applyPut(m, string(kv.Key), kv.Value)
+		r.applyPut(m, kv)
 	}
 	return sortedNodes(m), resp.Header.Revision, nil
 }
@@ -106,6 +106,7 @@ func (r *Registry) Register(ctx context.Context, node Node, opts RegisterOptions
 		lease.Close(ctx)
 		return nil, fmt.Errorf("discovery: register %s: %w", node.ID, err)
 	}
+	node.Incarnation = txn.Header.Revision
 	return &Registration{Lease: lease, r: r, key: key, node: node}, nil
 }
 

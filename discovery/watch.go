@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -162,7 +163,7 @@ func (r *Registry) follow(ctx context.Context, opts WatchOptions, rev int64, set
 				if ev.Type == clientv3.EventTypeDelete {
 					delete(set, strings.TrimPrefix(key, r.keys.nodes()))
 				} else {
-					r.applyPut(set, key, ev.Kv.Value)
+					r.applyPut(set, ev.Kv)
 				}
 			}
 			send(Snapshot{Nodes: sortedNodes(set), Revision: wr.Header.Revision})
@@ -179,14 +180,15 @@ func (r *Registry) follow(ctx context.Context, opts WatchOptions, rev int64, set
 
 // applyPut decodes a node value into set; a value that does not decode
 // removes the id (it cannot be trusted) and is logged.
-func (r *Registry) applyPut(set map[string]Node, key string, value []byte) {
-	id := strings.TrimPrefix(key, r.keys.nodes())
-	n, err := DecodeNode(id, value)
+func (r *Registry) applyPut(set map[string]Node, kv *mvccpb.KeyValue) {
+	id := strings.TrimPrefix(string(kv.Key), r.keys.nodes())
+	n, err := DecodeNode(id, kv.Value)
 	if err != nil {
-		r.cfg.Logger.Warn("discovery: ignoring bad node value", "key", key, "err", err)
+		r.cfg.Logger.Warn("discovery: ignoring bad node value", "key", string(kv.Key), "err", err)
 		delete(set, id)
 		return
 	}
+	n.Incarnation = kv.CreateRevision
 	set[id] = n
 }
 

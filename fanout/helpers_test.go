@@ -3,7 +3,7 @@ package fanout_test
 import (
 	"context"
 	"fmt"
-	"strings"
+	"regexp"
 	"testing"
 	"time"
 
@@ -37,7 +37,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	cluster := strings.NewReplacer("/", "-", "_", "-").Replace(t.Name())
+	cluster := regexp.MustCompile(`[^A-Za-z0-9.:-]+`).ReplaceAllString(t.Name(), "-")
 	reg, err := discovery.New(cli, discovery.Config{Cluster: cluster})
 	if err != nil {
 		t.Fatal(err)

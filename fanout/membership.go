@@ -89,8 +89,8 @@ func (c *Client) apply(s discovery.Snapshot) {
 	for _, n := range s.Nodes {
 		live[n.ID] = true
 		nc := c.nodes[n.ID]
-		if nc != nil && (nc.node.RunID != n.RunID || nc.node.Addr != n.Addr) {
-			c.retire(nc) // a new run of the node: start afresh
+		if nc != nil && (nc.node.Incarnation != n.Incarnation || nc.node.RunID != n.RunID || nc.node.Addr != n.Addr) {
+			c.retire(nc) // a new registration of the node: start afresh
 			nc = nil
 		}
 		if nc == nil {
@@ -143,7 +143,8 @@ func (c *Client) retire(nc *nodeConn) {
 	}()
 }
 
-// ackIfDue writes the ack a node's state calls for, once per state and run:
+// ackIfDue writes the ack a node's state calls for, once per state of each
+// registration (a new registration gets a new nodeConn):
 // subscribed for a joining or ready node once our subscriptions there are
 // confirmed; released for a draining node once nothing is in flight to it.
 func (c *Client) ackIfDue(nc *nodeConn) {
@@ -153,7 +154,7 @@ func (c *Client) ackIfDue(nc *nodeConn) {
 	if st == discovery.StateDraining {
 		want = discovery.AckReleased
 	}
-	tag := string(want) + "/" + nc.node.RunID
+	tag := string(want)
 	if nc.acked.Load().(string) == tag {
 		return
 	}
@@ -175,7 +176,7 @@ func (c *Client) ackIfDue(nc *nodeConn) {
 		}
 		for attempt := 0; c.ctx.Err() == nil; attempt++ {
 			ctx, cancel := context.WithTimeout(c.ctx, 2*time.Second)
-			err := p.Ack(ctx, nc.node.ID, discovery.Ack{RunID: nc.node.RunID, State: want})
+			err := p.Ack(ctx, nc.node.ID, discovery.Ack{RunID: nc.node.RunID, Incarnation: nc.node.Incarnation, State: want})
 			cancel()
 			if err == nil {
 				return

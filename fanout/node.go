@@ -34,7 +34,7 @@ type pubResult struct {
 // connection that carries every channel and pattern of the client.
 type nodeConn struct {
 	c    *Client
-	node discovery.Node // id, addr and run id are fixed for the conn's life
+	node discovery.Node // id, addr, run id and incarnation are fixed for the conn's life
 	seed uint64
 	rdb  *redis.Client
 	ps   *redis.PubSub
@@ -57,7 +57,7 @@ type nodeConn struct {
 	fenceSeq   uint64
 	subscribed chan struct{} // closed once the first subscription set is confirmed
 
-	acked atomic.Value // string: "<state>/<run id>" last acked, to ack once
+	acked atomic.Value // string: the AckState last acked, to ack once
 
 	ctx    context.Context
 	cancel context.CancelFunc

@@ -1,0 +1,116 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pubmesh/pubmesh/discovery"
+)
+
+// Membership changes are handshakes with the fanout clients registered in
+// etcd, not sleeps:
+//
+//   - join: the node stays joining until every registered client has acked
+//     that its subscriptions are confirmed there (discovery.AckSubscribed for
+//     this run of the node). Only then can a publish reach it, so no
+//     subscriber misses a message published to it.
+//   - drain: the node stays draining until every client has acked that it
+//     no longer publishes there (discovery.AckReleased), and then until Redis
+//     has written its pub/sub output buffers out to the subscribers. Only
+//     then does the key go.
+//
+// The gates' timeouts are fallbacks for clients that do not answer; they are
+// logged with the clients' ids.
+
+// JoinHandshake returns a JoinGate that waits for every registered client's
+// subscribed ack, up to timeout. After the timeout it logs the clients that
+// did not answer and lets the node turn ready.
+func JoinHandshake(reg *discovery.Registry, timeout time.Duration, log *slog.Logger) func(context.Context, discovery.Node) error {
+	return func(ctx context.Context, n discovery.Node) error {
+		wctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		start := time.Now()
+		pending, err := reg.WaitAcks(wctx, n, discovery.AckSubscribed)
+		if err == nil {
+			log.Info("join handshake complete", "node", n.ID, "took", time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		log.Warn("join handshake timed out; turning ready without these clients' acks",
+			"node", n.ID, "timeout", timeout, "clients", strings.Join(pending, ","))
+		return nil
+	}
+}
+
+// DrainHandshake returns a DrainGate that waits for every registered
+// client's released ack, then for the node's pub/sub output buffers to be
+// empty. The agent bounds it with DrainTimeout; what is still pending then
+// is logged.
+func DrainHandshake(reg *discovery.Registry, redisOpts func(addr string) *redis.Options, log *slog.Logger) func(context.Context, discovery.Node) error {
+	return func(ctx context.Context, n discovery.Node) error {
+		start := time.Now()
+		pending, err := reg.WaitAcks(ctx, n, discovery.AckReleased)
+		if err != nil {
+			log.Warn("drain handshake timed out; leaving without these clients' acks",
+				"node", n.ID, "clients", strings.Join(pending, ","))
+			return fmt.Errorf("broker: drain %s: clients %v did not release: %w", n.ID, pending, err)
+		}
+		opts := redisOpts(n.Addr)
+		rdb := redis.NewClient(opts)
+		defer rdb.Close()
+		if err := waitFlushed(ctx, rdb); err != nil {
+			log.Warn("drain: pub/sub output buffers not flushed in time", "node", n.ID, "err", err)
+			return err
+		}
+		log.Info("drain handshake complete", "node", n.ID, "took", time.Since(start).Round(time.Millisecond))
+		return nil
+	}
+}
+
+// waitFlushed polls CLIENT LIST TYPE pubsub until no subscriber connection
+// has pending output (omem=0).
+func waitFlushed(ctx context.Context, rdb *redis.Client) error {
+	for {
+		pending, err := pubsubPending(ctx, rdb)
+		if err == nil && pending == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return fmt.Errorf("broker: client list: %w", err)
+			}
+			return fmt.Errorf("broker: %d bytes still queued to subscribers: %w", pending, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// pubsubPending sums omem over the pub/sub clients of a Redis.
+func pubsubPending(ctx context.Context, rdb *redis.Client) (int64, error) {
+	list, err := rdb.Do(ctx, "CLIENT", "LIST", "TYPE", "pubsub").Text()
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, line := range strings.Split(list, "\n") {
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "omem="); ok {
+				var n int64
+				if _, err := fmt.Sscan(v, &n); err != nil {
+					return 0, errors.New("broker: unexpected CLIENT LIST output")
+				}
+				total += n
+			}
+		}
+	}
+	return total, nil
+}
