@@ -48,6 +48,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			nodeCommand(),
 			nodesCommand(),
 			drainCommand(),
+			publishCommand(),
+			subscribeCommand(),
 		},
 		Writer:    stdout,
 		ErrWriter: stderr,

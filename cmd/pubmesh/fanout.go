@@ -1,0 +1,43 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/pubmesh/pubmesh/discovery"
+	"github.com/pubmesh/pubmesh/fanout"
+)
+
+// fanoutFlags are the flags of commands that publish or subscribe through
+// a fanout client, on top of etcdFlags.
+func fanoutFlags() []cli.Flag {
+	return append(etcdFlags(),
+		&cli.IntFlag{
+			Name:    "replicas",
+			Value:   1,
+			Usage:   "nodes each message is published to (2: a single node crash loses nothing)",
+			EnvVars: []string{"PUBMESH_REPLICAS"},
+		},
+		logLevelFlag("warn"),
+	)
+}
+
+// newFanout builds a fanout client from fanoutFlags.
+func newFanout(c *cli.Context, log *slog.Logger, overflow fanout.Overflow) (*fanout.Client, error) {
+	if err := discovery.ValidID(c.String("cluster")); err != nil {
+		return nil, usageError{fmt.Errorf("invalid --cluster: %w", err)}
+	}
+	if r := c.Int("replicas"); r < 1 || r > 8 {
+		return nil, usageError{fmt.Errorf("invalid --replicas %d: want 1-8", r)}
+	}
+	return fanout.New(c.Context, fanout.Config{
+		Etcd:     discovery.EtcdConfig{Endpoints: discovery.ParseEndpoints(c.String("etcd")), DialTimeout: c.Duration("etcd-timeout")},
+		Cluster:  c.String("cluster"),
+		ID:       "cli-" + hostPID(),
+		Replicas: c.Int("replicas"),
+		Overflow: overflow,
+		Logger:   log,
+	})
+}
