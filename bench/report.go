@@ -1,0 +1,298 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Result is one measurement: one row of a table.
+type Result struct {
+	Row   int    `json:"row,omitempty"` // 1 to 7 in the main table
+	Key   string `json:"key"`           // e.g. "pubmesh-3"
+	Label string `json:"label"`
+	Nodes int    `json:"nodes"` // redis-servers of the target
+	// Replicas is the fanout Replicas (pubmesh rows only).
+	Replicas int `json:"replicas,omitempty"`
+	// OfferedRate is the fixed offered load in msg/s, 0 for max.
+	OfferedRate float64 `json:"offered_rate"`
+	// LoadFraction is the fraction of the max rate (latency table).
+	LoadFraction float64 `json:"load_fraction,omitempty"`
+
+	Channels    int `json:"channels"`
+	Subscribers int `json:"subscribers"`
+	PayloadSize int `json:"payload_size"`
+	Workers     int `json:"workers"` // publishing goroutines
+	Batch       int `json:"batch"`   // messages per publish call
+
+	Seconds       float64 `json:"seconds"` // publishing time
+	Published     uint64  `json:"published"`
+	Expected      uint64  `json:"expected"` // published × subscribers
+	Delivered     uint64  `json:"delivered"`
+	Lost          int64   `json:"lost"` // expected − delivered
+	Dropped       uint64  `json:"dropped_by_client"`
+	PublishErrors uint64  `json:"publish_errors"`
+	FirstError    string  `json:"first_error,omitempty"`
+
+	PublishedPerSec float64 `json:"published_per_sec"`
+	// DeliveredPerSec is delivered over the time from the first publish
+	// to the last delivery.
+	DeliveredPerSec float64 `json:"delivered_per_sec"`
+	P50us           float64 `json:"p50_us"`
+	P99us           float64 `json:"p99_us"`
+	P999us          float64 `json:"p999_us"`
+
+	RedisCPUSeconds   float64 `json:"redis_cpu_seconds"`
+	ClientCPUSeconds  float64 `json:"client_cpu_seconds"`
+	RedisCPUPerMsgUs  float64 `json:"redis_cpu_us_per_delivered"`
+	ClientCPUPerMsgUs float64 `json:"client_cpu_us_per_delivered"`
+
+	Err string `json:"error,omitempty"`
+}
+
+// Ratio is one of issue 5's targets, as measured in this run.
+type Ratio struct {
+	Name  string  `json:"name"`
+	Value float64 `json:"value"`
+	Op    string  `json:"op"` // ">=" or "<="
+	Limit float64 `json:"limit"`
+	Unit  string  `json:"unit,omitempty"`
+	Met   bool    `json:"met"`
+	// Missing says why the ratio could not be computed.
+	Missing string `json:"missing,omitempty"`
+}
+
+// Workload is the Config a report was measured with.
+type Workload struct {
+	Channels          int       `json:"channels"`
+	Publishers        int       `json:"publishers"`
+	PipelineWorkers   int       `json:"pipeline_workers"`
+	Batch             int       `json:"batch"`
+	Subscribers       int       `json:"subscribers"`
+	PayloadSize       int       `json:"payload_size"`
+	Duration          string    `json:"duration"`
+	Rate              float64   `json:"rate"` // 0: max
+	MaxBacklog        int       `json:"max_backlog"`
+	Nodes             int       `json:"nodes"`
+	NodeCounts        []int     `json:"node_counts"`
+	LoadFractions     []float64 `json:"load_fractions"`
+	PubsubBufferLimit string    `json:"pubsub_buffer_limit"`
+}
+
+func workloadOf(c Config) Workload {
+	return Workload{
+		Channels: c.Channels, Publishers: c.Publishers, PipelineWorkers: c.PipelineWorkers, Batch: c.Batch,
+		Subscribers: c.Subscribers, PayloadSize: c.PayloadSize, Duration: c.Duration.String(), Rate: c.Rate,
+		MaxBacklog: c.MaxBacklog, Nodes: c.Nodes, NodeCounts: c.NodeCounts, LoadFractions: c.LoadFractions,
+		PubsubBufferLimit: c.PubsubBufferLimit,
+	}
+}
+
+// Report is everything one Run measured.
+type Report struct {
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	Command  string    `json:"command,omitempty"`
+	Machine  Machine   `json:"machine"`
+	Config   Workload  `json:"config"`
+	Rows     []Result  `json:"rows"`
+	Scaling  []Result  `json:"scaling"`
+	Latency  []Result  `json:"latency"`
+	Ratios   []Ratio   `json:"ratios"`
+	// ServersStarted and ServersLeft count the redis-servers the run
+	// started and those still alive at the end (should be 0).
+	ServersStarted int   `json:"servers_started"`
+	ServersLeft    []int `json:"servers_left,omitempty"`
+}
+
+// Failed reports whether any measurement ended in an error.
+func (r *Report) Failed() bool {
+	for _, set := range [][]Result{r.Rows, r.Scaling, r.Latency} {
+		for _, x := range set {
+			if x.Err != "" {
+				return true
+			}
+		}
+	}
+	return len(r.ServersLeft) > 0
+}
+
+// row returns main-table row n, if measured without error.
+func (r *Report) row(n int) (Result, bool) {
+	for _, x := range r.Rows {
+		if x.Row == n && x.Err == "" {
+			return x, true
+		}
+	}
+	return Result{}, false
+}
+
+func (r *Report) computeRatios() {
+	r.Ratios = nil
+	pair := func(name string, a, b int, f func(Result) float64, op string, limit float64) {
+		ra, oka := r.row(a)
+		rb, okb := r.row(b)
+		x := Ratio{Name: name, Op: op, Limit: limit, Unit: "×"}
+		switch {
+		case !oka || !okb:
+			x.Missing = fmt.Sprintf("row %d or %d not measured", a, b)
+		case f(rb) == 0:
+			x.Missing = fmt.Sprintf("row %d is zero", b)
+		default:
+			x.Value = f(ra) / f(rb)
+			x.Met = compare(x.Value, op, limit)
+		}
+		r.Ratios = append(r.Ratios, x)
+	}
+	deliv := func(x Result) float64 { return x.DeliveredPerSec }
+	cpu := func(x Result) float64 { return x.RedisCPUPerMsgUs }
+	pair("row 5 delivered/s ÷ row 1", 5, 1, deliv, ">=", 1.0)
+	pair("row 5 delivered/s ÷ row 2", 5, 2, deliv, ">=", 3.0)
+	pair("row 5 Redis CPU/msg ÷ row 3", 5, 3, cpu, "<=", 0.35)
+	x := Ratio{Name: "pubmesh p99 at 50% of max", Op: "<=", Limit: 2, Unit: "ms", Missing: "no 50% latency run"}
+	for _, l := range r.Latency {
+		if l.LoadFraction == 0.5 && l.Err == "" {
+			x.Value, x.Missing = l.P99us/1000, ""
+			x.Met = compare(x.Value, "<=", 2)
+		}
+	}
+	r.Ratios = append(r.Ratios, x)
+}
+
+func compare(v float64, op string, limit float64) bool {
+	if op == ">=" {
+		return v >= limit
+	}
+	return v <= limit
+}
+
+// Markdown writes the tables.
+func (r *Report) Markdown(w io.Writer) {
+	c := r.Config
+	rate := "max"
+	if c.Rate > 0 {
+		rate = fmt.Sprintf("%.0f msg/s", c.Rate)
+	}
+	fmt.Fprintf(w, "## pubmesh benchmark, %s\n\n", r.Started.UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(w, "Machine: %s. Workload: %d channels, %d subscribers each on every channel, %d-byte payloads, "+
+		"%s per measurement, offered rate %s; %d publishing goroutines (rows 2, 5, 6, 7) or %d pipelining goroutines "+
+		"with pipelines of up to %d (rows 1, 3, 4); at most %d undelivered messages per subscriber; pub/sub output "+
+		"buffer limit %q on every redis-server.\n\n",
+		r.Machine.Summary(), c.Channels, c.Subscribers, c.PayloadSize, c.Duration, rate, c.Publishers,
+		c.PipelineWorkers, c.Batch, c.MaxBacklog, c.PubsubBufferLimit)
+	fmt.Fprintln(w, "### Targets side by side")
+	fmt.Fprintln(w)
+	table(w, r.Rows, func(x Result) string { return fmt.Sprintf("%d %s", x.Row, x.Label) }, "target")
+	if len(r.Scaling) > 0 {
+		fmt.Fprintln(w, "### pubmesh by node count (max rate)")
+		fmt.Fprintln(w)
+		table(w, r.Scaling, func(x Result) string { return fmt.Sprintf("%d", x.Nodes) }, "nodes")
+	}
+	if len(r.Latency) > 0 {
+		fmt.Fprintln(w, "### pubmesh latency at fixed offered rates")
+		fmt.Fprintln(w)
+		table(w, r.Latency, func(x Result) string {
+			return fmt.Sprintf("%.0f%% (%s msg/s)", x.LoadFraction*100, si(x.OfferedRate))
+		}, "offered")
+	}
+	if len(r.Ratios) > 0 {
+		fmt.Fprintln(w, "### Targets of issue 5, measured in this run")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| target | measured | limit | met |")
+		fmt.Fprintln(w, "|---|---:|---:|---|")
+		for _, x := range r.Ratios {
+			if x.Missing != "" {
+				fmt.Fprintf(w, "| %s | – | %s %g%s | not measured: %s |\n", x.Name, x.Op, x.Limit, x.Unit, x.Missing)
+				continue
+			}
+			met := "yes"
+			if !x.Met {
+				met = "**no**"
+			}
+			fmt.Fprintf(w, "| %s | %.2f%s | %s %g%s | %s |\n", x.Name, x.Value, x.Unit, x.Op, x.Limit, x.Unit, met)
+		}
+		fmt.Fprintln(w)
+	}
+	left := "none left running"
+	if len(r.ServersLeft) > 0 {
+		left = fmt.Sprintf("STILL RUNNING: PIDs %v", r.ServersLeft)
+	}
+	fmt.Fprintf(w, "redis-servers started and stopped by PID: %d, %s. Run took %s.\n",
+		r.ServersStarted, left, r.Finished.Sub(r.Started).Round(time.Second))
+}
+
+func table(w io.Writer, rows []Result, name func(Result) string, head string) {
+	fmt.Fprintf(w, "| %s | published/s | delivered/s | lost | p50 | p99 | p99.9 | Redis CPU µs/msg | client CPU µs/msg |\n", head)
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	var notes []string
+	for _, x := range rows {
+		if x.Err != "" {
+			fmt.Fprintf(w, "| %s | error: %s ||||||||\n", name(x), strings.ReplaceAll(x.Err, "|", "/"))
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %d | %s | %s | %s | %.2f | %.2f |\n", name(x),
+			si(x.PublishedPerSec), si(x.DeliveredPerSec), x.Lost, ms(x.P50us), ms(x.P99us), ms(x.P999us),
+			x.RedisCPUPerMsgUs, x.ClientCPUPerMsgUs)
+		if x.PublishErrors > 0 {
+			notes = append(notes, fmt.Sprintf("%s: %d publish errors, first: %s", name(x), x.PublishErrors, x.FirstError))
+		}
+		if x.Dropped > 0 {
+			notes = append(notes, fmt.Sprintf("%s: %d messages dropped by full subscription buffers", name(x), x.Dropped))
+		}
+	}
+	fmt.Fprintln(w)
+	for _, n := range notes {
+		fmt.Fprintf(w, "- %s\n", n)
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w)
+	}
+}
+
+// ms formats microseconds as milliseconds.
+func ms(v float64) string {
+	if v < 10000 {
+		return fmt.Sprintf("%.2f ms", v/1000)
+	}
+	return fmt.Sprintf("%.0f ms", v/1000)
+}
+
+// WriteFiles writes latest.md, latest.json and latest.png into dir.
+func (r *Report) WriteFiles(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	var md strings.Builder
+	r.Markdown(&md)
+	if err := writeAtomic(filepath.Join(dir, "latest.md"), []byte(md.String())); err != nil {
+		return err
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	if err := writeAtomic(filepath.Join(dir, "latest.json"), append(js, '\n')); err != nil {
+		return err
+	}
+	png, err := r.Chart()
+	if err != nil {
+		return err
+	}
+	return writeAtomic(filepath.Join(dir, "latest.png"), png)
+}
+
+// writeAtomic writes name through a .tmp file and a rename.
+func writeAtomic(name string, data []byte) error {
+	tmp := name + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	if err := os.Rename(tmp, name); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	return nil
+}

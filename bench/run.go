@@ -1,0 +1,157 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// rowSpec is one row of the main table.
+type rowSpec struct {
+	row   int
+	key   string
+	label string
+	// open starts the target's servers and clients.
+	open func(ctx context.Context, e *env) (target, error)
+	// nodes and replicas describe it in the report.
+	nodes, replicas int
+}
+
+// env is what the targets of one run share.
+type env struct {
+	cfg  Config
+	srv  *servers
+	etcd *etcdEnv
+}
+
+func rowSpecs(cfg Config) []rowSpec {
+	n := cfg.Nodes
+	return []rowSpec{
+		{row: 1, key: "redis-pipelined", label: "go-redis, 1 node, hand-pipelined", nodes: 1,
+			open: func(ctx context.Context, e *env) (target, error) { return newRedisTarget(e.srv, e.cfg, true) }},
+		{row: 2, key: "redis-per-call", label: "go-redis, 1 node, 1 PUBLISH per call", nodes: 1,
+			open: func(ctx context.Context, e *env) (target, error) { return newRedisTarget(e.srv, e.cfg, false) }},
+		{row: 3, key: "cluster-publish", label: fmt.Sprintf("Redis Cluster, %d masters, PUBLISH", n), nodes: n,
+			open: func(ctx context.Context, e *env) (target, error) {
+				return newClusterTarget(ctx, e.srv, e.cfg, n, false)
+			}},
+		{row: 4, key: "cluster-spublish", label: fmt.Sprintf("Redis Cluster, %d masters, SPUBLISH", n), nodes: n,
+			open: func(ctx context.Context, e *env) (target, error) {
+				return newClusterTarget(ctx, e.srv, e.cfg, n, true)
+			}},
+		{row: 5, key: "pubmesh", label: fmt.Sprintf("pubmesh, %d nodes, 1 Publish per call", n), nodes: n, replicas: 1,
+			open: func(ctx context.Context, e *env) (target, error) {
+				return newPubmeshTarget(ctx, e.srv, e.etcd, e.cfg, n, 1)
+			}},
+		{row: 6, key: "pubmesh-replicas-2", label: fmt.Sprintf("pubmesh, %d nodes, Replicas: 2", n), nodes: n, replicas: 2,
+			open: func(ctx context.Context, e *env) (target, error) {
+				return newPubmeshTarget(ctx, e.srv, e.etcd, e.cfg, n, 2)
+			}},
+		{row: 7, key: "gateway", label: fmt.Sprintf("pubmesh, %d nodes, via WebSocket gateway", n), nodes: n, replicas: 1,
+			open: func(ctx context.Context, e *env) (target, error) {
+				return newGatewayTarget(ctx, e.srv, e.etcd, e.cfg, n)
+			}},
+	}
+}
+
+// Run starts the servers, measures every selected row, the scaling and
+// the latency tables, stops every server it started and returns the
+// report. A measurement that fails is reported in its row (Result.Err) and
+// the run goes on; Run returns an error only for a bad Config or a
+// canceled ctx. If cfg.OutDir is set the report files are written there.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	rep := &Report{Started: time.Now(), Machine: thisMachine(), Config: workloadOf(cfg)}
+	e := &env{cfg: cfg, srv: newServers(cfg.PubsubBufferLimit), etcd: &etcdEnv{}}
+	defer func() {
+		e.etcd.close()
+		e.srv.stopAll()
+	}()
+	r := newRunner(cfg)
+
+	measure := func(label string, open func() (target, error), rate float64, base Result) Result {
+		res := base
+		if ctx.Err() != nil {
+			res.Err = ctx.Err().Error()
+			return res
+		}
+		t, err := open()
+		if err != nil {
+			res.Err = err.Error()
+			fmt.Fprintf(cfg.Progress, "bench: %s: %v\n", label, err)
+			return res
+		}
+		m, err := r.measure(ctx, label, t, rate)
+		t.close()
+		m.Row, m.Key, m.Label, m.Nodes, m.Replicas, m.LoadFraction = base.Row, base.Key, base.Label, base.Nodes, base.Replicas, base.LoadFraction
+		if err != nil {
+			m.Err = err.Error()
+			fmt.Fprintf(cfg.Progress, "bench: %s: %v\n", label, err)
+		}
+		return m
+	}
+
+	for _, s := range rowSpecs(cfg) {
+		if !cfg.wantRow(s.row) {
+			continue
+		}
+		label := fmt.Sprintf("[%d] %s", s.row, s.key)
+		res := measure(label, func() (target, error) { return s.open(ctx, e) }, cfg.Rate,
+			Result{Row: s.row, Key: s.key, Label: s.label, Nodes: s.nodes, Replicas: s.replicas})
+		rep.Rows = append(rep.Rows, res)
+	}
+
+	pubmesh := func(nodes int) func() (target, error) {
+		return func() (target, error) { return newPubmeshTarget(ctx, e.srv, e.etcd, cfg, nodes, 1) }
+	}
+	if !cfg.SkipScaling {
+		for _, n := range cfg.NodeCounts {
+			key := fmt.Sprintf("pubmesh-%d", n)
+			rep.Scaling = append(rep.Scaling, measure("[nodes] "+key, pubmesh(n), 0,
+				Result{Key: key, Label: fmt.Sprintf("pubmesh, %d nodes", n), Nodes: n, Replicas: 1}))
+		}
+	}
+	if !cfg.SkipLatency {
+		max, ok := rep.row(5)
+		if !ok || cfg.Rate > 0 {
+			// The main table did not measure pubmesh's max: do it here.
+			max = measure("[latency] pubmesh max", pubmesh(cfg.Nodes), 0,
+				Result{Key: "pubmesh-max", Label: fmt.Sprintf("pubmesh, %d nodes, max", cfg.Nodes), Nodes: cfg.Nodes, Replicas: 1})
+			max.LoadFraction = 1
+			rep.Latency = append(rep.Latency, max)
+		}
+		for _, f := range cfg.LoadFractions {
+			key := fmt.Sprintf("pubmesh-at-%.0f%%", f*100)
+			base := Result{Key: key, Label: fmt.Sprintf("pubmesh, %d nodes, %.0f%% of max", cfg.Nodes, f*100),
+				Nodes: cfg.Nodes, Replicas: 1, LoadFraction: f}
+			if max.Err != "" || max.PublishedPerSec == 0 {
+				base.Err = "no max rate measured"
+				rep.Latency = append(rep.Latency, base)
+				continue
+			}
+			rep.Latency = append(rep.Latency, measure("[latency] "+key, pubmesh(cfg.Nodes), f*max.PublishedPerSec, base))
+		}
+	}
+	rep.computeRatios()
+
+	e.etcd.close()
+	e.srv.stopAll()
+	rep.ServersStarted, rep.ServersLeft = e.srv.started(), e.srv.leftover()
+	rep.Finished = time.Now()
+	if err := ctx.Err(); err != nil {
+		return rep, fmt.Errorf("bench: %w", err)
+	}
+	if cfg.OutDir != "" {
+		if err := rep.WriteFiles(cfg.OutDir); err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}
+
+// errNoGateway is the row 7 error while the gateway is not built in.
+var errNoGateway = errors.New("bench: the WebSocket gateway (package ws) is not available yet")
