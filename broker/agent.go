@@ -311,7 +311,7 @@ func (a *Agent) childExited(s *runState) {
 	if time.Since(p.started) >= restartResetAfter {
 		s.backoff = a.cfg.RestartBackoff
 	}
-	a.log.Warn("redis-server exited; restarting it", "pid", p.pid, "reason", p.exitReason(), "in", s.backoff)
+	a.log.Warn("redis-server exited; restarting it", "pid", p.pid, "status", p.exitStatus(), "last_output", p.out.last(), "in", s.backoff)
 	s.restartC = time.After(s.backoff)
 	s.backoff = min(s.backoff*2, a.cfg.RestartBackoffMax)
 }

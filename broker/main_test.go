@@ -33,24 +33,12 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	srv.Close()
 	if code == 0 {
-		if err := goleak.Find(leakOptions()...); err != nil {
+		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goleak:", err)
 			code = 1
 		}
 	}
 	os.Exit(code)
-}
-
-// leakOptions ignore goroutines of libraries that live for the process.
-func leakOptions() []goleak.Option {
-	return []goleak.Option{
-		// etcd's embedded server and the gRPC/zap machinery under it keep a
-		// few process-wide goroutines after Close.
-		goleak.IgnoreAnyFunction("go.etcd.io/etcd/pkg/v3/schedule.(*fifo).run"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-		goleak.IgnoreAnyFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
-	}
 }
 
 var clusterSeq atomic.Int64

@@ -149,21 +149,24 @@ func (p *process) stop(timeout time.Duration) {
 	}
 }
 
+// exitStatus is how the child ended: "exit status 1", "signal: killed".
+func (p *process) exitStatus() string {
+	var ee *exec.ExitError
+	switch {
+	case errors.As(p.waitErr, &ee):
+		return ee.ProcessState.String()
+	case p.waitErr != nil:
+		return p.waitErr.Error()
+	}
+	return "exit status 0"
+}
+
 // exitReason is the exit status and the last line the child printed.
 func (p *process) exitReason() string {
-	status := "exited"
-	var ee *exec.ExitError
-	if errors.As(p.waitErr, &ee) {
-		status = ee.ProcessState.String() // "exit status 1", "signal: killed"
-	} else if p.waitErr != nil {
-		status = p.waitErr.Error()
-	} else {
-		status = "exit status 0"
-	}
 	if last := p.out.last(); last != "" {
-		return status + ": " + last
+		return p.exitStatus() + ": " + last
 	}
-	return status
+	return p.exitStatus()
 }
 
 // tail is an io.Writer that keeps the last lines the child printed and logs
@@ -205,25 +208,21 @@ func (t *tail) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// last returns the most telling recent line: the last warning ("#") if
-// there is one, otherwise the last line, without redis's "pid:role date"
-// prefix.
+// last returns the child's last line without redis's "pid:role date mark"
+// prefix: when redis-server gives up at start, its last words say why
+// ("Failed listening on port 7001 (tcp), aborting.", "Bad directive or wrong
+// number of arguments").
 func (t *tail) last() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	pick := ""
-	for _, l := range t.lines {
-		if strings.Contains(l, " # ") {
-			pick = l
-		}
+	if len(t.lines) == 0 {
+		return ""
 	}
-	if pick == "" && len(t.lines) > 0 {
-		pick = t.lines[len(t.lines)-1]
-	}
+	l := t.lines[len(t.lines)-1]
 	for _, mark := range []string{" # ", " * ", " - ", " . "} {
-		if i := strings.Index(pick, mark); i >= 0 {
-			return pick[i+len(mark):]
+		if i := strings.Index(l, mark); i >= 0 {
+			return l[i+len(mark):]
 		}
 	}
-	return pick
+	return l
 }

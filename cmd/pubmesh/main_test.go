@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/embedetcd"
 	"github.com/pubmesh/pubmesh/internal/freeport"
@@ -53,6 +55,13 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	srv.Close()
 	os.RemoveAll(dir)
+	if code == 0 {
+		// The tests' own goroutines (watchers, output readers) must be gone.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
 	os.Exit(code)
 }
 
