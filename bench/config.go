@@ -44,7 +44,9 @@ type Config struct {
 	// run from measuring how fast Redis can fill its output buffers instead
 	// of what it delivers. Default: 20000.
 	MaxBacklog int
-	// Nodes is how many pubmesh nodes rows 5, 6 and 7 use. Default: 3.
+	// Nodes is how many pubmesh nodes rows 5, 6 and 7 use, and how many
+	// masters the Redis Cluster of rows 3 and 4 has (at least 3, which
+	// redis-cli --cluster create requires). Default: 3.
 	Nodes int
 	// NodeCounts are the node counts of the scaling table.
 	// Default: 1, 2, 3, 4.

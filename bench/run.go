@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -27,18 +26,19 @@ type env struct {
 
 func rowSpecs(cfg Config) []rowSpec {
 	n := cfg.Nodes
+	masters := max(n, 3) // redis-cli --cluster create wants 3 masters at least
 	return []rowSpec{
 		{row: 1, key: "redis-pipelined", label: "go-redis, 1 node, hand-pipelined", nodes: 1,
 			open: func(ctx context.Context, e *env) (target, error) { return newRedisTarget(e.srv, e.cfg, true) }},
 		{row: 2, key: "redis-per-call", label: "go-redis, 1 node, 1 PUBLISH per call", nodes: 1,
 			open: func(ctx context.Context, e *env) (target, error) { return newRedisTarget(e.srv, e.cfg, false) }},
-		{row: 3, key: "cluster-publish", label: fmt.Sprintf("Redis Cluster, %d masters, PUBLISH", n), nodes: n,
+		{row: 3, key: "cluster-publish", label: fmt.Sprintf("Redis Cluster, %d masters, PUBLISH", masters), nodes: masters,
 			open: func(ctx context.Context, e *env) (target, error) {
-				return newClusterTarget(ctx, e.srv, e.cfg, n, false)
+				return newClusterTarget(ctx, e.srv, e.cfg, masters, false)
 			}},
-		{row: 4, key: "cluster-spublish", label: fmt.Sprintf("Redis Cluster, %d masters, SPUBLISH", n), nodes: n,
+		{row: 4, key: "cluster-spublish", label: fmt.Sprintf("Redis Cluster, %d masters, SPUBLISH", masters), nodes: masters,
 			open: func(ctx context.Context, e *env) (target, error) {
-				return newClusterTarget(ctx, e.srv, e.cfg, n, true)
+				return newClusterTarget(ctx, e.srv, e.cfg, masters, true)
 			}},
 		{row: 5, key: "pubmesh", label: fmt.Sprintf("pubmesh, %d nodes, 1 Publish per call", n), nodes: n, replicas: 1,
 			open: func(ctx context.Context, e *env) (target, error) {
@@ -91,7 +91,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			m.Err = err.Error()
 			fmt.Fprintf(cfg.Progress, "bench: %s: %v\n", label, err)
+			return m
 		}
+		fmt.Fprintf(cfg.Progress, "bench: %-34s done: published %s/s, delivered %s/s, lost %d, p99 %s\n",
+			label, si(m.PublishedPerSec), si(m.DeliveredPerSec), m.Lost, ms(m.P99us))
 		return m
 	}
 
@@ -152,6 +155,3 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	return rep, nil
 }
-
-// errNoGateway is the row 7 error while the gateway is not built in.
-var errNoGateway = errors.New("bench: the WebSocket gateway (package ws) is not available yet")

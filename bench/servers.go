@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -157,7 +158,12 @@ func waitClusterOK(ctx context.Context, addr string, n int) error {
 	}
 }
 
+// ansi matches terminal colour codes, which redis-cli prints.
+var ansi = regexp.MustCompile(`\x1b\[[0-9;]*m`)
+
+// lastLines returns the last n lines of s, joined, without colour codes.
 func lastLines(s string, n int) string {
+	s = ansi.ReplaceAllString(s, "")
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]

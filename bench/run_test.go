@@ -1,0 +1,141 @@
+package bench_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pubmesh/pubmesh/bench"
+)
+
+// TestRunQuick runs every row, the scaling and the latency tables with a
+// tiny workload, and checks the report: no errors, no loss, every server
+// stopped, the three files written. It asserts no timing.
+func TestRunQuick(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 20 redis-servers")
+	}
+	t.Parallel()
+	dir := t.TempDir()
+	var progress strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := bench.Run(ctx, bench.Config{
+		Channels: 4, Publishers: 8, PipelineWorkers: 2, Batch: 4, Subscribers: 2, PayloadSize: 64,
+		Duration: 300 * time.Millisecond, Nodes: 2, NodeCounts: []int{1, 2}, LoadFractions: []float64{0.5},
+		Settle: 500 * time.Millisecond, OutDir: dir, Progress: &progress,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Rows) != 7 || len(rep.Scaling) != 2 || len(rep.Latency) != 1 {
+		t.Fatalf("got %d rows, %d scaling, %d latency; want 7, 2, 1", len(rep.Rows), len(rep.Scaling), len(rep.Latency))
+	}
+	all := append(append(append([]bench.Result(nil), rep.Rows...), rep.Scaling...), rep.Latency...)
+	for _, r := range all {
+		if r.Err != "" {
+			t.Errorf("%s: %s", r.Key, r.Err)
+			continue
+		}
+		if r.Published == 0 || r.Delivered == 0 {
+			t.Errorf("%s: published %d, delivered %d", r.Key, r.Published, r.Delivered)
+		}
+		if r.Lost != 0 || r.PublishErrors != 0 {
+			t.Errorf("%s: lost %d, %d publish errors (%s)", r.Key, r.Lost, r.PublishErrors, r.FirstError)
+		}
+		if r.P50us <= 0 || r.P99us < r.P50us || r.P999us < r.P99us {
+			t.Errorf("%s: latencies p50 %g p99 %g p99.9 %g µs", r.Key, r.P50us, r.P99us, r.P999us)
+		}
+		if r.RedisCPUSeconds <= 0 || r.ClientCPUSeconds <= 0 {
+			t.Errorf("%s: CPU redis %g s, client %g s", r.Key, r.RedisCPUSeconds, r.ClientCPUSeconds)
+		}
+	}
+	if lat := rep.Latency[0]; lat.OfferedRate <= 0 || lat.LoadFraction != 0.5 {
+		t.Errorf("latency run: offered %g at fraction %g", lat.OfferedRate, lat.LoadFraction)
+	}
+	if len(rep.Ratios) != 4 {
+		t.Errorf("%d ratios, want 4", len(rep.Ratios))
+	}
+	for _, x := range rep.Ratios {
+		if x.Missing != "" {
+			t.Errorf("ratio %s: %s", x.Name, x.Missing)
+		}
+	}
+	if rep.ServersStarted != 1+1+3+3+2+2+2+1+2+2 {
+		t.Errorf("%d redis-servers started", rep.ServersStarted)
+	}
+	if len(rep.ServersLeft) != 0 {
+		t.Errorf("redis-servers left running: %v", rep.ServersLeft)
+	}
+	if rep.Failed() {
+		t.Error("report says it failed")
+	}
+	if !strings.Contains(progress.String(), "published") {
+		t.Errorf("no progress line: %q", progress.String())
+	}
+
+	md, err := os.ReadFile(filepath.Join(dir, "latest.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| 1 go-redis, 1 node, hand-pipelined |", "| 7 pubmesh, 2 nodes, via WebSocket gateway |",
+		"### pubmesh by node count", "### pubmesh latency at fixed offered rates", "row 5 delivered/s ÷ row 1"} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("latest.md lacks %q", want)
+		}
+	}
+	var back bench.Report
+	js, err := os.ReadFile(filepath.Join(dir, "latest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(js, &back); err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Rows) != 7 || back.Rows[4].Delivered != rep.Rows[4].Delivered {
+		t.Errorf("latest.json does not round-trip the rows")
+	}
+	png, err := os.ReadFile(filepath.Join(dir, "latest.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(png), "\x89PNG") {
+		t.Error("latest.png is not a PNG")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	for _, c := range []bench.Config{
+		{PayloadSize: 10},
+		{Rate: -1},
+		{Rows: []int{8}},
+		{NodeCounts: []int{0}},
+		{LoadFractions: []float64{1.5}},
+		{PubsubBufferLimit: "lots"},
+	} {
+		if err := c.Validate(); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+	if err := bench.DefaultConfig().Validate(); err != nil {
+		t.Errorf("defaults: %v", err)
+	}
+}
+
+func TestRunCanceled(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	rep, err := bench.Run(ctx, bench.Config{Rows: []int{1}, SkipScaling: true, SkipLatency: true})
+	if err == nil {
+		t.Fatal("no error from a canceled run")
+	}
+	if rep == nil || len(rep.ServersLeft) != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+}
