@@ -61,6 +61,8 @@ func runDev(c *cli.Context) error {
 	if c.Args().Present() {
 		return usageError{fmt.Errorf("unexpected argument %q (see pubmesh dev --help)", c.Args().First())}
 	}
+	sigs, stopSignals := notifySignals()
+	defer stopSignals()
 	log, err := newLogger(c)
 	if err != nil {
 		return usageError{err}
@@ -171,7 +173,7 @@ func runDev(c *cli.Context) error {
 			fmt.Fprintf(out, "node %s has left\n", a.ID())
 		}()
 	}
-	err = runAgents(c.Context, log, proto.DrainTimeout, true, agents...)
+	err = runAgents(c.Context, log, sigs, proto.DrainTimeout, true, agents...)
 	wg.Wait()
 	if err == nil {
 		fmt.Fprintln(out, "stopped")

@@ -74,6 +74,8 @@ func runNode(c *cli.Context) error {
 	if c.Args().Present() {
 		return usageError{fmt.Errorf("unexpected argument %q (see pubmesh node --help)", c.Args().First())}
 	}
+	sigs, stopSignals := notifySignals()
+	defer stopSignals()
 	log, err := newLogger(c)
 	if err != nil {
 		return usageError{err}
@@ -130,17 +132,29 @@ func runNode(c *cli.Context) error {
 		case <-agent.Done():
 		}
 	}()
-	return runAgents(c.Context, log, cfg.DrainTimeout, false, agent)
+	return runAgents(c.Context, log, sigs, cfg.DrainTimeout, false, agent)
+}
+
+// notifySignals catches SIGINT and SIGTERM from the start of a command, so
+// that one arriving before the agents run still ends it cleanly.
+func notifySignals() (<-chan os.Signal, func()) {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	return sigs, func() { signal.Stop(sigs) }
 }
 
 // runAgents runs the agents until they all return (drained), or with
-// untilSignal until a signal arrives. SIGINT/SIGTERM drains them all, with
-// Shutdown bounded by drainTimeout plus a margin; a second signal stops them
-// at once. If an agent fails, it stops the others and returns that error.
-func runAgents(ctx context.Context, log *slog.Logger, drainTimeout time.Duration, untilSignal bool, agents ...*broker.Agent) error {
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
+// untilSignal until a signal arrives on sigs. SIGINT/SIGTERM drains them all,
+// with Shutdown bounded by drainTimeout plus a margin; a second signal stops
+// them at once. If an agent fails, it stops the others and returns that
+// error.
+func runAgents(ctx context.Context, log *slog.Logger, sigs <-chan os.Signal, drainTimeout time.Duration, untilSignal bool, agents ...*broker.Agent) error {
+	select {
+	case sig := <-sigs:
+		log.Info("signal before start: not starting", "signal", sig)
+		return nil
+	default:
+	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
