@@ -74,11 +74,23 @@ func (r *runner) measure(ctx context.Context, label string, t target, rate float
 		firstErr error
 		wg       sync.WaitGroup
 	)
+	// At a fixed rate one pacer hands out a token per message (open loop:
+	// the schedule does not wait for slow publishes); at max rate the
+	// workers go as fast as publish returns.
+	var tokens chan struct{}
+	if rate > 0 {
+		tokens = make(chan struct{}, workers*batch)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pace(ctx, tokens, rate, start, deadline)
+		}()
+	}
 	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.worker(ctx, t, w, workers, batch, rate, start, deadline, &counts[w], &paused, func(n int, err error) {
+			r.worker(ctx, t, w, batch, tokens, deadline, &counts[w], &paused, func(n int, err error) {
 				failed.Add(uint64(n))
 				errMu.Lock()
 				if firstErr == nil {
@@ -178,38 +190,65 @@ func (r *runner) measure(ctx context.Context, label string, t target, rate float
 	return res, ctx.Err()
 }
 
-// worker publishes until the deadline: batches of up to batch messages,
-// paced to rate/workers per second when rate > 0, paused while the
-// backlog is too long.
-func (r *runner) worker(ctx context.Context, t target, w, workers, batch int, rate float64, start, deadline time.Time,
+// pace sends one token per message due at rate since start, every
+// 200µs, until the deadline, then closes tokens. When the workers lag the
+// channel fills and pace waits: the offered rate is not reached, which
+// published/s shows.
+func pace(ctx context.Context, tokens chan<- struct{}, rate float64, start, deadline time.Time) {
+	defer close(tokens)
+	var issued int64
+	for {
+		now := time.Now()
+		if !now.Before(deadline) || ctx.Err() != nil {
+			return
+		}
+		due := int64(math.Floor(now.Sub(start).Seconds()*rate)) + 1
+		for ; issued < due; issued++ {
+			select {
+			case tokens <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+// worker publishes until the deadline, batches of up to batch messages:
+// with tokens (fixed rate) one message per token, as many as are waiting;
+// without, full batches, paused while the backlog is too long.
+func (r *runner) worker(ctx context.Context, t target, w, batch int, tokens <-chan struct{}, deadline time.Time,
 	count *counter, paused *atomic.Bool, fail func(int, error)) {
 	msgs := make([]message, batch)
 	for i := range msgs {
 		msgs[i].payload = make([]byte, r.cfg.PayloadSize)
 		fillPayload(msgs[i].payload, 0, true)
 	}
-	perWorker := rate / float64(workers)
-	offset := float64(w) / float64(workers) // staggers the workers' ticks
 	k := w
-	var sent int64
 	for ctx.Err() == nil {
-		now := time.Now()
-		if !now.Before(deadline) {
+		n := batch
+		if tokens != nil {
+			if _, ok := <-tokens; !ok {
+				return
+			}
+			n = 1
+		fill:
+			for n < batch {
+				select {
+				case _, ok := <-tokens:
+					if !ok {
+						break fill
+					}
+					n++
+				default:
+					break fill
+				}
+			}
+		} else if !time.Now().Before(deadline) {
 			return
 		}
-		n := batch
-		if rate > 0 {
-			due := int64(math.Floor(now.Sub(start).Seconds()*perWorker-offset)) + 1 - sent
-			if due <= 0 {
-				next := start.Add(time.Duration((float64(sent) + offset) / perWorker * float64(time.Second)))
-				time.Sleep(time.Until(next))
-				continue
-			}
-			n = int(min(due, int64(batch)))
-		}
-		if paused.Load() {
+		for paused.Load() && ctx.Err() == nil {
 			time.Sleep(100 * time.Microsecond)
-			continue
 		}
 		ns := time.Now().UnixNano()
 		for i := range n {
@@ -219,7 +258,6 @@ func (r *runner) worker(ctx context.Context, t target, w, workers, batch int, ra
 		}
 		ok, err := t.publish(ctx, msgs[:n])
 		count.n.Add(uint64(ok))
-		sent += int64(n)
 		if err != nil {
 			fail(n-ok, err)
 			if ctx.Err() == nil {
