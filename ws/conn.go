@@ -17,7 +17,9 @@ import (
 const maxBatch = 128
 
 // outFrame is one text frame for a client; msg marks message frames (for
-// the metric), as opposed to replies.
+// the metric), as opposed to replies. A message's outFrame is allocated
+// once and shared by every subscriber's queue, whose slots are pointers:
+// a 256-frame queue costs 2 KiB per connection.
 type outFrame struct {
 	b   []byte // shared between connections: never modified
 	msg bool
@@ -38,7 +40,7 @@ type conn struct {
 	ctx    context.Context // canceled by close: aborts a pending subscribe
 	cancel context.CancelFunc
 
-	send  chan outFrame // frames for the writer; never closed, bounded by SendQueue
+	send  chan *outFrame // frames for the writer; never closed, bounded by SendQueue
 	pings chan string   // pong payloads the writer owes the client
 
 	closeOnce   sync.Once
@@ -62,7 +64,7 @@ func newConn(h *Handler, ws *websocket.Conn, bc *bufConn, p *Principal) *conn {
 		log:       h.log.With("remote", ws.RemoteAddr().String(), "sub", p.Subject),
 		ctx:       ctx,
 		cancel:    cancel,
-		send:      make(chan outFrame, h.cfg.SendQueue),
+		send:      make(chan *outFrame, h.cfg.SendQueue),
 		pings:     make(chan string, 1),
 		closing:   make(chan struct{}),
 		readDone:  make(chan struct{}),
@@ -74,7 +76,7 @@ func newConn(h *Handler, ws *websocket.Conn, bc *bufConn, p *Principal) *conn {
 // enqueue hands f to the writer without blocking. If the queue is full the
 // client is not reading fast enough: the connection is closed with 4008
 // "slow consumer" and f is dropped.
-func (c *conn) enqueue(f outFrame) bool {
+func (c *conn) enqueue(f *outFrame) bool {
 	select {
 	case c.send <- f:
 		return true
@@ -200,12 +202,12 @@ func (c *conn) handle(data []byte) {
 		c.replyError(e)
 		return
 	}
-	c.enqueue(outFrame{b: okFrame(f.ID)})
+	c.enqueue(&outFrame{b: okFrame(f.ID)})
 }
 
 func (c *conn) replyError(e *Error) {
 	c.h.metrics.errors.WithLabelValues(e.Code).Inc()
-	c.enqueue(outFrame{b: errorFrame(e)})
+	c.enqueue(&outFrame{b: errorFrame(e)})
 }
 
 func (c *conn) subscribe(f Frame) *Error {
@@ -216,13 +218,13 @@ func (c *conn) subscribe(f Frame) *Error {
 		return &Error{Code: CodeForbidden, Message: "not allowed to subscribe to " + f.Channel, ID: f.ID}
 	}
 	if _, ok := c.subs[f.Channel]; ok {
-		c.enqueue(outFrame{b: okFrame(f.ID)})
+		c.enqueue(&outFrame{b: okFrame(f.ID)})
 		return nil
 	}
 	if max := c.h.cfg.MaxSubscriptions; max >= 0 && len(c.subs) >= max {
 		return &Error{Code: CodeLimit, Message: "at most " + strconv.Itoa(max) + " subscriptions per connection", ID: f.ID}
 	}
-	ch, err := c.h.hub.subscribe(c.ctx, c, f.Channel, outFrame{b: okFrame(f.ID)})
+	ch, err := c.h.hub.subscribe(c.ctx, c, f.Channel, &outFrame{b: okFrame(f.ID)})
 	if err != nil {
 		if c.ctx.Err() != nil {
 			return nil // closing: no reply needed
@@ -299,7 +301,7 @@ func (c *conn) writeLoop() {
 
 // writeBatch writes f and whatever else is queued (up to maxBatch frames)
 // in one flush.
-func (c *conn) writeBatch(f outFrame) error {
+func (c *conn) writeBatch(f *outFrame) error {
 	c.bc.beginBatch()
 	c.ws.SetWriteDeadline(time.Now().Add(c.h.cfg.WriteTimeout))
 	n, msgs := 0, 0
@@ -338,7 +340,8 @@ func (c *conn) writeBatch(f outFrame) error {
 func (c *conn) finish() {
 	msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
 	if c.closeCode != CloseTooBig { // gorilla has sent that one itself
-		c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.h.cfg.CloseGrace))
+		err := c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.h.cfg.CloseGrace))
+		c.log.Debug("ws: close frame", "code", c.closeCode, "err", err)
 	}
 	t := time.NewTimer(c.h.cfg.CloseGrace)
 	defer t.Stop()

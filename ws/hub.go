@@ -65,7 +65,7 @@ func (b *hub) shard(name string) *hubShard {
 // is the first. It returns once messages flow. okFrame is queued to c just
 // before c joins the channel's list, so that c sees the reply before any
 // message.
-func (b *hub) subscribe(ctx context.Context, c *conn, name string, ok outFrame) (*channel, error) {
+func (b *hub) subscribe(ctx context.Context, c *conn, name string, ok *outFrame) (*channel, error) {
 	sh := b.shard(name)
 	sh.mu.Lock()
 	ch := sh.channels[name]
@@ -170,7 +170,7 @@ func (b *hub) release(c *conn, ch *channel) {
 func (b *hub) pump(sh *hubShard, ch *channel, feed *fanout.Subscription) {
 	for m := range feed.Messages() {
 		b.h.metrics.messagesFanout.Inc()
-		f := outFrame{b: encodeMessage(ch.name, m.Payload, m.ID, m.PublishedAt), msg: true}
+		f := &outFrame{b: encodeMessage(ch.name, m.Payload, m.ID, m.PublishedAt), msg: true}
 		for _, c := range *ch.subs.Load() {
 			c.enqueue(f)
 		}

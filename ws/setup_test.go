@@ -309,7 +309,7 @@ func (c *wsClient) message(within time.Duration) frame {
 func (c *wsClient) closeErr(within time.Duration) *websocket.CloseError {
 	c.t.Helper()
 	deadline := time.Now().Add(within)
-	for {
+	for n := 0; ; n++ {
 		_, _, err := func() (int, []byte, error) {
 			c.c.SetReadDeadline(deadline)
 			return c.c.ReadMessage()
@@ -319,7 +319,7 @@ func (c *wsClient) closeErr(within time.Duration) *websocket.CloseError {
 		}
 		ce, ok := err.(*websocket.CloseError)
 		if !ok {
-			c.t.Fatalf("connection ended with %v, want a close frame", err)
+			c.t.Fatalf("connection ended after %d frames with %v, want a close frame", n, err)
 		}
 		return ce
 	}
