@@ -234,7 +234,7 @@ func TestAgentJoinGate(t *testing.T) {
 	}
 	start(t, cfg)
 	w.until(t, 15*time.Second, "joining", inState(cfg.ID, discovery.StateJoining))
-	time.Sleep(500 * time.Millisecond) // well past JoinDelay: the gate holds it
+	time.Sleep(500 * time.Millisecond) // well past JoinTimeout: the gate holds it
 	if n, _ := node(w.last, cfg.ID); n.State != discovery.StateJoining {
 		t.Fatalf("state %q while the join gate holds", n.State)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/pubmesh/pubmesh/discovery"
 )
@@ -76,21 +77,26 @@ type Config struct {
 	// leaves the cluster (its key is deleted). Default: 3.
 	HealthFailures int
 
-	// JoinDelay is how long the default JoinGate keeps a new node joining
-	// before it turns ready. Default: 1s.
-	JoinDelay time.Duration
+	// JoinTimeout bounds the default JoinGate, the join handshake: the node
+	// turns ready once every fanout client registered in etcd has acked that
+	// it is subscribed there, or after JoinTimeout, logging the clients that
+	// did not answer. Default: 10s.
+	JoinTimeout time.Duration
 	// JoinGate is called after the node registers as joining, and the node
 	// turns ready when it returns nil. It must return soon after ctx is done
 	// (the node left, or the agent stops). An error makes the node leave and
-	// register again after a backoff. Default: sleep JoinDelay.
+	// register again after a backoff. Default: JoinHandshake(Registry,
+	// JoinTimeout, Logger).
 	JoinGate func(ctx context.Context, n discovery.Node) error
 	// DrainTimeout bounds the drain: the time between the node turning
-	// draining and its key being deleted. Default: 3s.
+	// draining and its key being deleted. It is a fallback: the drain
+	// handshake usually ends far sooner. Default: 10s.
 	DrainTimeout time.Duration
 	// DrainGate is called while the node is draining, with a ctx that ends
 	// after DrainTimeout (or earlier, when Shutdown's ctx ends); the key is
 	// deleted when it returns. Its error is logged, not fatal.
-	// Default: sleep until ctx is done (that is, DrainTimeout).
+	// Default: DrainHandshake(Registry, <plain Redis options>, Logger): every
+	// registered client's released ack, then empty pub/sub output buffers.
 	DrainGate func(ctx context.Context, n discovery.Node) error
 
 	// LeaseTTL is the registry lease: a crashed agent's node disappears
@@ -213,27 +219,23 @@ func (c Config) withDefaults() Config {
 	if c.HealthFailures == 0 {
 		c.HealthFailures = 3
 	}
-	if c.JoinDelay == 0 {
-		c.JoinDelay = time.Second
-	}
-	if c.JoinGate == nil {
-		delay := c.JoinDelay
-		c.JoinGate = func(ctx context.Context, _ discovery.Node) error { return sleep(ctx, delay) }
+	if c.JoinTimeout == 0 {
+		c.JoinTimeout = 10 * time.Second
 	}
 	if c.DrainTimeout == 0 {
-		c.DrainTimeout = 3 * time.Second
-	}
-	if c.DrainGate == nil {
-		c.DrainGate = func(ctx context.Context, _ discovery.Node) error {
-			<-ctx.Done()
-			return nil
-		}
+		c.DrainTimeout = 10 * time.Second
 	}
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.JoinGate == nil {
+		c.JoinGate = JoinHandshake(c.Registry, c.JoinTimeout, c.Logger)
+	}
+	if c.DrainGate == nil {
+		c.DrainGate = DrainHandshake(c.Registry, func(addr string) *redis.Options { return &redis.Options{Addr: addr} }, c.Logger)
 	}
 	if c.Registerer == nil {
 		c.Registerer = prometheus.NewRegistry()
@@ -287,7 +289,7 @@ func (c Config) Validate() error {
 		v    time.Duration
 	}{
 		{"health interval", c.HealthInterval}, {"health timeout", c.HealthTimeout},
-		{"join delay", c.JoinDelay}, {"drain timeout", c.DrainTimeout},
+		{"join timeout", c.JoinTimeout}, {"drain timeout", c.DrainTimeout},
 		{"lease TTL", c.LeaseTTL}, {"start timeout", c.StartTimeout},
 		{"stop timeout", c.StopTimeout}, {"restart backoff", c.RestartBackoff},
 	} {

@@ -12,7 +12,7 @@
 //	                            lease lost
 //
 // The node registers as joining only once its Redis answers PING, and turns
-// ready when JoinGate returns (by default after JoinDelay). Every
+// ready when JoinGate returns (by default the join handshake, JoinHandshake). Every
 // HealthInterval the agent PINGs Redis with a timeout, so a hung server
 // (SIGSTOP) counts like a dead one; after HealthFailures misses in a row the
 // node leaves by deleting its key (revoking its lease), and registers again

@@ -40,7 +40,7 @@ func Example() {
 		Registry:     reg,
 		ID:           "node-1",
 		Port:         port,
-		JoinDelay:    100 * time.Millisecond,
+		JoinTimeout:  100 * time.Millisecond,
 		DrainTimeout: 100 * time.Millisecond,
 		Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})

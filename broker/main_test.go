@@ -113,7 +113,7 @@ func fastConfig(t *testing.T, reg *discovery.Registry) broker.Config {
 		DataDir:        t.TempDir(),
 		HealthInterval: testHealthInterval,
 		HealthFailures: testHealthFailures,
-		JoinDelay:      100 * time.Millisecond,
+		JoinTimeout:    100 * time.Millisecond,
 		DrainTimeout:   200 * time.Millisecond,
 		LeaseTTL:       2 * time.Second,
 		StopTimeout:    2 * time.Second,

@@ -52,7 +52,7 @@ func devCommand() *cli.Command {
 			},
 			clusterFlag(),
 			logLevelFlag("warn"),
-		}, agentFlags(time.Second)...),
+		}, agentFlags(5*time.Second)...),
 		Action: runDev,
 	}
 }

@@ -117,15 +117,15 @@ func agentFlags(drainDefault time.Duration) []cli.Flag {
 			EnvVars: []string{"PUBMESH_HEALTH_FAILURES"},
 		},
 		&cli.DurationFlag{
-			Name:    "join-delay",
-			Value:   time.Second,
-			Usage:   "how long a new node stays joining (clients subscribe) before it turns ready (clients publish)",
-			EnvVars: []string{"PUBMESH_JOIN_DELAY"},
+			Name:    "join-timeout",
+			Value:   10 * time.Second,
+			Usage:   "a joining node turns ready once every fanout client acked its subscriptions there, or after this (clients that did not answer are logged)",
+			EnvVars: []string{"PUBMESH_JOIN_TIMEOUT"},
 		},
 		&cli.DurationFlag{
 			Name:    "drain-timeout",
 			Value:   drainDefault,
-			Usage:   "how long a node stays draining before it leaves, on SIGTERM/SIGINT or a drain request",
+			Usage:   "a draining node leaves once every fanout client acked it no longer publishes there and Redis flushed its output, or after this",
 			EnvVars: []string{"PUBMESH_DRAIN_TIMEOUT"},
 		},
 		&cli.DurationFlag{
@@ -165,14 +165,14 @@ func agentConfig(c *cli.Context, log *slog.Logger) (broker.Config, error) {
 		HealthInterval:    c.Duration("health-interval"),
 		HealthTimeout:     c.Duration("health-timeout"),
 		HealthFailures:    c.Int("health-failures"),
-		JoinDelay:         c.Duration("join-delay"),
+		JoinTimeout:       c.Duration("join-timeout"),
 		DrainTimeout:      c.Duration("drain-timeout"),
 		LeaseTTL:          c.Duration("lease-ttl"),
 		RedisServer:       c.String("redis-server"),
 		OutputBufferLimit: limit,
 		Logger:            log,
 	}
-	for _, d := range []string{"health-interval", "join-delay", "drain-timeout", "lease-ttl"} {
+	for _, d := range []string{"health-interval", "join-timeout", "drain-timeout", "lease-ttl"} {
 		if c.Duration(d) <= 0 {
 			return broker.Config{}, fmt.Errorf("invalid --%s %s: must be positive", d, c.Duration(d))
 		}

@@ -23,10 +23,13 @@ func nodeCommand() *cli.Command {
 		Name:      "node",
 		Usage:     "run one node: start and supervise a redis-server (or --attach to one) and register it in etcd",
 		UsageText: "pubmesh node [--etcd ENDPOINTS] [--cluster NAME] [--id ID] [--port P] [--bind ADDR] [--attach HOST:PORT] [options]",
-		Description: "The node registers as joining once its Redis answers PING, and turns ready after --join-delay.\n" +
+		Description: "The node registers as joining once its Redis answers PING, and turns ready once every fanout\n" +
+			"client registered in etcd has acked that it subscribed there (--join-timeout is the fallback).\n" +
 			"After --health-failures missed PINGs it leaves the cluster (its key is deleted) until Redis answers\n" +
 			"again; a redis-server child that exits is restarted. SIGTERM or SIGINT drains it: state draining\n" +
-			"for --drain-timeout, then its key is deleted and the child is stopped. A second signal stops at once.",
+			"until every client acked it no longer publishes there and Redis flushed its output buffers\n" +
+			"(--drain-timeout is the fallback), then its key is deleted and the child is stopped.\n" +
+			"A second signal stops at once.",
 		Flags: append(append(etcdFlags(),
 			&cli.StringFlag{
 				Name:        "id",
@@ -65,7 +68,7 @@ func nodeCommand() *cli.Command {
 				EnvVars:     []string{"PUBMESH_DATA_DIR"},
 			},
 			logLevelFlag("info"),
-		), agentFlags(3*time.Second)...),
+		), agentFlags(10*time.Second)...),
 		Action: runNode,
 	}
 }

@@ -17,7 +17,7 @@ func nodeArgs(cluster, id string, port int, extra ...string) []string {
 	return append([]string{
 		"node", "--etcd", etcdEndpoint, "--cluster", cluster, "--id", id,
 		"--port", fmt.Sprint(port), "--health-interval", "100ms", "--health-failures", "3",
-		"--join-delay", "200ms", "--drain-timeout", "300ms", "--lease-ttl", "2s",
+		"--join-timeout", "200ms", "--drain-timeout", "300ms", "--lease-ttl", "2s",
 	}, extra...)
 }
 
@@ -101,7 +101,7 @@ func TestNodeAttach(t *testing.T) {
 	cluster := uniqueCluster(t)
 	reg := registry(t, cluster)
 	redis := testredis.New(t).Addr // a Redis that runs elsewhere
-	p := startPubmesh(t, "node", "--etcd", etcdEndpoint, "--cluster", cluster, "--attach", redis, "--join-delay", "200ms", "--drain-timeout", "200ms")
+	p := startPubmesh(t, "node", "--etcd", etcdEndpoint, "--cluster", cluster, "--attach", redis, "--join-timeout", "200ms", "--drain-timeout", "200ms")
 	var n discovery.Node
 	watchUntil(t, reg, 20*time.Second, "ready", func(s discovery.Snapshot) bool {
 		for _, x := range s.Nodes {
