@@ -131,6 +131,7 @@ func (c *Client) apply(s discovery.Snapshot) {
 // so messages still in flight from the node are read.
 func (c *Client) retire(nc *nodeConn) {
 	delete(c.nodes, nc.node.ID)
+	nc.retired.Store(true)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()

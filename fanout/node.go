@@ -49,6 +49,7 @@ type nodeConn struct {
 	queue     chan *pubReq
 
 	suspectUntil atomic.Int64 // unix nanos
+	retired      atomic.Bool  // the node left etcd; its connection ending is expected
 
 	// subMu serialises SUBSCRIBE/UNSUBSCRIBE traffic on ps.
 	subMu      sync.Mutex
@@ -194,7 +195,9 @@ func (nc *nodeConn) receive() {
 		}
 		if err != nil {
 			failures++
-			if failures == 1 {
+			if failures == 1 && nc.retired.Load() {
+				nc.c.log.Debug("fanout: connection to a node that left is closed", "node", nc, "err", err)
+			} else if failures == 1 {
 				nc.c.m.reconnects.Inc()
 				nc.c.log.Warn("fanout: subscription connection broke", "node", nc, "err", err)
 			}
