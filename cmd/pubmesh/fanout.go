@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"os/signal"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -22,6 +24,27 @@ func fanoutFlags() []cli.Flag {
 		},
 		logLevelFlag("warn"),
 	)
+}
+
+// openFanout validates the channel arguments, builds the logger, makes
+// c.Context end on SIGINT/SIGTERM and connects a fanout client. The caller
+// calls done when finished.
+func openFanout(c *cli.Context, channels []string, overflow fanout.Overflow) (client *fanout.Client, log *slog.Logger, done func(), err error) {
+	for _, ch := range channels {
+		if err := fanout.ValidateChannel(ch); err != nil {
+			return nil, nil, nil, usageError{err}
+		}
+	}
+	if log, err = newLogger(c); err != nil {
+		return nil, nil, nil, usageError{err}
+	}
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	c.Context = ctx
+	if client, err = newFanout(c, log, overflow); err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	return client, log, func() { client.Close(); stop() }, nil
 }
 
 // newFanout builds a fanout client from fanoutFlags.

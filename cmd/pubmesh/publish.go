@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"os/signal"
-	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -32,21 +30,12 @@ func publishAction(c *cli.Context) error {
 		return usageError{errors.New("want CHANNEL [MESSAGE] (see pubmesh publish --help)")}
 	}
 	channel := c.Args().Get(0)
-	if err := fanout.ValidateChannel(channel); err != nil {
-		return usageError{err}
-	}
-	log, err := newLogger(c)
-	if err != nil {
-		return usageError{err}
-	}
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	c.Context = ctx
-	client, err := newFanout(c, log, fanout.DropOldest)
+	client, log, done, err := openFanout(c, []string{channel}, fanout.DropOldest)
 	if err != nil {
 		return err
 	}
-	defer client.Close()
+	defer done()
+	ctx := c.Context
 	if c.NArg() == 2 {
 		return client.Publish(ctx, channel, []byte(c.Args().Get(1)))
 	}

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -43,25 +41,14 @@ func subscribeAction(c *cli.Context) error {
 	if c.NArg() < 1 {
 		return usageError{errors.New("want at least one CHANNEL (see pubmesh subscribe --help)")}
 	}
-	for _, ch := range c.Args().Slice() {
-		if err := fanout.ValidateChannel(ch); err != nil {
-			return usageError{err}
-		}
-	}
-	log, err := newLogger(c)
-	if err != nil {
-		return usageError{err}
-	}
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	c.Context = ctx
 	// Block, not DropOldest: a terminal or a pipe that is slower than the
 	// feed should slow the feed down rather than lose lines.
-	client, err := newFanout(c, log, fanout.Block)
+	client, log, done, err := openFanout(c, c.Args().Slice(), fanout.Block)
 	if err != nil {
 		return err
 	}
-	defer client.Close()
+	defer done()
+	ctx := c.Context
 	subscribe := client.Subscribe
 	if c.Bool("pattern") {
 		subscribe = client.PSubscribe

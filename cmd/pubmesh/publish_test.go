@@ -1,0 +1,84 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pubmesh/pubmesh/discovery"
+)
+
+// Lines piped into `pubmesh publish` reach `pubmesh subscribe` processes
+// whole and in order, across a two-node cluster.
+func TestPublishSubscribeCLI(t *testing.T) {
+	t.Parallel()
+	cluster := uniqueCluster(t)
+	reg := registry(t, cluster)
+	startPubmesh(t, nodeArgs(cluster, "n1", freePort(t))...)
+	startPubmesh(t, nodeArgs(cluster, "n2", freePort(t))...)
+	watchUntil(t, reg, 20*time.Second, "2 ready", func(s discovery.Snapshot) bool { return len(s.Ready()) == 2 })
+
+	const n = 2000
+	common := []string{"--etcd", etcdEndpoint, "--cluster", cluster, "--log-level", "info"}
+	plain := startPubmesh(t, append(append([]string{"subscribe"}, common...), "--count", fmt.Sprint(n), "news")...)
+	js := startPubmesh(t, append(append([]string{"subscribe"}, common...), "--json", "--count", "1", "news")...)
+	plain.errs.wait(t, "subscribed", 10*time.Second)
+	js.errs.wait(t, "subscribed", 10*time.Second)
+
+	var in strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&in, "line %d\n", i)
+	}
+	pub := exec.Command(binary, append([]string{"publish"}, append(common, "news")...)...)
+	pub.Stdin = strings.NewReader(in.String())
+	if out, err := pub.CombinedOutput(); err != nil {
+		t.Fatalf("publish: %v: %s", err, out)
+	}
+	if code := plain.exit(t, 20*time.Second); code != 0 {
+		t.Fatalf("subscribe exited %d: %s", code, plain.errs)
+	}
+	if got, want := plain.out.String(), strings.TrimSuffix(in.String(), "\n"); got != want {
+		t.Fatalf("subscriber printed %d lines, not the %d published lines in order", strings.Count(got, "\n")+1, n)
+	}
+	if code := js.exit(t, 20*time.Second); code != 0 {
+		t.Fatalf("subscribe --json exited %d: %s", code, js.errs)
+	}
+	var m jsonMessage
+	if err := json.Unmarshal([]byte(js.out.String()), &m); err != nil {
+		t.Fatalf("--json line %q: %v", js.out.String(), err)
+	}
+	if m.Channel != "news" || m.Payload != "line 1" || m.ID == "" || m.Time.IsZero() || (m.Node != "n1" && m.Node != "n2") {
+		t.Fatalf("--json message %+v", m)
+	}
+}
+
+func TestPublishSubscribeBadInput(t *testing.T) {
+	t.Parallel()
+	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	tests := []struct {
+		name string
+		args []string
+		code int
+		msg  string
+	}{
+		{"publish without channel", []string{"publish"}, 2, "want CHANNEL"},
+		{"publish, too many args", []string{"publish", "a", "b", "c"}, 2, "want CHANNEL"},
+		{"publish to a bad channel", []string{"publish", "a b", "x"}, 2, "space or control"},
+		{"subscribe without channel", []string{"subscribe"}, 2, "at least one CHANNEL"},
+		{"subscribe to an empty channel", []string{"subscribe", ""}, 2, "empty channel"},
+		{"bad replicas", []string{"publish", "--replicas", "0", "a", "x"}, 2, "--replicas"},
+		{"unreachable etcd", []string{"publish", "--etcd", dead, "--etcd-timeout", "500ms", "a", "x"}, 1, "unreachable"},
+	}
+	for _, tc := range tests {
+		r := runPubmesh(t, 20*time.Second, tc.args...)
+		if r.code != tc.code || !strings.Contains(r.stderr, tc.msg) || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
+			t.Errorf("%s: exit %d, stderr %q; want exit %d and one line with %q", tc.name, r.code, r.stderr, tc.code, tc.msg)
+		}
+		if strings.Contains(r.stderr, "panic") {
+			t.Errorf("%s: panic: %s", tc.name, r.stderr)
+		}
+	}
+}
