@@ -20,10 +20,11 @@ var (
 )
 
 // Chart draws the report as a PNG: delivered/s and p99 latency by target
-// (top) and by pubmesh node count (bottom).
+// (top), Redis CPU per message by target and pubmesh p99 at fixed offered
+// rates (middle), delivered/s and p99 by pubmesh node count (bottom).
 func (r *Report) Chart() ([]byte, error) {
-	var names []string
-	var deliv, p99 plotter.Values
+	var names, rowNums []string // the right plots name rows by number only
+	var deliv, p99, rcpu plotter.Values
 	var pubmesh []bool
 	// Rows are drawn top to bottom in table order: NominalY counts upwards.
 	for i := len(r.Rows) - 1; i >= 0; i-- {
@@ -32,19 +33,20 @@ func (r *Report) Chart() ([]byte, error) {
 			continue
 		}
 		names = append(names, fmt.Sprintf("%d %s", x.Row, x.Label))
+		rowNums = append(rowNums, fmt.Sprintf("row %d", x.Row))
 		deliv = append(deliv, x.DeliveredPerSec/1e6)
 		p99 = append(p99, x.P99us/1000)
+		rcpu = append(rcpu, x.RedisCPUPerMsgUs)
 		pubmesh = append(pubmesh, x.Row >= 5)
 	}
-	byTarget1, err := hbars("Delivered messages/s by target (millions)", "M msg/s", names, deliv, pubmesh, colPubmesh)
+	byTarget1, err := hbars("Delivered messages/s by target (millions)", "M msg/s", names, deliv, pubmesh, colPubmesh, rateLabel)
 	if err != nil {
 		return nil, err
 	}
-	byTarget2, err := hbars("p99 end-to-end latency by target, at max rate (ms)", "ms", names, p99, pubmesh, colLatency)
+	byTarget2, err := hbars("p99 end-to-end latency by target, at max rate (ms)", "ms", rowNums, p99, pubmesh, colLatency, msLabel)
 	if err != nil {
 		return nil, err
 	}
-	byTarget2.NominalY(make([]string, len(names))...) // the left plot names them
 
 	var nn []string
 	var nd, np plotter.Values
@@ -58,25 +60,55 @@ func (r *Report) Chart() ([]byte, error) {
 		np = append(np, x.P99us/1000)
 		all = append(all, true)
 	}
-	byNodes1, err := vbars("pubmesh delivered/s by node count (millions)", "nodes", "M msg/s", nn, nd, all, colPubmesh)
+	byNodes1, err := vbars("pubmesh delivered/s by node count (millions)", "nodes", "M msg/s", nn, nd, all, colPubmesh, rateLabel)
 	if err != nil {
 		return nil, err
 	}
-	byNodes2, err := vbars("pubmesh p99 latency by node count, at max rate (ms)", "nodes", "ms", nn, np, all, colLatency)
+	byNodes2, err := vbars("pubmesh p99 latency by node count, at max rate (ms)", "nodes", "ms", nn, np, all, colLatency, msLabel)
 	if err != nil {
 		return nil, err
 	}
 
-	const w, h = 30 * vg.Centimeter, 20 * vg.Centimeter
+	byTarget3, err := hbars("Redis CPU per delivered message by target (µs)", "µs", names, rcpu, pubmesh, colPubmesh,
+		func(v float64) string { return fmt.Sprintf("%.2f µs", v) })
+	if err != nil {
+		return nil, err
+	}
+	var ln []string
+	var lp plotter.Values
+	var lall []bool
+	for _, x := range r.Latency {
+		if x.Err != "" || x.LoadFraction >= 1 {
+			continue
+		}
+		ln = append(ln, fmt.Sprintf("%.0f%% (%s/s)", x.LoadFraction*100, si(x.OfferedRate)))
+		lp = append(lp, x.P99us/1000)
+		lall = append(lall, true)
+	}
+	byLoad, err := vbars("pubmesh p99 latency at fixed offered rates (ms); dashed: the 2 ms target at 50%",
+		"offered rate, % of row 5's max", "ms", ln, lp, lall, colLatency, msLabel)
+	if err != nil {
+		return nil, err
+	}
+	if len(lp) > 0 {
+		target, err := plotter.NewLine(plotter.XYs{{X: -0.5, Y: 2}, {X: float64(len(lp)) - 0.5, Y: 2}})
+		if err != nil {
+			return nil, fmt.Errorf("bench: chart: %w", err)
+		}
+		target.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		byLoad.Add(target)
+	}
+
+	const w, h = 30 * vg.Centimeter, 30 * vg.Centimeter
 	img := vgimg.NewWith(vgimg.UseWH(w, h), vgimg.UseDPI(110))
 	dc := draw.New(img)
 	title := fmt.Sprintf("pubmesh benchmark %s — %s", r.Started.UTC().Format("2006-01-02 15:04Z"), r.Machine.short())
 	dc.FillText(draw.TextStyle{Color: color.Black, Font: font.From(plot.DefaultFont, 13), Handler: plot.DefaultTextHandler,
 		XAlign: draw.XCenter, YAlign: draw.YTop}, vg.Point{X: w / 2, Y: h - 2*vg.Millimeter}, title)
 	body := draw.Crop(dc, 0, 0, 0, -8*vg.Millimeter)
-	tiles := draw.Tiles{Rows: 2, Cols: 2, PadX: 6 * vg.Millimeter, PadY: 6 * vg.Millimeter,
+	tiles := draw.Tiles{Rows: 3, Cols: 2, PadX: 6 * vg.Millimeter, PadY: 6 * vg.Millimeter,
 		PadTop: 2 * vg.Millimeter, PadBottom: 2 * vg.Millimeter, PadLeft: 2 * vg.Millimeter, PadRight: 4 * vg.Millimeter}
-	plots := [][]*plot.Plot{{byTarget1, byTarget2}, {byNodes1, byNodes2}}
+	plots := [][]*plot.Plot{{byTarget1, byTarget2}, {byTarget3, byLoad}, {byNodes1, byNodes2}}
 	canvases := plot.Align(plots, tiles, body)
 	for i := range plots {
 		for j := range plots[i] {
@@ -90,18 +122,24 @@ func (r *Report) Chart() ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// rateLabel writes millions of messages per second as "359k/s".
+func rateLabel(v float64) string { return si(v*1e6) + "/s" }
+
+// msLabel writes milliseconds.
+func msLabel(v float64) string { return ms(v * 1000) }
+
 func (m Machine) short() string {
 	return fmt.Sprintf("%d CPUs, %s", m.CPUs, m.CPUModel)
 }
 
 // hbars is a horizontal bar chart, one bar per name; highlighted bars get
 // col, the others grey.
-func hbars(title, unit string, names []string, vals plotter.Values, highlight []bool, col color.Color) (*plot.Plot, error) {
+func hbars(title, unit string, names []string, vals plotter.Values, highlight []bool, col color.Color, label func(float64) string) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = title
 	p.X.Label.Text = unit
 	p.X.Min = 0
-	if err := addBars(p, vals, highlight, col, true); err != nil {
+	if err := addBars(p, vals, highlight, col, true, label); err != nil {
 		return nil, err
 	}
 	p.NominalY(names...)
@@ -109,13 +147,13 @@ func hbars(title, unit string, names []string, vals plotter.Values, highlight []
 }
 
 // vbars is a vertical bar chart with names along X.
-func vbars(title, xlabel, unit string, names []string, vals plotter.Values, highlight []bool, col color.Color) (*plot.Plot, error) {
+func vbars(title, xlabel, unit string, names []string, vals plotter.Values, highlight []bool, col color.Color, label func(float64) string) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = title
 	p.X.Label.Text = xlabel
 	p.Y.Label.Text = unit
 	p.Y.Min = 0
-	if err := addBars(p, vals, highlight, col, false); err != nil {
+	if err := addBars(p, vals, highlight, col, false, label); err != nil {
 		return nil, err
 	}
 	p.NominalX(names...)
@@ -124,7 +162,7 @@ func vbars(title, xlabel, unit string, names []string, vals plotter.Values, high
 
 // addBars adds one BarChart per bar (so each has its colour), with its
 // value written beside it.
-func addBars(p *plot.Plot, vals plotter.Values, highlight []bool, col color.Color, horizontal bool) error {
+func addBars(p *plot.Plot, vals plotter.Values, highlight []bool, col color.Color, horizontal bool, label func(float64) string) error {
 	if len(vals) == 0 {
 		p.Title.Text += " — not measured"
 		return nil
@@ -147,7 +185,7 @@ func addBars(p *plot.Plot, vals plotter.Values, highlight []bool, col color.Colo
 		if horizontal {
 			x, y = v, float64(i)
 		}
-		lbl, err := plotter.NewLabels(plotter.XYLabels{XYs: plotter.XYs{{X: x, Y: y}}, Labels: []string{fmt.Sprintf(" %.3g", v)}})
+		lbl, err := plotter.NewLabels(plotter.XYLabels{XYs: plotter.XYs{{X: x, Y: y}}, Labels: []string{" " + label(v)}})
 		if err != nil {
 			return fmt.Errorf("bench: chart: %w", err)
 		}
