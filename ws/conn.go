@@ -41,7 +41,7 @@ type conn struct {
 	cancel context.CancelFunc
 
 	send  chan *outFrame // frames for the writer; never closed, bounded by SendQueue
-	pings chan string   // pong payloads the writer owes the client
+	pings chan string    // pong payloads the writer owes the client
 
 	closeOnce   sync.Once
 	closing     chan struct{} // closed by close, after closeCode and closeReason are set

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,19 +28,29 @@ import (
 	"github.com/pubmesh/pubmesh/internal/testredis"
 )
 
-// etcdEndpoint is the package's shared etcd; each test has its own cluster
+// The package's tests share one etcd, started by the first test that needs
+// it (not by fuzz workers, which need none); each test has its own cluster
 // name and its own redis-servers.
-var etcdEndpoint string
+var (
+	etcdOnce sync.Once
+	etcdSrv  *embedetcd.Server
+	etcdErr  error
+)
+
+func etcdEndpoint(t testing.TB) string {
+	t.Helper()
+	etcdOnce.Do(func() { etcdSrv, etcdErr = embedetcd.Start(embedetcd.Config{}) })
+	if etcdErr != nil {
+		t.Fatalf("embedded etcd: %v", etcdErr)
+	}
+	return etcdSrv.Endpoint()
+}
 
 func TestMain(m *testing.M) {
-	srv, err := embedetcd.Start(embedetcd.Config{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "ws tests:", err)
-		os.Exit(1)
-	}
-	etcdEndpoint = srv.Endpoint()
 	code := m.Run()
-	srv.Close()
+	if etcdSrv != nil {
+		etcdSrv.Close()
+	}
 	if code == 0 {
 		// Everything a test started has been stopped in its Cleanup; what
 		// remains would be a leak. The HTTP clients' idle keep-alive
@@ -80,7 +91,7 @@ type gwOptions struct {
 func newGW(t testing.TB, cfg Config, o gwOptions) *gw {
 	t.Helper()
 	ctx := context.Background()
-	cli, err := discovery.Dial(ctx, discovery.EtcdConfig{Endpoints: []string{etcdEndpoint}})
+	cli, err := discovery.Dial(ctx, discovery.EtcdConfig{Endpoints: []string{etcdEndpoint(t)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,271 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/urfave/cli/v2"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pubmesh/pubmesh/discovery"
+	"github.com/pubmesh/pubmesh/fanout"
+	"github.com/pubmesh/pubmesh/ws"
+)
+
+func gatewayCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "gateway",
+		Usage:     "serve WebSocket clients (browsers, apps) and an HTTP publish API on top of the cluster",
+		UsageText: "pubmesh gateway [--listen 127.0.0.1:8080] (--jwt-secret S | --jwt-public-key FILE | --api-key K | --insecure)",
+		Description: "Clients connect to ws://HOST/ws with a JWT (from `pubmesh token`) and speak the JSON protocol of\n" +
+			"docs/protocol.md; backends POST JSON to /api/publish/CHANNEL with an API key or token. / is a demo\n" +
+			"page, /pubmesh.js the JavaScript client, /healthz is 200 while a node is ready, /metrics is\n" +
+			"Prometheus. Without an auth flag the gateway refuses to start unless --insecure is given.\n" +
+			"SIGINT/SIGTERM close every client with 1001 and stop within --shutdown-timeout.",
+		Flags:  append(append(etcdFlags(), gatewayFlags()...), logLevelFlag("info")),
+		Action: runGateway,
+	}
+}
+
+// gatewayFlags are the gateway's own flags (the limits' defaults come from
+// package ws, so --help and docs/protocol.md name the same numbers).
+func gatewayFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8080", Usage: "host:port to serve on", EnvVars: []string{"PUBMESH_GATEWAY_LISTEN"}},
+		&cli.StringFlag{Name: "jwt-secret", Usage: "HS256 secret that signs client tokens", DefaultText: "none", EnvVars: []string{"PUBMESH_JWT_SECRET"}},
+		&cli.StringFlag{Name: "jwt-secret-file", Usage: "file holding the HS256 secret (trailing newline ignored)", DefaultText: "none", EnvVars: []string{"PUBMESH_JWT_SECRET_FILE"}},
+		&cli.StringFlag{Name: "jwt-public-key", Usage: "PEM file of the RSA (RS256) or ECDSA (ES256) public key that verifies client tokens", DefaultText: "none", EnvVars: []string{"PUBMESH_JWT_PUBLIC_KEY"}},
+		&cli.StringSliceFlag{Name: "api-key", Usage: "API key with full access, for backends (repeat or comma-separate for several)", DefaultText: "none", EnvVars: []string{"PUBMESH_API_KEY"}},
+		&cli.StringFlag{Name: "api-key-file", Usage: "file with one API key per line", DefaultText: "none", EnvVars: []string{"PUBMESH_API_KEY_FILE"}},
+		&cli.BoolFlag{Name: "insecure", Usage: "run without authentication: anyone who reaches the port may subscribe and publish to every channel", EnvVars: []string{"PUBMESH_INSECURE"}},
+		&cli.StringSliceFlag{Name: "allow-origin", Usage: "browser origins allowed to connect: https://app.example.com, https://*.example.com or *", DefaultText: "the gateway's own origin", EnvVars: []string{"PUBMESH_ALLOW_ORIGIN"}},
+		&cli.IntFlag{Name: "max-frame-bytes", Value: ws.DefaultMaxFrameBytes, Usage: "largest client frame; a larger one closes the connection (1009)", EnvVars: []string{"PUBMESH_MAX_FRAME_BYTES"}},
+		&cli.IntFlag{Name: "max-publish-bytes", Value: ws.DefaultMaxPublishBytes, Usage: "largest publish data, over WebSocket or HTTP", EnvVars: []string{"PUBMESH_MAX_PUBLISH_BYTES"}},
+		&cli.IntFlag{Name: "max-subscriptions", Value: ws.DefaultMaxSubscriptions, Usage: "subscriptions per connection (-1: no limit)", EnvVars: []string{"PUBMESH_MAX_SUBSCRIPTIONS"}},
+		&cli.IntFlag{Name: "max-channel-bytes", Value: ws.DefaultMaxChannelBytes, Usage: "longest channel name", EnvVars: []string{"PUBMESH_MAX_CHANNEL_BYTES"}},
+		&cli.Float64Flag{Name: "publish-rate", Value: ws.DefaultPublishRate, Usage: "publishes per second per connection (-1: no limit)", EnvVars: []string{"PUBMESH_PUBLISH_RATE"}},
+		&cli.IntFlag{Name: "publish-burst", Value: ws.DefaultPublishBurst, Usage: "publishes a connection may send at once above --publish-rate", EnvVars: []string{"PUBMESH_PUBLISH_BURST"}},
+		&cli.IntFlag{Name: "send-queue", Value: ws.DefaultSendQueue, Usage: "frames queued per connection; a client that lets it overflow is closed with 4008 \"slow consumer\"", EnvVars: []string{"PUBMESH_SEND_QUEUE"}},
+		&cli.DurationFlag{Name: "ping-interval", Value: ws.DefaultPingInterval, Usage: "how often idle clients are pinged; one silent for this plus 10s is closed", EnvVars: []string{"PUBMESH_PING_INTERVAL"}},
+		&cli.DurationFlag{Name: "shutdown-timeout", Value: ws.DefaultShutdownTimeout, Usage: "how long a graceful shutdown may take", EnvVars: []string{"PUBMESH_SHUTDOWN_TIMEOUT"}},
+		&cli.IntFlag{Name: "replicas", Value: 1, Usage: "nodes each message is published to (2: a single node crash loses nothing)", EnvVars: []string{"PUBMESH_REPLICAS"}},
+	}
+}
+
+// gatewayConfig reads the auth and limit flags.
+func gatewayConfig(c *cli.Context, log *slog.Logger) (ws.Config, error) {
+	cfg := ws.Config{
+		Insecure:         c.Bool("insecure"),
+		AllowOrigins:     c.StringSlice("allow-origin"),
+		MaxFrameBytes:    c.Int("max-frame-bytes"),
+		MaxPublishBytes:  c.Int("max-publish-bytes"),
+		MaxSubscriptions: c.Int("max-subscriptions"),
+		MaxChannelBytes:  c.Int("max-channel-bytes"),
+		PublishRate:      c.Float64("publish-rate"),
+		PublishBurst:     c.Int("publish-burst"),
+		SendQueue:        c.Int("send-queue"),
+		PingInterval:     c.Duration("ping-interval"),
+		ShutdownTimeout:  c.Duration("shutdown-timeout"),
+		Logger:           log,
+	}
+	for _, name := range []string{"max-frame-bytes", "max-publish-bytes", "max-channel-bytes", "publish-burst", "send-queue"} {
+		if c.Int(name) < 1 {
+			return ws.Config{}, fmt.Errorf("invalid --%s %d: must be positive", name, c.Int(name))
+		}
+	}
+	for _, name := range []string{"ping-interval", "shutdown-timeout"} {
+		if c.Duration(name) <= 0 {
+			return ws.Config{}, fmt.Errorf("invalid --%s %s: must be positive", name, c.Duration(name))
+		}
+	}
+	if c.Int("max-subscriptions") == 0 || c.Float64("publish-rate") == 0 {
+		return ws.Config{}, errors.New("--max-subscriptions and --publish-rate must be positive, or -1 for no limit")
+	}
+	secret, err := secretFlag(c, "jwt-secret", "jwt-secret-file")
+	if err != nil {
+		return ws.Config{}, err
+	}
+	cfg.JWTSecret = secret
+	if path := c.String("jwt-public-key"); path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return ws.Config{}, fmt.Errorf("--jwt-public-key: %w", err)
+		}
+		if cfg.JWTPublicKey, err = ws.ParsePublicKeyPEM(b); err != nil {
+			return ws.Config{}, fmt.Errorf("--jwt-public-key %s: %w", path, err)
+		}
+	}
+	for _, k := range c.StringSlice("api-key") {
+		if k = strings.TrimSpace(k); k != "" {
+			cfg.APIKeys = append(cfg.APIKeys, k)
+		}
+	}
+	if path := c.String("api-key-file"); path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return ws.Config{}, fmt.Errorf("--api-key-file: %w", err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if k := strings.TrimSpace(line); k != "" && !strings.HasPrefix(k, "#") {
+				cfg.APIKeys = append(cfg.APIKeys, k)
+			}
+		}
+	}
+	if len(cfg.JWTSecret) == 0 && cfg.JWTPublicKey == nil && len(cfg.APIKeys) == 0 && !cfg.Insecure {
+		return ws.Config{}, errors.New("no authentication configured: give --jwt-secret, --jwt-public-key or --api-key " +
+			"(or --insecure to let anyone who reaches the port subscribe and publish to every channel)")
+	}
+	return cfg, nil
+}
+
+// secretFlag reads a secret from --name or --fileFlag (not both).
+func secretFlag(c *cli.Context, name, fileFlag string) ([]byte, error) {
+	s, path := c.String(name), c.String(fileFlag)
+	if s != "" && path != "" {
+		return nil, fmt.Errorf("give --%s or --%s, not both", name, fileFlag)
+	}
+	if path == "" {
+		return []byte(s), nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", fileFlag, err)
+	}
+	b = []byte(strings.TrimRight(string(b), "\r\n"))
+	if len(b) == 0 {
+		return nil, fmt.Errorf("--%s %s is empty", fileFlag, path)
+	}
+	return b, nil
+}
+
+func runGateway(c *cli.Context) error {
+	// Catch signals from the start, so an early one still ends cleanly.
+	ctx, stopSignals := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stopSignals()
+	if c.Args().Present() {
+		return usageError{fmt.Errorf("unexpected argument %q (see pubmesh gateway --help)", c.Args().First())}
+	}
+	log, err := newLogger(c)
+	if err != nil {
+		return usageError{err}
+	}
+	cfg, err := gatewayConfig(c, log)
+	if err != nil {
+		return usageError{err}
+	}
+	if r := c.Int("replicas"); r < 1 || r > 8 {
+		return usageError{fmt.Errorf("invalid --replicas %d: want 1-8", r)}
+	}
+	if err := discovery.ValidID(c.String("cluster")); err != nil {
+		return usageError{fmt.Errorf("invalid --cluster: %w", err)}
+	}
+	url, stopGateway, err := startGateway(ctx, gatewaySetup{
+		Etcd:     discovery.EtcdConfig{Endpoints: discovery.ParseEndpoints(c.String("etcd")), DialTimeout: c.Duration("etcd-timeout")},
+		Cluster:  c.String("cluster"),
+		Listen:   c.String("listen"),
+		Replicas: c.Int("replicas"),
+		WS:       cfg,
+		Log:      log,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "gateway: %s  (cluster %q)\n", url, c.String("cluster"))
+	if cfg.Insecure && len(cfg.JWTSecret) == 0 && cfg.JWTPublicKey == nil && len(cfg.APIKeys) == 0 {
+		fmt.Fprintln(c.App.ErrWriter, "WARNING: --insecure: no authentication, anyone who reaches "+c.String("listen")+" may subscribe and publish to every channel")
+	}
+	<-ctx.Done()
+	// A second signal now ends the process at once.
+	stopSignals()
+	fmt.Fprintln(c.App.Writer, "gateway: shutting down (closing clients with 1001)")
+	return stopGateway()
+}
+
+// gatewaySetup says how startGateway builds a gateway.
+type gatewaySetup struct {
+	// Etcd is how to reach etcd, unless EtcdClient is set (then used, not
+	// closed).
+	Etcd       discovery.EtcdConfig
+	EtcdClient *clientv3.Client
+	Cluster    string
+	Listen     string // host:port
+	Replicas   int    // default 1
+	WS         ws.Config
+	Log        *slog.Logger
+	// Metrics receives the gateway's and its fanout client's metrics,
+	// served at /metrics. Default: a new registry with Go and process
+	// metrics.
+	Metrics *prometheus.Registry
+}
+
+// startGateway connects a fanout client and serves a gateway on s.Listen
+// until ctx is done or stop is called. It returns the gateway's URL once it
+// listens. stop closes every client with 1001 (within
+// s.WS.ShutdownTimeout), then the fanout client; it is for `pubmesh
+// gateway` and `pubmesh dev --gateway-listen`.
+func startGateway(ctx context.Context, s gatewaySetup) (url string, stop func() error, err error) {
+	if s.Log == nil {
+		s.Log = slog.Default()
+	}
+	if s.Metrics == nil {
+		s.Metrics = newMetricsRegistry()
+	}
+	s.WS.Metrics = s.Metrics
+	if s.WS.Logger == nil {
+		s.WS.Logger = s.Log
+	}
+	// Bind first: a taken port is an error before anything else starts.
+	l, err := net.Listen("tcp", s.Listen)
+	if err != nil {
+		return "", nil, fmt.Errorf("gateway: listen on %s: %w", s.Listen, err)
+	}
+	client, err := fanout.New(ctx, fanout.Config{
+		Etcd:       s.Etcd,
+		EtcdClient: s.EtcdClient,
+		Cluster:    s.Cluster,
+		ID:         "gateway-" + hostPID(),
+		Replicas:   s.Replicas,
+		Logger:     s.Log,
+		Registerer: s.Metrics,
+	})
+	if err != nil {
+		l.Close()
+		return "", nil, err
+	}
+	h, err := ws.NewHandler(client, s.WS)
+	if err != nil {
+		l.Close()
+		client.Close()
+		return "", nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- h.Serve(sctx, l) }()
+	url = "http://" + l.Addr().String() + "/"
+	s.Log.Info("gateway serving", "url", url, "websocket", "ws://"+l.Addr().String()+"/ws")
+	var (
+		once    sync.Once
+		stopErr error
+	)
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			start := time.Now()
+			stopErr = <-served
+			client.Close()
+			s.Log.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond))
+		})
+		return stopErr
+	}
+	return url, stop, nil
+}

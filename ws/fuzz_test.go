@@ -1,0 +1,97 @@
+package ws
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+)
+
+// FuzzDecodeFrame: any bytes decode to a well-formed Frame or to a
+// bad_request *Error, never a panic, and every reply built from the result
+// is valid JSON.
+func FuzzDecodeFrame(f *testing.F) {
+	for _, s := range []string{
+		`{"op":"subscribe","channel":"news","id":1}`,
+		`{"op":"unsubscribe","channel":"news","id":2}`,
+		`{"op":"publish","channel":"news","data":{"a":[1,2,{"b":null}]},"id":3}`,
+		`{"op":"publish","channel":"news","data":null,"id":"x"}`,
+		`{"op":"ping","id":4}`,
+		`{"op":"ping","id":-1.5e300}`,
+		`{"op":"ping","id":{"a":1}}`,
+		`{"op":5}`,
+		`{"op":"subscribe","channel":7}`,
+		`{"OP":"ping"}`,
+		`[]`, `null`, ``, `{`, "\xff\xfe", `{"op":"ping","id":"` + string(make([]byte, 100)) + `"}`,
+		` {"op":"ping"} `,
+		`{"op":"publish","channel":"a","data":1,"data":2}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr, err := DecodeFrame(b)
+		if err != nil {
+			var e *Error
+			if !errors.As(err, &e) || e.Code != CodeBadRequest || e.Message == "" {
+				t.Fatalf("DecodeFrame(%q): error %#v, want a bad_request *Error", b, err)
+			}
+			if out := errorFrame(e); !json.Valid(out) {
+				t.Fatalf("error frame %q is not JSON", out)
+			}
+			if e.ID != nil && !validID(e.ID) {
+				t.Fatalf("error echoes id %q", e.ID)
+			}
+			return
+		}
+		switch fr.Op {
+		case OpPing:
+		case OpSubscribe, OpUnsubscribe, OpPublish:
+			if fr.Channel == "" {
+				t.Fatalf("DecodeFrame(%q): %s without a channel", b, fr.Op)
+			}
+		default:
+			t.Fatalf("DecodeFrame(%q): op %q", b, fr.Op)
+		}
+		if fr.Op == OpPublish && !json.Valid(fr.Data) {
+			t.Fatalf("DecodeFrame(%q): data %q is not JSON", b, fr.Data)
+		}
+		if fr.ID != nil && !validID(fr.ID) {
+			t.Fatalf("DecodeFrame(%q): id %q", b, fr.ID)
+		}
+		if out := okFrame(fr.ID); !json.Valid(out) {
+			t.Fatalf("ok frame %q is not JSON", out)
+		}
+		if fr.Op == OpPublish {
+			if out := encodeMessage(fr.Channel, fr.Data, "id-1", time.UnixMilli(1)); !json.Valid(out) {
+				t.Fatalf("message frame %q is not JSON", out)
+			}
+		}
+	})
+}
+
+func validID(id json.RawMessage) bool {
+	if len(id) > maxIDBytes || !json.Valid(id) {
+		return false
+	}
+	var v any
+	json.Unmarshal(id, &v)
+	switch v.(type) {
+	case float64, string:
+		return true
+	}
+	return false
+}
+
+// TestEncodeMessageChannel: a channel name with characters JSON must escape
+// still makes a valid frame.
+func TestEncodeMessageChannel(t *testing.T) {
+	t.Parallel()
+	out := encodeMessage(`we"ird\<>&`, []byte(`{"a":1}`), `id"1`, time.UnixMilli(1700000000000))
+	var f frame
+	if err := json.Unmarshal(out, &f); err != nil {
+		t.Fatalf("%s: %v", out, err)
+	}
+	if f.Channel != `we"ird\<>&` || f.TS != 1700000000000 || string(f.Data) != `{"a":1}` {
+		t.Fatalf("decoded %+v", f)
+	}
+}
