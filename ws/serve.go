@@ -36,8 +36,13 @@ func (h *Handler) Serve(ctx context.Context, l net.Listener) error {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+		// Bounds a slow HTTP request (a publish body, /metrics); Upgrade
+		// clears the deadlines of WebSocket connections, which have their
+		// own (PingInterval, PongTimeout, WriteTimeout).
+		ReadTimeout:  30 * time.Second,
+		WriteTimeout: 30 * time.Second,
+		IdleTimeout:  2 * time.Minute,
+		ErrorLog:     slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
