@@ -111,7 +111,7 @@ func TestDedupWindow(t *testing.T) {
 	if d.add(msgKey{pub: 1, seq: 2}) {
 		t.Fatal("duplicate within the window accepted")
 	}
-	if !d.add(msgKey{pub: 1, seq: 2, pattern: "p*"}) {
+	if !d.add(msgKey{pub: 1, seq: 2, pattern: patternKey("p*")}) {
 		t.Fatal("same message through a pattern counted as duplicate")
 	}
 	d.add(msgKey{pub: 1, seq: 4})

@@ -58,7 +58,7 @@ func (s *sequencer) push(m *Message, pattern string, env envelope, ok bool) {
 		s.deliver(m, pattern)
 		return
 	}
-	if !s.dedup.add(msgKey{env.pub, env.seq, pattern}) {
+	if !s.dedup.add(msgKey{env.pub, env.seq, patternKey(pattern)}) {
 		s.m.duplicates.Inc()
 		return
 	}
