@@ -62,3 +62,17 @@ func procField(file, key string) string {
 	}
 	return ""
 }
+
+// loadAvg is the 1-minute load average, or 0 if unknown.
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}

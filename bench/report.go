@@ -51,6 +51,9 @@ type Result struct {
 	RedisCPUPerMsgUs  float64 `json:"redis_cpu_us_per_delivered"`
 	ClientCPUPerMsgUs float64 `json:"client_cpu_us_per_delivered"`
 
+	// LoadAvg is the 1-minute load average when the measurement ended.
+	LoadAvg float64 `json:"load_avg"`
+
 	Err string `json:"error,omitempty"`
 }
 
@@ -99,10 +102,13 @@ type Report struct {
 	Command  string    `json:"command,omitempty"`
 	Machine  Machine   `json:"machine"`
 	Config   Workload  `json:"config"`
-	Rows     []Result  `json:"rows"`
-	Scaling  []Result  `json:"scaling"`
-	Latency  []Result  `json:"latency"`
-	Ratios   []Ratio   `json:"ratios"`
+	// LoadAvg is /proc/loadavg's 1-minute load at the start and the end:
+	// on a shared machine it says how much else was running.
+	LoadAvg [2]float64 `json:"load_avg_start_end"`
+	Rows    []Result   `json:"rows"`
+	Scaling []Result   `json:"scaling"`
+	Latency []Result   `json:"latency"`
+	Ratios  []Ratio    `json:"ratios"`
 	// ServersStarted and ServersLeft count the redis-servers the run
 	// started and those still alive at the end (should be 0).
 	ServersStarted int   `json:"servers_started"`
@@ -221,8 +227,8 @@ func (r *Report) Markdown(w io.Writer) {
 	if len(r.ServersLeft) > 0 {
 		left = fmt.Sprintf("STILL RUNNING: PIDs %v", r.ServersLeft)
 	}
-	fmt.Fprintf(w, "redis-servers started and stopped by PID: %d, %s. Run took %s.\n",
-		r.ServersStarted, left, r.Finished.Sub(r.Started).Round(time.Second))
+	fmt.Fprintf(w, "redis-servers started and stopped by PID: %d, %s. Run took %s; 1-minute load average %.2f at the start, %.2f at the end.\n",
+		r.ServersStarted, left, r.Finished.Sub(r.Started).Round(time.Second), r.LoadAvg[0], r.LoadAvg[1])
 }
 
 func table(w io.Writer, rows []Result, name func(Result) string, head string) {

@@ -66,6 +66,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	cfg = cfg.withDefaults()
 	rep := &Report{Started: time.Now(), Machine: thisMachine(), Config: workloadOf(cfg)}
+	rep.LoadAvg[0] = loadAvg()
 	e := &env{cfg: cfg, srv: newServers(cfg.PubsubBufferLimit), etcd: &etcdEnv{}}
 	defer func() {
 		e.etcd.close()
@@ -145,6 +146,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	e.srv.stopAll()
 	rep.ServersStarted, rep.ServersLeft = e.srv.started(), e.srv.leftover()
 	rep.Finished = time.Now()
+	rep.LoadAvg[1] = loadAvg()
 	if err := ctx.Err(); err != nil {
 		return rep, fmt.Errorf("bench: %w", err)
 	}

@@ -181,6 +181,7 @@ func (r *runner) measure(ctx context.Context, label string, t target, rate float
 	res.P50us = us(h.quantile(0.50))
 	res.P99us = us(h.quantile(0.99))
 	res.P999us = us(h.quantile(0.999))
+	res.LoadAvg = loadAvg()
 	res.RedisCPUSeconds = (redis1 - redis0).Seconds()
 	res.ClientCPUSeconds = (cpu1 - cpu0).Seconds()
 	if res.Delivered > 0 {
