@@ -56,12 +56,7 @@ func TestMain(m *testing.M) {
 		// remains would be a leak. The HTTP clients' idle keep-alive
 		// connections are closed first.
 		http.DefaultClient.CloseIdleConnections()
-		if err := goleak.Find(goleak.IgnoreCurrent(),
-			// etcd's and grpc's process-wide background goroutines.
-			goleak.IgnoreTopFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-			goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-			goleak.IgnoreAnyFunction("go.etcd.io/etcd/pkg/v3/traceutil.init"),
-		); err != nil {
+		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "ws tests: leaked goroutines:", err)
 			code = 1
 		}

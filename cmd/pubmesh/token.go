@@ -21,7 +21,7 @@ func tokenCommand() *cli.Command {
 			"Globs: '*' matches any run of characters, so 'news.*' matches news.eu and news.eu.fr (not news).\n" +
 			"A client uses it as ws://HOST/ws?token=TOKEN, or Authorization: Bearer TOKEN over HTTP.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "sub", Usage: "subject (who the token is for); required", EnvVars: []string{"PUBMESH_TOKEN_SUB"}},
+			&cli.StringFlag{Name: "sub", Usage: "subject (who the token is for); required", DefaultText: "none", EnvVars: []string{"PUBMESH_TOKEN_SUB"}},
 			&cli.StringSliceFlag{Name: "subscribe", Usage: "channel glob the bearer may subscribe to (repeat or comma-separate)", DefaultText: "none", EnvVars: []string{"PUBMESH_TOKEN_SUBSCRIBE"}},
 			&cli.StringSliceFlag{Name: "publish", Usage: "channel glob the bearer may publish to (repeat or comma-separate)", DefaultText: "none", EnvVars: []string{"PUBMESH_TOKEN_PUBLISH"}},
 			&cli.DurationFlag{Name: "ttl", Value: time.Hour, Usage: "how long the token is valid", EnvVars: []string{"PUBMESH_TOKEN_TTL"}},
