@@ -81,11 +81,15 @@ func (r *Report) Chart() ([]byte, error) {
 		if x.Err != "" || x.LoadFraction >= 1 {
 			continue
 		}
-		ln = append(ln, fmt.Sprintf("%.0f%% (%s/s)", x.LoadFraction*100, si(x.OfferedRate)))
+		who := "pubmesh"
+		if x.Reference {
+			who = "go-redis"
+		}
+		ln = append(ln, fmt.Sprintf("%.0f%% %s", x.LoadFraction*100, who))
 		lp = append(lp, x.P99us/1000)
-		lall = append(lall, true)
+		lall = append(lall, !x.Reference)
 	}
-	byLoad, err := vbars("pubmesh p99 latency at fixed offered rates (ms); dashed: the 2 ms target at 50%",
+	byLoad, err := vbars("p99 latency at fixed offered rates (ms); grey: go-redis at the same rate; dashed: 2 ms",
 		"offered rate, % of row 5's max", "ms", ln, lp, lall, colLatency, msLabel)
 	if err != nil {
 		return nil, err

@@ -52,7 +52,9 @@ type Config struct {
 	// Default: 1, 2, 3, 4.
 	NodeCounts []int
 	// LoadFractions are the fractions of row 5's max published rate at
-	// which the latency table runs. Default: 0.25, 0.5, 0.75.
+	// which the latency table runs pubmesh, each followed by plain go-redis
+	// (row 2's shape) at the same rate as a reference for what the machine
+	// adds. Default: 0.25, 0.5, 0.75.
 	LoadFractions []float64
 	// Rows selects the rows of the main table (1 to 7). The scaling and
 	// latency tables need pubmesh and run unless SkipScaling/SkipLatency.

@@ -88,7 +88,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		m, err := r.measure(ctx, label, t, rate)
 		t.close()
-		m.Row, m.Key, m.Label, m.Nodes, m.Replicas, m.LoadFraction = base.Row, base.Key, base.Label, base.Nodes, base.Replicas, base.LoadFraction
+		m.Row, m.Key, m.Label, m.Nodes, m.Replicas = base.Row, base.Key, base.Label, base.Nodes, base.Replicas
+		m.LoadFraction, m.Reference = base.LoadFraction, base.Reference
 		if err != nil {
 			m.Err = err.Error()
 			fmt.Fprintf(cfg.Progress, "bench: %s: %v\n", label, err)
@@ -137,7 +138,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				rep.Latency = append(rep.Latency, base)
 				continue
 			}
-			rep.Latency = append(rep.Latency, measure("[latency] "+key, pubmesh(cfg.Nodes), f*max.PublishedPerSec, base))
+			rate := f * max.PublishedPerSec
+			rep.Latency = append(rep.Latency, measure("[latency] "+key, pubmesh(cfg.Nodes), rate, base))
+			// The same offered rate on plain go-redis (row 2's shape): what
+			// the machine itself adds to the latency.
+			ref := fmt.Sprintf("redis-per-call-at-%.0f%%", f*100)
+			rep.Latency = append(rep.Latency, measure("[latency] "+ref,
+				func() (target, error) { return newRedisTarget(e.srv, cfg, false) }, rate,
+				Result{Key: ref, Label: "go-redis, 1 node, 1 PUBLISH per call (reference)", Nodes: 1, LoadFraction: f, Reference: true}))
 		}
 	}
 	rep.computeRatios()

@@ -32,8 +32,8 @@ func TestRunQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Rows) != 7 || len(rep.Scaling) != 2 || len(rep.Latency) != 1 {
-		t.Fatalf("got %d rows, %d scaling, %d latency; want 7, 2, 1", len(rep.Rows), len(rep.Scaling), len(rep.Latency))
+	if len(rep.Rows) != 7 || len(rep.Scaling) != 2 || len(rep.Latency) != 2 {
+		t.Fatalf("got %d rows, %d scaling, %d latency; want 7, 2, 2", len(rep.Rows), len(rep.Scaling), len(rep.Latency))
 	}
 	all := append(append(append([]bench.Result(nil), rep.Rows...), rep.Scaling...), rep.Latency...)
 	for _, r := range all {
@@ -65,7 +65,7 @@ func TestRunQuick(t *testing.T) {
 			t.Errorf("ratio %s: %s", x.Name, x.Missing)
 		}
 	}
-	if rep.ServersStarted != 1+1+3+3+2+2+2+1+2+2 {
+	if rep.ServersStarted != 1+1+3+3+2+2+2+1+2+2+1 {
 		t.Errorf("%d redis-servers started", rep.ServersStarted)
 	}
 	if len(rep.ServersLeft) != 0 {
