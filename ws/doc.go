@@ -1,7 +1,7 @@
 // Package ws is pubmesh's WebSocket gateway: it serves browsers and apps
 // over WebSocket and backends over HTTP, on top of one fanout client.
 //
-//	client, _ := fanout.New(ctx, fanout.Config{Etcd: etcdCfg, Registerer: reg})
+//	client, _ := fanout.New(ctx, fanout.Config{Etcd: etcdCfg, Overflow: fanout.Block, Registerer: reg})
 //	h, err := ws.NewHandler(client, ws.Config{JWTSecret: secret, Metrics: reg})
 //	...
 //	err = h.Serve(ctx, listener) // or ws.ListenAndServe(ctx, addr, client, cfg)
@@ -18,7 +18,9 @@
 // client's queued frames with one syscall. Each connection has a bounded
 // send queue (SendQueue, 256 frames): a client that cannot keep up is
 // closed with 4008 "slow consumer" and counted, and never delays the
-// others.
+// others. The pumps never wait, so the fanout client should use
+// Overflow: fanout.Block: a burst the gateway's CPU cannot absorb at once
+// then backs up into Redis instead of being dropped at the fanout buffer.
 //
 // Concurrency: Handler is safe for concurrent use. Each connection has one
 // reader and one writer goroutine; the hub's per-channel pump goroutines

@@ -48,7 +48,7 @@ func Example() {
 	}
 	defer node.Close(ctx)
 
-	client, err := fanout.New(ctx, fanout.Config{EtcdClient: cli, Cluster: "example"})
+	client, err := fanout.New(ctx, fanout.Config{EtcdClient: cli, Cluster: "example", Overflow: fanout.Block})
 	if err != nil {
 		log.Fatal(err)
 	}

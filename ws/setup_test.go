@@ -107,6 +107,7 @@ func newGW(t testing.TB, cfg Config, o gwOptions) *gw {
 	fc.EtcdClient = cli
 	fc.Cluster = cluster
 	fc.Registerer = g.reg2
+	fc.Overflow = fanout.Block // as pubmesh gateway runs it
 	if fc.Logger == nil {
 		fc.Logger = quietLogger()
 	}

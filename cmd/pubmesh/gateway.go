@@ -235,6 +235,12 @@ func startGateway(ctx context.Context, s gatewaySetup) (url string, stop func() 
 		Cluster:    s.Cluster,
 		ID:         "gateway-" + hostPID(),
 		Replicas:   s.Replicas,
+		// The hub's pumps never wait for a client (a full client queue
+		// closes that client), so Block only waits when the gateway is
+		// short of CPU: a burst then backs up into Redis's output buffer
+		// (--pubsub-buffer-limit) instead of being dropped at 1024
+		// messages.
+		Overflow:   fanout.Block,
 		Logger:     s.Log,
 		Registerer: s.Metrics,
 	})
