@@ -5,13 +5,19 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
+	"slices"
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // EtcdConfig says how to reach etcd. The zero value is not usable: Endpoints
@@ -54,6 +60,11 @@ func Dial(ctx context.Context, cfg EtcdConfig) (*clientv3.Client, error) {
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 5 * time.Second
 	}
+	if cfg.TLS == nil && slices.ContainsFunc(cfg.Endpoints, func(e string) bool { return strings.HasPrefix(e, "https://") }) {
+		// https without a TLS config: verify against the system's roots
+		// rather than speak plain text to a TLS port.
+		cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:            cfg.Endpoints,
 		DialTimeout:          cfg.DialTimeout,
@@ -72,13 +83,83 @@ func Dial(ctx context.Context, cfg EtcdConfig) (*clientv3.Client, error) {
 		})},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("discovery: etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+		return nil, fmt.Errorf("discovery: etcd %s: %w", strings.Join(cfg.Endpoints, ","), explain(err, cfg))
 	}
 	cctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	if _, err := cli.Get(cctx, "/pubmesh-ping", clientv3.WithCountOnly()); err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("discovery: etcd %s unreachable: %w", strings.Join(cfg.Endpoints, ","), err)
+		return nil, fmt.Errorf("discovery: etcd %s unreachable: %w", strings.Join(cfg.Endpoints, ","), explain(err, cfg))
 	}
 	return cli, nil
+}
+
+// explain adds a hint to a permission error without a user, and replaces a
+// bare timeout, which is all gRPC reports when a
+// connection never comes up, with what went wrong on the first endpoint
+// that shows it: connection refused, a TLS handshake failure (unknown CA,
+// expired or missing certificate), or TLS spoken to a plain endpoint.
+func explain(err error, cfg EtcdConfig) error {
+	if errors.Is(err, rpctypes.ErrPermissionDenied) && cfg.Username == "" {
+		return fmt.Errorf("%w (etcd has authentication enabled: give a user and its password, --etcd-user and --etcd-password-file)", err)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) && status.Code(err) != codes.DeadlineExceeded && status.Code(err) != codes.Unavailable {
+		return err
+	}
+	timeout := min(cfg.DialTimeout, 2*time.Second)
+	for _, ep := range cfg.Endpoints {
+		if why := probeEndpoint(ep, cfg.TLS, timeout); why != nil {
+			return fmt.Errorf("%w (%v)", err, why)
+		}
+	}
+	return err
+}
+
+// probeEndpoint connects to one endpoint as the gRPC client would, and
+// returns why that fails, or nil if it seems fine.
+func probeEndpoint(ep string, tc *tls.Config, timeout time.Duration) error {
+	u, err := url.Parse(ep)
+	if err != nil || u.Host == "" {
+		return nil
+	}
+	d := &net.Dialer{Timeout: timeout}
+	conn, err := d.Dial("tcp", u.Host)
+	if err != nil {
+		return err
+	}
+	conn.Close()
+	if u.Scheme != "https" && tc == nil {
+		// Does a plain endpoint in fact speak TLS? Only the handshake is
+		// tried; nothing is sent over it.
+		probe := &tls.Config{InsecureSkipVerify: true} //nolint:gosec // detects TLS, sends nothing
+		if c, err := tls.DialWithDialer(d, "tcp", u.Host, probe); err == nil {
+			c.Close()
+			return fmt.Errorf("%s speaks TLS: use https:// and the etcd CA (--etcd-cacert)", u.Host)
+		}
+		return nil
+	}
+	if tc == nil {
+		tc = &tls.Config{}
+	}
+	tc = tc.Clone()
+	if tc.ServerName == "" {
+		tc.ServerName = u.Hostname()
+	}
+	c, err := tls.DialWithDialer(d, "tcp", u.Host, tc)
+	if err != nil {
+		return fmt.Errorf("TLS handshake with %s: %w", u.Host, err)
+	}
+	defer c.Close()
+	// With TLS 1.3 a server that refuses the client's certificate says so
+	// after the handshake; an HTTP/2 server that accepts it sends its
+	// SETTINGS at once.
+	c.SetReadDeadline(time.Now().Add(timeout))
+	if _, err := c.Read(make([]byte, 1)); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil
+		}
+		return fmt.Errorf("TLS with %s: %w", u.Host, err)
+	}
+	return nil
 }
