@@ -202,7 +202,7 @@ func (a *Agent) run(ctx context.Context) error {
 		backoff:    cfg.RestartBackoff,
 		health:     health{limit: cfg.HealthFailures},
 		firstUntil: time.Now().Add(cfg.LeaseTTL + time.Second),
-		probe:      newProbe(a.addr, cfg.HealthTimeout),
+		probe:      newProbe(a.addr, cfg.HealthTimeout, cfg.Username, cfg.Password),
 	}
 	defer s.probe.close()
 	defer s.gates.Wait() // runs after rcancel, below
@@ -288,6 +288,15 @@ func (a *Agent) startChild(ctx context.Context, s *runState) error {
 	conf, err := writeConf(s.dir, a.cfg)
 	if err != nil {
 		return err
+	}
+	if a.cfg.tls() {
+		// The probe accepts this certificate even if the file is replaced
+		// while this child runs with it.
+		leaf, err := leafDER(a.cfg.TLSCertFile)
+		if err != nil {
+			return fmt.Errorf("broker: TLS certificate: %w", err)
+		}
+		s.probe.setTLS(a.cfg.clientTLS(leaf))
 	}
 	p, _, err := startProcess(ctx, a.cfg, conf, s.probe, a.log)
 	if err != nil {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/pubmesh/pubmesh/discovery"
 )
@@ -102,6 +101,37 @@ type Config struct {
 	// LeaseTTL is the registry lease: a crashed agent's node disappears
 	// this long after its last keep-alive. Default: 5s.
 	LeaseTTL time.Duration
+
+	// Password is what clients (and the agent's own health checks)
+	// authenticate to the node's Redis with. The child's redis.conf holds
+	// only its SHA-256, never the password; it is never on a command line
+	// nor in etcd. With Attach, the agent authenticates with it but does not
+	// configure the Redis. Default: none: no authentication, which is
+	// refused on a non-loopback Bind unless Insecure is set.
+	Password string
+	// ExtraPasswords are also accepted by the child (not used by the
+	// agent), so that a password can be rotated without a moment where
+	// clients holding the old or the new one are refused. See
+	// docs/security.md. Default: none.
+	ExtraPasswords []string
+	// Username, if set, is a Redis ACL user that may only use pub/sub (and
+	// PING, INFO, CLIENT LIST for the agent); the default user is disabled.
+	// Without it, the default user has Password and every permission, as
+	// with requirepass. Needs Password. Default: none.
+	Username string
+	// TLSCertFile and TLSKeyFile, if set, make the child serve TLS only, on
+	// Port (tls-port, and port 0), and the node is registered with tls, so
+	// clients connect with TLS and verify the certificate. Not supported
+	// with Attach. Default: none (plain TCP).
+	TLSCertFile, TLSKeyFile string
+	// TLSClientCAFile, if set with TLSCertFile, makes the child require a
+	// client certificate signed by this CA (mutual TLS). The agent's health
+	// checks then present TLSCertFile, which must allow client
+	// authentication, like Redis's own tls-client-cert-file default.
+	// Default: none (clients need no certificate).
+	TLSClientCAFile string
+	// Insecure allows a non-loopback Bind without a Password. Default: false.
+	Insecure bool
 
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger
@@ -235,7 +265,7 @@ func (c Config) withDefaults() Config {
 		c.JoinGate = JoinHandshake(c.Registry, c.JoinTimeout, c.Logger)
 	}
 	if c.DrainGate == nil {
-		c.DrainGate = DrainHandshake(c.Registry, func(addr string) *redis.Options { return &redis.Options{Addr: addr} }, c.Logger)
+		c.DrainGate = DrainHandshake(c.Registry, c.redisOptions, c.Logger)
 	}
 	if c.Registerer == nil {
 		c.Registerer = prometheus.NewRegistry()
@@ -256,7 +286,9 @@ func (c Config) portForID() int {
 
 // Validate checks the configuration before anything starts, so that a
 // mistake is one clear error: the ID, the --attach address, the durations,
-// that the redis-server binary exists and that the port can be bound now.
+// the credentials and TLS files (and that a non-loopback Bind has a
+// password), that the redis-server binary exists and that the port can be
+// bound now.
 // New calls it; the CLI calls it before it dials etcd.
 func (c Config) Validate() error {
 	c = c.withDefaults()
@@ -274,6 +306,10 @@ func (c Config) Validate() error {
 		if net.ParseIP(c.Bind) == nil {
 			return fmt.Errorf("broker: invalid bind address %q: want an IP address", c.Bind)
 		}
+		// Before anything binds the address.
+		if err := c.validateSecurity(); err != nil {
+			return err
+		}
 		if _, err := exec.LookPath(c.RedisServer); err != nil {
 			return fmt.Errorf("broker: redis-server binary %q not found (install redis-server or set --redis-server)", c.RedisServer)
 		}
@@ -283,6 +319,11 @@ func (c Config) Validate() error {
 	}
 	if err := ValidAddr(c.Advertise); err != nil {
 		return fmt.Errorf("broker: invalid advertise address: %w", err)
+	}
+	if c.Attach != "" {
+		if err := c.validateSecurity(); err != nil {
+			return err
+		}
 	}
 	for _, d := range []struct {
 		name string

@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -23,15 +24,26 @@ import (
 // timeout, while go-redis's pool retries dials, then reports the last dial
 // error for up to a second after the server is back, and logs through a
 // process-wide logger.
+//
+// With a password it sends AUTH on every new connection; with TLS it dials
+// TLS (see Config.clientTLS). Errors never include the password.
 type probe struct {
-	addr    string
-	timeout time.Duration
-	conn    net.Conn // nil until the first check, and after an error
-	rd      *bufio.Reader
+	addr       string
+	timeout    time.Duration
+	user, pass string      // AUTH [user] pass on connect, if pass is set
+	tls        *tls.Config // nil: plain TCP
+	conn       net.Conn    // nil until the first check, and after an error
+	rd         *bufio.Reader
 }
 
-func newProbe(addr string, timeout time.Duration) *probe {
-	return &probe{addr: addr, timeout: timeout}
+func newProbe(addr string, timeout time.Duration, user, pass string) *probe {
+	return &probe{addr: addr, timeout: timeout, user: user, pass: pass}
+}
+
+// setTLS makes the next connection use tc (nil: plain TCP).
+func (p *probe) setTLS(tc *tls.Config) {
+	p.close()
+	p.tls = tc
 }
 
 func (p *probe) close() {
@@ -56,13 +68,45 @@ func (p *probe) do(ctx context.Context, args ...string) (string, error) {
 
 func (p *probe) exchange(ctx context.Context, args []string) (string, error) {
 	if p.conn == nil {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", p.addr)
-		if err != nil {
+		if err := p.connect(ctx); err != nil {
 			return "", err
 		}
-		p.conn, p.rd = c, bufio.NewReader(c)
 	}
+	return p.roundTrip(ctx, args)
+}
+
+// connect dials (TLS if set) and authenticates, within ctx.
+func (p *probe) connect(ctx context.Context) error {
+	var c net.Conn
+	var err error
+	if p.tls != nil {
+		d := tls.Dialer{Config: p.tls}
+		c, err = d.DialContext(ctx, "tcp", p.addr)
+		if err != nil {
+			return fmt.Errorf("redis: TLS: %w", err)
+		}
+	} else {
+		var d net.Dialer
+		if c, err = d.DialContext(ctx, "tcp", p.addr); err != nil {
+			return err
+		}
+	}
+	p.conn, p.rd = c, bufio.NewReader(c)
+	if p.pass == "" {
+		return nil
+	}
+	auth := []string{"AUTH", p.pass}
+	if p.user != "" {
+		auth = []string{"AUTH", p.user, p.pass}
+	}
+	if _, err := p.roundTrip(ctx, auth); err != nil {
+		return fmt.Errorf("redis: AUTH: %w", err)
+	}
+	return nil
+}
+
+// roundTrip sends one command on the open connection and reads its reply.
+func (p *probe) roundTrip(ctx context.Context, args []string) (string, error) {
 	dl, _ := ctx.Deadline()
 	p.conn.SetDeadline(dl)
 	// A ctx cancelled early (the agent stops) must not wait for the deadline.

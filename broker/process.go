@@ -44,7 +44,9 @@ func writeConf(dir string, cfg Config) (string, error) {
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# Written by the pubmesh node agent for node %s; rewritten at every start.\n", cfg.ID)
-	fmt.Fprintf(&b, "port %d\n", cfg.Port)
+	if err := writeSecurityConf(&b, cfg); err != nil {
+		return "", err
+	}
 	fmt.Fprintf(&b, "bind %s\n", cfg.Bind)
 	fmt.Fprintf(&b, "protected-mode %s\n", protected)
 	b.WriteString("daemonize no\n")
@@ -78,6 +80,7 @@ func startProcess(ctx context.Context, cfg Config, conf string, pr *probe, log *
 		return nil, info{}, err
 	}
 	cmd := exec.Command(cfg.RedisServer, conf)
+	cmd.Env = childEnv() // no PUBMESH_*PASSWORD* in the child's environment
 	p := &process{out: newTail(20, log), done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -108,8 +111,9 @@ func startProcess(ctx context.Context, cfg Config, conf string, pr *probe, log *
 	}
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
+	var lastErr error
 	for {
-		if pr.ping(sctx) == nil {
+		if lastErr = pr.ping(sctx); lastErr == nil {
 			in, err := pr.serverInfo(sctx)
 			if err == nil && in.pid == p.pid {
 				return p, in, nil
@@ -123,7 +127,7 @@ func startProcess(ctx context.Context, cfg Config, conf string, pr *probe, log *
 			if ctx.Err() != nil {
 				return nil, info{}, ctx.Err()
 			}
-			return nil, info{}, fmt.Errorf("broker: redis-server on %s:%d did not answer PING within %s", cfg.Bind, cfg.Port, cfg.StartTimeout)
+			return nil, info{}, fmt.Errorf("broker: redis-server on %s:%d did not answer PING within %s (last error: %v)", cfg.Bind, cfg.Port, cfg.StartTimeout, lastErr)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

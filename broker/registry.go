@@ -50,6 +50,7 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 		RedisVersion: in.version,
 		RunID:        in.runID,
 		Attached:     a.cfg.Attach != "",
+		TLS:          a.cfg.tls(),
 	}
 	reg, err := a.reg.Register(octx, node, discovery.RegisterOptions{TTL: a.cfg.LeaseTTL})
 	if err != nil {

@@ -1,0 +1,238 @@
+package broker_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pubmesh/pubmesh/broker"
+	"github.com/pubmesh/pubmesh/discovery"
+	"github.com/pubmesh/pubmesh/internal/devcerts"
+	"github.com/pubmesh/pubmesh/internal/testredis"
+)
+
+// A node with TLS (mutual), a pub/sub-only ACL user and a second password
+// for rotation: it registers with tls, its health checks and drain speak
+// TLS and AUTH, no password is in redis.conf, the child's command line or
+// etcd, and Redis refuses everyone without the right credentials.
+func TestAgentTLSAndACL(t *testing.T) {
+	t.Parallel()
+	certs, err := devcerts.Generate(filepath.Join(t.TempDir(), "tls"), devcerts.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := newRegistry(t)
+	w := watch(t, reg)
+	cfg := fastConfig(t, reg)
+	cfg.Username, cfg.Password, cfg.ExtraPasswords = "app", "main-pw-6f1d2c", []string{"next-pw-93be41"}
+	cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile = certs.Redis.Cert, certs.Redis.Key, certs.CA
+	cfg.DrainTimeout = 5 * time.Second
+	a, err := broker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- a.Run(context.Background()) }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			a.Shutdown(context.Background())
+		}
+	})
+	w.until(t, 20*time.Second, "ready", inState(cfg.ID, discovery.StateReady))
+	n, _ := node(w.last, cfg.ID)
+	if !n.TLS {
+		t.Errorf("registered without tls: %+v", n)
+	}
+	secrets := []string{cfg.Password, cfg.ExtraPasswords[0]}
+
+	conf, err := os.ReadFile(filepath.Join(cfg.DataDir, "redis.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"user default off", "user app on", "port 0\n", fmt.Sprintf("tls-port %d\n", cfg.Port), "tls-auth-clients yes"} {
+		if !strings.Contains(string(conf), want) {
+			t.Errorf("redis.conf has no %q:\n%s", want, conf)
+		}
+	}
+	noSecret(t, "redis.conf", string(conf), secrets)
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", a.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	noSecret(t, "the redis-server command line", string(cmdline), secrets)
+	noSecret(t, "etcd", etcdDump(t, reg), secrets)
+
+	client := func(user, pass string, cert *devcerts.Pair) *redis.Client {
+		tc := &tls.Config{RootCAs: pool(t, certs.CA)}
+		if cert != nil {
+			pair, err := tls.LoadX509KeyPair(cert.Cert, cert.Key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.Certificates = []tls.Certificate{pair}
+		}
+		rdb := redis.NewClient(&redis.Options{Addr: n.Addr, Username: user, Password: pass, TLSConfig: tc, MaxRetries: -1, DisableIdentity: true, DialTimeout: 2 * time.Second})
+		t.Cleanup(func() { rdb.Close() })
+		return rdb
+	}
+	ctx := context.Background()
+	app := client("app", cfg.Password, &certs.Client)
+	if err := app.Ping(ctx).Err(); err != nil {
+		t.Fatalf("PING with the right credentials: %v", err)
+	}
+	if err := app.Publish(ctx, "news", "x").Err(); err != nil {
+		t.Errorf("PUBLISH: %v", err)
+	}
+	if err := app.ConfigGet(ctx, "port").Err(); err == nil || !strings.HasPrefix(err.Error(), "NOPERM") {
+		t.Errorf("CONFIG GET as the pub/sub user: %v, want NOPERM", err)
+	}
+	if err := client("app", cfg.ExtraPasswords[0], &certs.Client).Ping(ctx).Err(); err != nil {
+		t.Errorf("PING with the extra (rotation) password: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		rdb  *redis.Client
+		want string
+	}{
+		{"wrong password", client("app", "wrong", &certs.Client), "WRONGPASS"},
+		{"the disabled default user", client("", cfg.Password, &certs.Client), "WRONGPASS"},
+		{"no password", client("", "", &certs.Client), "NOAUTH"},
+		{"no client certificate", client("app", cfg.Password, nil), ""},
+	} {
+		err := tc.rdb.Ping(ctx).Err()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		}
+		t.Logf("%s: %v", tc.name, err)
+	}
+	if err := testredis.Ping(ctx, n.Addr); err == nil {
+		t.Error("a plain-text PING to the TLS port was answered")
+	}
+
+	// The drain handshake's CLIENT LIST goes over TLS with AUTH too: a
+	// failure there would hold the drain for its whole 5s timeout.
+	t0 := time.Now()
+	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := a.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	stopped = true
+	if took := time.Since(t0); took > 3*time.Second {
+		t.Errorf("drain took %s: the drain handshake could not reach Redis", took)
+	}
+	if err := <-errc; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}
+
+// A node that anyone could reach is refused without a password, before
+// anything is bound; TLS files are checked before the child starts.
+func TestValidateRefusesTheUnsafe(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	certs, err := devcerts.Generate(filepath.Join(dir, "tls"), devcerts.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := devcerts.Generate(filepath.Join(dir, "other"), devcerts.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := devcerts.LoadCA(certs.CA, certs.CAKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := devcerts.Pair{Cert: filepath.Join(dir, "old.crt"), Key: filepath.Join(dir, "old.key")}
+	oc, ok, err := ca.Issue("old", devcerts.Server, devcerts.DefaultHosts, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := devcerts.WritePair(old, oc, ok); err != nil {
+		t.Fatal(err)
+	}
+	// No redis-server: a config that passes the security checks fails on
+	// the binary, before it binds anything.
+	base := broker.Config{ID: "n1", Port: 7000, RedisServer: "/nonexistent/redis-server"}
+	for _, tc := range []struct {
+		name string
+		edit func(*broker.Config)
+		want string
+	}{
+		{"public bind without a password", func(c *broker.Config) { c.Bind = "0.0.0.0" },
+			"refusing to serve Redis on 0.0.0.0 without a password"},
+		{"public bind with --insecure", func(c *broker.Config) { c.Bind = "0.0.0.0"; c.Insecure = true }, "not found"},
+		{"public bind with a password", func(c *broker.Config) { c.Bind = "0.0.0.0"; c.Password = "pw" }, "not found"},
+		{"user without a password", func(c *broker.Config) { c.Username = "app" }, "needs a password"},
+		{"bad user name", func(c *broker.Config) { c.Username = "a b"; c.Password = "pw" }, "invalid Redis user"},
+		{"password with a line break", func(c *broker.Config) { c.Password = "a\nb" }, "line break"},
+		{"certificate without key", func(c *broker.Config) { c.TLSCertFile = certs.Redis.Cert }, "both a certificate and a key"},
+		{"expired certificate", func(c *broker.Config) { c.TLSCertFile, c.TLSKeyFile = old.Cert, old.Key }, "not now"},
+		{"client CA that did not sign the certificate", func(c *broker.Config) {
+			c.TLSCertFile, c.TLSKeyFile, c.TLSClientCAFile = certs.Redis.Cert, certs.Redis.Key, other.CA
+		}, "must be signed by"},
+		{"TLS with attach", func(c *broker.Config) {
+			c.Attach = "127.0.0.1:6379"
+			c.TLSCertFile, c.TLSKeyFile = certs.Redis.Cert, certs.Redis.Key
+		}, "cannot be used with --attach"},
+		{"valid TLS", func(c *broker.Config) {
+			c.TLSCertFile, c.TLSKeyFile, c.TLSClientCAFile = certs.Redis.Cert, certs.Redis.Key, certs.CA
+		}, "not found"},
+	} {
+		cfg := base
+		tc.edit(&cfg)
+		err := cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+func pool(t *testing.T, ca string) *x509.CertPool {
+	t.Helper()
+	b, err := os.ReadFile(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := x509.NewCertPool()
+	p.AppendCertsFromPEM(b)
+	return p
+}
+
+// etcdDump is every key and value of the registry's cluster.
+func etcdDump(t *testing.T, reg *discovery.Registry) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := reg.Client().Get(ctx, discovery.DefaultPrefix+"/"+reg.Cluster()+"/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) == 0 {
+		t.Fatal("no keys in etcd")
+	}
+	var b strings.Builder
+	for _, kv := range resp.Kvs {
+		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
+	}
+	return b.String()
+}
+
+func noSecret(t *testing.T, where, s string, secrets []string) {
+	t.Helper()
+	for _, sec := range secrets {
+		if strings.Contains(s, sec) {
+			t.Errorf("%s holds a password", where)
+		}
+	}
+}
