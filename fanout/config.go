@@ -93,9 +93,16 @@ type Config struct {
 	WaitReady time.Duration
 	// DialTimeout for Redis connections. Default: 2s.
 	DialTimeout time.Duration
-	// Username and Password for the Redis nodes. Default: none.
+	// Username and Password for the Redis nodes, sent on every connection
+	// (HELLO/AUTH). A node that refuses them is reported as a *NodeError.
+	// Default: none.
 	Username, Password string
-	// TLS for nodes registered with tls. Default: none.
+	// TLS, if set, is used for every node: RootCAs verifies them and, for
+	// mutual TLS, Certificates holds the client certificate. A node
+	// registered without tls is then refused (a *NodeError, without a
+	// dial) rather than spoken to in plain text, so a registry entry cannot
+	// downgrade the client. With TLS nil, nodes registered with tls are still dialled with
+	// TLS, verified against the system's roots. Default: nil.
 	TLS *tls.Config
 	// LeaseTTL of the client's presence in etcd. Default: 5s.
 	LeaseTTL time.Duration

@@ -29,6 +29,15 @@
 //     overflow the oldest message is dropped and counted (DropOldest), or
 //     delivery waits (Block).
 //
+// Security: Config.Username and Password authenticate the client to every
+// node, and nodes registered with tls are dialled with TLS (Config.TLS). A
+// node that refuses the client (wrong password, missing permission, an
+// untrusted or expired certificate) never makes a call hang: Subscribe
+// returns its *NodeError, Publish tries the other ready nodes and returns
+// ErrNoNodes wrapping the *NodeError when none took the message, and the
+// refusal is logged once per node connection and counted in
+// pubmesh_fanout_node_refusals_total. See docs/security.md.
+//
 // Client and Subscription are safe for concurrent use. Close on either can
 // be called twice; later calls return ErrClosed. See docs/wire-format.md for
 // what travels over Redis.

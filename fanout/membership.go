@@ -179,7 +179,7 @@ func (c *Client) ackIfDue(nc *nodeConn) {
 			ctx, cancel := context.WithTimeout(c.ctx, 2*time.Second)
 			err := p.Ack(ctx, nc.node.ID, discovery.Ack{RunID: nc.node.RunID, Incarnation: nc.node.Incarnation, State: want})
 			cancel()
-			if err == nil {
+			if err == nil || c.ctx.Err() != nil { // done, or the client is closing
 				return
 			}
 			c.m.ackTimeouts.Inc()

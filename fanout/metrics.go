@@ -16,6 +16,7 @@ type metrics struct {
 	gaps           prometheus.Counter
 	reconnects     prometheus.Counter
 	ackTimeouts    prometheus.Counter
+	refusals       prometheus.Counter
 	nodes          *prometheus.GaugeVec
 	publishLatency prometheus.Histogram
 }
@@ -36,6 +37,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		gaps:          c("reorder_gaps_total", "Held messages released after ReorderWindow because their predecessor never came."),
 		reconnects:    c("reconnects_total", "Subscription connections to nodes that broke and were re-established."),
 		ackTimeouts:   c("ack_errors_total", "Acks to etcd that failed."),
+		refusals:      c("node_refusals_total", "Connections or commands a node refused for credentials, permissions or TLS (see NodeError)."),
 		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "nodes",
 			Help: "Live nodes known to the client, by state."}, []string{"state"}),
 		publishLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "pubmesh", Subsystem: "fanout",
@@ -44,7 +46,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.publishes, m.publishErrors, m.retries, m.deliveries, m.duplicates, m.overflowDrops,
-			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.nodes, m.publishLatency)
+			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.nodes, m.publishLatency)
 	}
 	return m
 }

@@ -2,8 +2,10 @@ package fanout
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -60,6 +62,12 @@ type nodeConn struct {
 
 	acked atomic.Value // string: the AckState last acked, to ack once
 
+	// refused is closed, once, when the node first refuses the client's
+	// credentials or TLS (see refusal); refusedErr holds the latest refusal.
+	refused     chan struct{}
+	refusedOnce sync.Once
+	refusedErr  atomic.Pointer[NodeError]
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // publishers and receiver
@@ -77,14 +85,24 @@ func newNodeConn(c *Client, n discovery.Node) *nodeConn {
 		MaxRetries:      -1, // the client retries on another node instead
 		DisableIdentity: true,
 	}
-	if n.TLS && c.cfg.TLS != nil {
+	switch {
+	case c.cfg.TLS != nil && !n.TLS:
+		// A client with TLS settings never speaks plain text: a registry
+		// entry without tls must not downgrade it (and get the password in
+		// clear). Every dial fails at once with a refusal.
+		opt.Dialer = func(context.Context, string, string) (net.Conn, error) { return nil, errPlainNode }
+	case c.cfg.TLS != nil:
 		opt.TLSConfig = c.cfg.TLS.Clone()
+	case n.TLS:
+		// Never plain text to a node that wants TLS: verify it against the
+		// system's roots (a private CA is refused with a clear error).
+		opt.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	nc := &nodeConn{
 		c: c, node: n, seed: nodeSeed(n.ID), rdb: redis.NewClient(opt),
 		queue: make(chan *pubReq, c.cfg.PublishQueue), fences: map[string]chan struct{}{},
-		subscribed: make(chan struct{}), ctx: ctx, cancel: cancel,
+		subscribed: make(chan struct{}), refused: make(chan struct{}), ctx: ctx, cancel: cancel,
 	}
 	nc.ps = nc.rdb.Subscribe(ctx) // connects lazily, on the first command
 	nc.state.Store(n.State)
@@ -113,11 +131,19 @@ func (nc *nodeConn) start() {
 	go nc.receive()
 	for attempt := 0; nc.ctx.Err() == nil; attempt++ {
 		chans, pats := nc.c.subs.names()
-		if err := nc.subscribe(nc.ctx, chans, pats); err == nil {
+		err := nc.subscribe(nc.ctx, chans, pats)
+		if err == nil {
 			close(nc.subscribed)
 			nc.c.membershipChanged()
 			return
-		} else if attempt%20 == 0 {
+		}
+		if nc.ctx.Err() != nil { // closing
+			return
+		}
+		if isRefusal(err) {
+			nc.refusal(err)
+		}
+		if attempt%20 == 0 {
 			nc.c.log.Warn("fanout: cannot subscribe on node, retrying", "node", nc, "err", err)
 		}
 		sleep(nc.ctx, min(time.Duration(attempt+1)*50*time.Millisecond, time.Second))
@@ -195,6 +221,9 @@ func (nc *nodeConn) receive() {
 		}
 		if err != nil {
 			failures++
+			if isRefusal(err) {
+				nc.refusal(err)
+			}
 			if failures == 1 && nc.retired.Load() {
 				nc.c.log.Debug("fanout: connection to a node that left is closed", "node", nc, "err", err)
 			} else if failures == 1 {
@@ -285,7 +314,9 @@ func (nc *nodeConn) publisher() {
 			if e == nil && err != nil && !errors.Is(err, redis.Nil) {
 				e = err
 			}
-			if e != nil {
+			if e != nil && isRefusal(e) {
+				e = nc.refusal(e)
+			} else if e != nil {
 				e = fmt.Errorf("fanout: publish to %s: %w", nc, e)
 			}
 			r.done <- pubResult{node: nc, err: e}

@@ -191,7 +191,9 @@ func (r *registry) each(channel, pattern string, fn func(*Subscription)) {
 // Subscribe subscribes to channels on every live node and returns once the
 // subscription is confirmed on each node that answers (nodes that do not
 // are subscribed when they come back). Messages published after Subscribe
-// returns are delivered.
+// returns are delivered. If a node refuses the client's credentials or TLS,
+// Subscribe fails with that node's *NodeError (errors.As) rather than
+// return a subscription that would miss the node's messages.
 func (c *Client) Subscribe(ctx context.Context, channels ...string) (*Subscription, error) {
 	return c.subscribe(ctx, channels, false)
 }
@@ -230,15 +232,21 @@ func (c *Client) subscribe(ctx context.Context, names []string, patterns bool) (
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
+	var refusedMu sync.Mutex
+	var refused []error
 	for _, nc := range c.conns() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			select { // a conn still starting subscribes the current set itself
-			case <-nc.subscribed:
-			case <-ctx.Done():
-				return
-			case <-nc.ctx.Done():
+			// A conn still starting subscribes the current set itself. A
+			// node that refuses our credentials or TLS is not waited for.
+			ok, rerr := nc.waitSubscribed(ctx)
+			if rerr != nil {
+				refusedMu.Lock()
+				refused = append(refused, rerr)
+				refusedMu.Unlock()
+			}
+			if !ok {
 				return
 			}
 			if err := nc.subscribe(ctx, chans, pats); err != nil && nc.ctx.Err() == nil {
@@ -254,6 +262,15 @@ func (c *Client) subscribe(ctx context.Context, names []string, patterns bool) (
 	if ctx.Err() != nil {
 		s.Close()
 		return nil, fmt.Errorf("fanout: subscribe: %w", ctx.Err())
+	}
+	if len(refused) > 0 {
+		// This subscriber would silently miss every message published to
+		// the node that refused it: say so now rather than later.
+		s.Close()
+		if len(refused) == 1 {
+			return nil, refused[0]
+		}
+		return nil, errors.Join(refused...)
 	}
 	for err := range errs {
 		c.log.Warn("fanout: subscription not confirmed on a node; it is renewed when the node reconnects", "err", err)
