@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/pubmesh/pubmesh/broker"
+	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/embedetcd"
 	"github.com/pubmesh/pubmesh/internal/freeport"
 )
@@ -21,11 +22,20 @@ func devCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "dev",
 		Usage:     "run a whole local cluster in one process: an embedded etcd and N nodes",
-		UsageText: "pubmesh dev [--nodes 3] [--etcd-listen 127.0.0.1:2379] [--base-port 7001] [--data-dir DIR] [--cluster NAME]",
+		UsageText: "pubmesh dev [--nodes 3] [--etcd-listen 127.0.0.1:2379] [--base-port 7001] [--data-dir DIR] [--cluster NAME] [--secure]",
 		Description: "Starts a real etcd inside the process and one node agent (each with its own redis-server) per\n" +
 			"port from --base-port up, and prints each node when it is ready. Other commands reach it with\n" +
-			"their default --etcd. Ctrl-C drains and stops everything; no process is left behind.",
+			"their default --etcd. Ctrl-C drains and stops everything; no process is left behind.\n\n" +
+			"With --secure it runs the way production should: a CA and certificates made at start in DIR/tls,\n" +
+			"random passwords in DIR/secrets (mode 0600), etcd with mutual TLS and a root user, Redis nodes\n" +
+			"with TLS (mutual) and a password. It writes DIR/env.sh: `source DIR/env.sh` in another shell and\n" +
+			"publish, subscribe, nodes and drain use all of it.",
 		Flags: append([]cli.Flag{
+			&cli.BoolFlag{
+				Name:    "secure",
+				Usage:   "TLS and passwords everywhere, with generated certificates and passwords (see DIR/env.sh)",
+				EnvVars: []string{"PUBMESH_DEV_SECURE"},
+			},
 			&cli.IntFlag{
 				Name:    "nodes",
 				Value:   3,
@@ -96,6 +106,14 @@ func runDev(c *cli.Context) error {
 	} else if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
 	}
+	var sec *devSecurity
+	if c.Bool("secure") {
+		if sec, err = setupDevSecurity(dir, proto.Password); err != nil {
+			return fmt.Errorf("--secure: %w", err)
+		}
+		proto.Password = sec.redisPassword
+		proto.TLSCertFile, proto.TLSKeyFile, proto.TLSClientCAFile = sec.certs.Redis.Cert, sec.certs.Redis.Key, sec.certs.CA
+	}
 	cfgs := make([]broker.Config, n)
 	for i := range cfgs {
 		cfg := proto
@@ -109,7 +127,11 @@ func runDev(c *cli.Context) error {
 		cfgs[i] = cfg
 	}
 
-	etcd, err := embedetcd.Start(embedetcd.Config{ClientAddr: etcdListen, Dir: filepath.Join(dir, "etcd")})
+	ecfg := embedetcd.Config{ClientAddr: etcdListen, Dir: filepath.Join(dir, "etcd")}
+	if sec != nil {
+		ecfg.TLS, ecfg.RootPassword = sec.etcdTLS(), sec.etcdPassword
+	}
+	etcd, err := embedetcd.Start(ecfg)
 	if err != nil {
 		return err
 	}
@@ -117,7 +139,19 @@ func runDev(c *cli.Context) error {
 	out := c.App.Writer
 	fmt.Fprintf(out, "etcd: %s  (cluster %q)\n", etcd.Endpoint(), c.String("cluster"))
 
-	reg, cli, err := openRegistryAt(c.Context, []string{etcd.Endpoint()}, 10*time.Second, c.String("cluster"), log)
+	client := discovery.EtcdConfig{Endpoints: []string{etcd.Endpoint()}, DialTimeout: 10 * time.Second}
+	if sec != nil {
+		if client, err = sec.etcdClient(log, etcd.Endpoint()); err != nil {
+			return err
+		}
+		if err := sec.writeEnv(etcd.Endpoint(), c.String("cluster"), proto.Username); err != nil {
+			return fmt.Errorf("--secure: %w", err)
+		}
+		fmt.Fprintf(out, "secure: mutual TLS and passwords; certificates in %s, passwords in %s (mode 0600)\n",
+			sec.certs.Dir, filepath.Dir(sec.etcdPasswordFile))
+		fmt.Fprintf(out, "to use it from another shell: source %s\n", shellQuote(sec.envFile))
+	}
+	reg, cli, err := openRegistryAt(c.Context, client, c.String("cluster"), log)
 	if err != nil {
 		return err
 	}
@@ -165,7 +199,11 @@ func runDev(c *cli.Context) error {
 				if reg.Cluster() != "default" {
 					etcdFlag += " --cluster " + reg.Cluster()
 				}
-				fmt.Fprintf(out, "cluster ready: %d nodes. Try `bin/pubmesh nodes%s` in another terminal. Ctrl-C stops everything.\n", n, etcdFlag)
+				try := "bin/pubmesh nodes" + etcdFlag
+				if sec != nil { // env.sh sets the endpoint and cluster
+					try = "source " + shellQuote(sec.envFile) + "; bin/pubmesh nodes"
+				}
+				fmt.Fprintf(out, "cluster ready: %d nodes. Try `%s` in another terminal. Ctrl-C stops everything.\n", n, try)
 			}
 			printMu.Unlock()
 			<-a.Done()

@@ -13,9 +13,9 @@ import (
 )
 
 // fanoutFlags are the flags of commands that publish or subscribe through
-// a fanout client, on top of etcdFlags.
+// a fanout client, on top of etcdFlags and the Redis credentials and TLS.
 func fanoutFlags() []cli.Flag {
-	return append(etcdFlags(),
+	return append(append(etcdFlags(), redisClientFlags()...),
 		&cli.IntFlag{
 			Name:    "replicas",
 			Value:   1,
@@ -55,12 +55,15 @@ func newFanout(c *cli.Context, log *slog.Logger, overflow fanout.Overflow) (*fan
 	if r := c.Int("replicas"); r < 1 || r > 8 {
 		return nil, usageError{fmt.Errorf("invalid --replicas %d: want 1-8", r)}
 	}
-	return fanout.New(c.Context, fanout.Config{
-		Etcd:     discovery.EtcdConfig{Endpoints: discovery.ParseEndpoints(c.String("etcd")), DialTimeout: c.Duration("etcd-timeout")},
+	cfg := fanout.Config{
 		Cluster:  c.String("cluster"),
 		ID:       "cli-" + hostPID(),
 		Replicas: c.Int("replicas"),
 		Overflow: overflow,
 		Logger:   log,
-	})
+	}
+	if err := setFanoutSecurity(c, log, &cfg); err != nil {
+		return nil, err
+	}
+	return fanout.New(c.Context, cfg)
 }

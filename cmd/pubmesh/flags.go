@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"github.com/urfave/cli/v2"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -25,9 +26,9 @@ import (
 // prints it and the default in --help. docs/operations.md lists them all.
 
 // etcdFlags say how to reach the registry: --etcd, --etcd-timeout,
-// --cluster.
+// --cluster, and etcd's TLS and auth (etcdSecurityFlags).
 func etcdFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{
 			Name:    "etcd",
 			Value:   "127.0.0.1:2379",
@@ -41,7 +42,7 @@ func etcdFlags() []cli.Flag {
 			EnvVars: []string{"PUBMESH_ETCD_TIMEOUT"},
 		},
 		clusterFlag(),
-	}
+	}, etcdSecurityFlags()...)
 }
 
 func clusterFlag() cli.Flag {
@@ -69,20 +70,36 @@ func newLogger(c *cli.Context) (*slog.Logger, error) {
 	if err := lvl.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return nil, fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", c.String("log-level"))
 	}
-	return slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: lvl})), nil
+	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: lvl}))
+	// go-redis logs to stderr by itself (e.g. every refused TLS connection);
+	// what matters reaches the user as our own errors, so its lines go to
+	// debug.
+	redis.SetLogger(redisLogger{log})
+	return log, nil
+}
+
+// redisLogger sends go-redis's log lines to a slog logger at debug level.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, "go-redis: "+fmt.Sprintf(format, v...))
 }
 
 // openRegistry dials etcd (checking that it answers) and returns the
 // registry of --cluster. The caller closes the client.
 func openRegistry(c *cli.Context, log *slog.Logger) (*discovery.Registry, *clientv3.Client, error) {
-	return openRegistryAt(c.Context, discovery.ParseEndpoints(c.String("etcd")), c.Duration("etcd-timeout"), c.String("cluster"), log)
+	ecfg, err := etcdConfig(c, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return openRegistryAt(c.Context, ecfg, c.String("cluster"), log)
 }
 
-func openRegistryAt(ctx context.Context, endpoints []string, timeout time.Duration, cluster string, log *slog.Logger) (*discovery.Registry, *clientv3.Client, error) {
+func openRegistryAt(ctx context.Context, ecfg discovery.EtcdConfig, cluster string, log *slog.Logger) (*discovery.Registry, *clientv3.Client, error) {
 	if err := discovery.ValidID(cluster); err != nil {
 		return nil, nil, fmt.Errorf("invalid --cluster: %w", err)
 	}
-	cli, err := discovery.Dial(ctx, discovery.EtcdConfig{Endpoints: endpoints, DialTimeout: timeout})
+	cli, err := discovery.Dial(ctx, ecfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -97,7 +114,7 @@ func openRegistryAt(ctx context.Context, endpoints []string, timeout time.Durati
 // agentFlags tune node agents, for `node` and `dev`. drainDefault differs:
 // a dev cluster stops quicker.
 func agentFlags(drainDefault time.Duration) []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.DurationFlag{
 			Name:    "health-interval",
 			Value:   500 * time.Millisecond,
@@ -152,7 +169,7 @@ func agentFlags(drainDefault time.Duration) []cli.Flag {
 			DefaultText: "off",
 			EnvVars:     []string{"PUBMESH_METRICS_LISTEN"},
 		},
-	}
+	}, redisAuthFlags()...)
 }
 
 // agentConfig reads the agentFlags into a broker.Config.
@@ -179,6 +196,14 @@ func agentConfig(c *cli.Context, log *slog.Logger) (broker.Config, error) {
 	}
 	if c.Int("health-failures") < 1 {
 		return broker.Config{}, fmt.Errorf("invalid --health-failures %d: must be at least 1", c.Int("health-failures"))
+	}
+	user, passwords, err := redisCredentials(c, log)
+	if err != nil {
+		return broker.Config{}, err
+	}
+	cfg.Username = user
+	if len(passwords) > 0 {
+		cfg.Password, cfg.ExtraPasswords = passwords[0], passwords[1:]
 	}
 	return cfg, nil
 }

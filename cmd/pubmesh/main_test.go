@@ -131,9 +131,17 @@ type result struct {
 // runPubmesh runs the binary to completion.
 func runPubmesh(t *testing.T, timeout time.Duration, args ...string) result {
 	t.Helper()
+	return runPubmeshEnv(t, timeout, nil, args...)
+}
+
+// runPubmeshEnv runs the binary to completion with env as its environment
+// (nil: the test's).
+func runPubmeshEnv(t *testing.T, timeout time.Duration, env []string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Env = env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -212,7 +220,15 @@ func (l *lines) wait(t *testing.T, re string, timeout time.Duration) string {
 // kills it if it is still running.
 func startPubmesh(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startPubmeshEnv(t, nil, args...)
+}
+
+// startPubmeshEnv is startPubmesh with env as the environment (nil: the
+// test's).
+func startPubmeshEnv(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	cmd := exec.Command(binary, args...)
+	cmd.Env = env
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -29,7 +29,10 @@ func nodeCommand() *cli.Command {
 			"again; a redis-server child that exits is restarted. SIGTERM or SIGINT drains it: state draining\n" +
 			"until every client acked it no longer publishes there and Redis flushed its output buffers\n" +
 			"(--drain-timeout is the fallback), then its key is deleted and the child is stopped.\n" +
-			"A second signal stops at once.",
+			"A second signal stops at once.\n\n" +
+			"Security: --redis-password-file (or PUBMESH_REDIS_PASSWORD) makes Redis require a password; the\n" +
+			"child's redis.conf (mode 0600) holds only its hash. --tls-cert/--tls-key serve TLS only. A --bind\n" +
+			"other than loopback is refused without a password unless --insecure. See docs/security.md.",
 		Flags: append(append(etcdFlags(),
 			&cli.StringFlag{
 				Name:        "id",
@@ -67,6 +70,29 @@ func nodeCommand() *cli.Command {
 				DefaultText: "a temporary directory, removed at exit",
 				EnvVars:     []string{"PUBMESH_DATA_DIR"},
 			},
+			&cli.StringFlag{
+				Name:        "tls-cert",
+				Usage:       "serve TLS only, with this certificate (PEM); the node is registered with tls and clients verify it",
+				DefaultText: "none: plain TCP",
+				EnvVars:     []string{"PUBMESH_NODE_TLS_CERT"},
+			},
+			&cli.StringFlag{
+				Name:        "tls-key",
+				Usage:       "private key (PEM) of --tls-cert",
+				DefaultText: "none",
+				EnvVars:     []string{"PUBMESH_NODE_TLS_KEY"},
+			},
+			&cli.StringFlag{
+				Name:        "tls-client-ca",
+				Usage:       "require client certificates signed by this CA (mutual TLS); --tls-cert must then allow client authentication too",
+				DefaultText: "none: no client certificate needed",
+				EnvVars:     []string{"PUBMESH_NODE_TLS_CLIENT_CA"},
+			},
+			&cli.BoolFlag{
+				Name:    "insecure",
+				Usage:   "allow a non-loopback --bind without a Redis password (anyone who reaches the port can read and publish everything)",
+				EnvVars: []string{"PUBMESH_NODE_INSECURE"},
+			},
 			logLevelFlag("info"),
 		), agentFlags(10*time.Second)...),
 		Action: runNode,
@@ -88,6 +114,8 @@ func runNode(c *cli.Context) error {
 		return usageError{err}
 	}
 	cfg.Port, cfg.Bind, cfg.Advertise, cfg.DataDir = c.Int("port"), c.String("bind"), c.String("advertise"), c.String("data-dir")
+	cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile = c.String("tls-cert"), c.String("tls-key"), c.String("tls-client-ca")
+	cfg.Insecure = c.Bool("insecure")
 	if a := c.String("attach"); a != "" {
 		if err := broker.ValidAddr(a); err != nil {
 			return usageError{fmt.Errorf("invalid --attach: %w", err)}
