@@ -9,7 +9,11 @@ TEST_TIMEOUT ?= 9m
 # Run apt-get as root, or through sudo when not root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build run test deps vet fmt-check
+# Fuzz targets as package:Func; `make test` runs each briefly, `make fuzz` longer.
+FUZZ_TARGETS := ./ws:FuzzDecodeFrame ./fanout:FuzzEnvelope ./discovery:FuzzDecodeNode
+FUZZ_TIME    ?= 1m
+
+.PHONY: all build run test deps vet fmt-check fuzz
 
 all: build
 
@@ -25,6 +29,11 @@ deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y redis-server; \
 	fi
 	@redis-server --version
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "chromium not found: installing it with apt-get (the gateway's browser test)"; \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium; \
+	fi
 
 ## run: build, then run a local cluster (embedded etcd + 3 nodes); Ctrl-C stops it
 run: build deps
@@ -42,3 +51,12 @@ fmt-check:
 ## test: vet, gofmt check, then every test with the race detector
 test: deps vet fmt-check
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@$(MAKE) --no-print-directory fuzz FUZZ_TIME=5s
+
+## fuzz: run every fuzz target for FUZZ_TIME (default 1m; make test uses 5s)
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$fn ($$pkg) for $(FUZZ_TIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZ_TIME) $$pkg || exit 1; \
+	done

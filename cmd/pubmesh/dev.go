@@ -16,6 +16,7 @@ import (
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/embedetcd"
 	"github.com/pubmesh/pubmesh/internal/freeport"
+	"github.com/pubmesh/pubmesh/ws"
 )
 
 func devCommand() *cli.Command {
@@ -59,6 +60,12 @@ func devCommand() *cli.Command {
 				Usage:       "directory for etcd's data (DIR/etcd) and the nodes' redis.conf (DIR/<node-id>), kept at exit",
 				DefaultText: "a temporary directory, removed at exit",
 				EnvVars:     []string{"PUBMESH_DATA_DIR"},
+			},
+			&cli.StringFlag{
+				Name:    "gateway-listen",
+				Value:   "127.0.0.1:8080",
+				Usage:   "host:port of a WebSocket gateway WITHOUT authentication (demo page at /); empty for none",
+				EnvVars: []string{"PUBMESH_GATEWAY_LISTEN"},
 			},
 			clusterFlag(),
 			logLevelFlag("warn"),
@@ -164,6 +171,16 @@ func runDev(c *cli.Context) error {
 		if agents[i], err = broker.New(cfg); err != nil {
 			return err
 		}
+	}
+	if addr := c.String("gateway-listen"); addr != "" {
+		// Started before the nodes turn ready: its fanout client is then part
+		// of their join handshake, so it hears every message from the start.
+		url, stopGateway, err := startGateway(c.Context, gatewaySetup{EtcdClient: cli, Cluster: reg.Cluster(), Listen: addr, WS: ws.Config{Insecure: true}, Log: log, Metrics: metrics})
+		if err != nil {
+			return fmt.Errorf("%w (pick another --gateway-listen, or --gateway-listen '' for none)", err)
+		}
+		defer stopGateway()
+		fmt.Fprintf(out, "gateway: %s  (ws://%s/ws) INSECURE: no authentication, for local use only\n", url, addr)
 	}
 	if addr := c.String("metrics-listen"); addr != "" {
 		stop, err := serveMetrics(addr, metrics, log)

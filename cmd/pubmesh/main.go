@@ -50,6 +50,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			drainCommand(),
 			publishCommand(),
 			subscribeCommand(),
+			gatewayCommand(),
+			tokenCommand(),
 		},
 		Writer:    stdout,
 		ErrWriter: stderr,
