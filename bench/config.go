@@ -60,6 +60,12 @@ type Config struct {
 	// latency tables need pubmesh and run unless SkipScaling/SkipLatency.
 	// Default: all.
 	Rows []int
+	// Repeat is how many times each main-table row is measured, all rows
+	// once and then again (round-robin); a row shows its best attempt (most
+	// delivered/s among those without loss) and lists them all. On a
+	// shared machine it keeps one burst of outside load from deciding a
+	// row. Default: 2.
+	Repeat int
 	// SkipScaling leaves out the node-count table. Default: false.
 	SkipScaling bool
 	// SkipLatency leaves out the fixed-rate latency table. Default: false.
@@ -105,6 +111,7 @@ func (c Config) withDefaults() Config {
 	def(&c.PayloadSize, 128)
 	def(&c.MaxBacklog, 20000)
 	def(&c.Nodes, 3)
+	def(&c.Repeat, 2)
 	if c.Duration <= 0 {
 		c.Duration = 5 * time.Second
 	}

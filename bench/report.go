@@ -56,8 +56,28 @@ type Result struct {
 
 	// LoadAvg is the 1-minute load average when the measurement ended.
 	LoadAvg float64 `json:"load_avg"`
+	// Attempts are every measurement of a main-table row (Config.Repeat),
+	// in order; the row's figures are those of the best one.
+	Attempts []Attempt `json:"attempts,omitempty"`
 
 	Err string `json:"error,omitempty"`
+}
+
+// Attempt is one measurement of a main-table row, in short.
+type Attempt struct {
+	PublishedPerSec   float64 `json:"published_per_sec"`
+	DeliveredPerSec   float64 `json:"delivered_per_sec"`
+	Lost              int64   `json:"lost"`
+	P99us             float64 `json:"p99_us"`
+	RedisCPUPerMsgUs  float64 `json:"redis_cpu_us_per_delivered"`
+	ClientCPUPerMsgUs float64 `json:"client_cpu_us_per_delivered"`
+	LoadAvg           float64 `json:"load_avg"`
+	Err               string  `json:"error,omitempty"`
+}
+
+func attemptOf(r Result) Attempt {
+	return Attempt{PublishedPerSec: r.PublishedPerSec, DeliveredPerSec: r.DeliveredPerSec, Lost: r.Lost, P99us: r.P99us,
+		RedisCPUPerMsgUs: r.RedisCPUPerMsgUs, ClientCPUPerMsgUs: r.ClientCPUPerMsgUs, LoadAvg: r.LoadAvg, Err: r.Err}
 }
 
 // Ratio is one of issue 5's targets, as measured in this run.
@@ -87,6 +107,7 @@ type Workload struct {
 	NodeCounts        []int     `json:"node_counts"`
 	LoadFractions     []float64 `json:"load_fractions"`
 	PubsubBufferLimit string    `json:"pubsub_buffer_limit"`
+	Repeat            int       `json:"repeat"`
 }
 
 func workloadOf(c Config) Workload {
@@ -94,7 +115,7 @@ func workloadOf(c Config) Workload {
 		Channels: c.Channels, Publishers: c.Publishers, PipelineWorkers: c.PipelineWorkers, Batch: c.Batch,
 		Subscribers: c.Subscribers, PayloadSize: c.PayloadSize, Duration: c.Duration.String(), Rate: c.Rate,
 		MaxBacklog: c.MaxBacklog, Nodes: c.Nodes, NodeCounts: c.NodeCounts, LoadFractions: c.LoadFractions,
-		PubsubBufferLimit: c.PubsubBufferLimit,
+		PubsubBufferLimit: c.PubsubBufferLimit, Repeat: c.Repeat,
 	}
 }
 
@@ -196,6 +217,22 @@ func (r *Report) Markdown(w io.Writer) {
 	fmt.Fprintln(w, "### Targets side by side")
 	fmt.Fprintln(w)
 	table(w, r.Rows, func(x Result) string { return fmt.Sprintf("%d %s", x.Row, x.Label) }, "target")
+	if c.Repeat > 1 {
+		fmt.Fprintf(w, "Each row was measured %d times, round-robin; the table shows the attempt with the most delivered/s "+
+			"among those that lost nothing. Every attempt (delivered/s, lost, Redis CPU µs/msg, load average):\n\n", c.Repeat)
+		for _, x := range r.Rows {
+			var parts []string
+			for _, a := range x.Attempts {
+				if a.Err != "" {
+					parts = append(parts, "error")
+					continue
+				}
+				parts = append(parts, fmt.Sprintf("%s/s, lost %d, %.2f µs, load %.1f", si(a.DeliveredPerSec), a.Lost, a.RedisCPUPerMsgUs, a.LoadAvg))
+			}
+			fmt.Fprintf(w, "- row %d: %s\n", x.Row, strings.Join(parts, "; "))
+		}
+		fmt.Fprintln(w)
+	}
 	if len(r.Scaling) > 0 {
 		fmt.Fprintln(w, "### pubmesh by node count (max rate)")
 		fmt.Fprintln(w)

@@ -27,7 +27,7 @@ func TestRunQuick(t *testing.T) {
 	rep, err := bench.Run(ctx, bench.Config{
 		Channels: 4, Publishers: 8, PipelineWorkers: 2, Batch: 4, Subscribers: 2, PayloadSize: 64,
 		Duration: 300 * time.Millisecond, Nodes: 2, NodeCounts: []int{1, 2}, LoadFractions: []float64{0.5},
-		Settle: 500 * time.Millisecond, OutDir: dir, Progress: &progress,
+		Settle: 500 * time.Millisecond, OutDir: dir, Progress: &progress, Repeat: 1,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -40,6 +40,9 @@ func TestRunQuick(t *testing.T) {
 		if r.Err != "" {
 			t.Errorf("%s: %s", r.Key, r.Err)
 			continue
+		}
+		if r.Row > 0 && len(r.Attempts) != 1 {
+			t.Errorf("%s: %d attempts, want 1", r.Key, len(r.Attempts))
 		}
 		if r.Published == 0 || r.Delivered == 0 {
 			t.Errorf("%s: published %d, delivered %d", r.Key, r.Published, r.Delivered)
@@ -105,6 +108,32 @@ func TestRunQuick(t *testing.T) {
 	}
 	if !strings.HasPrefix(string(png), "\x89PNG") {
 		t.Error("latest.png is not a PNG")
+	}
+}
+
+// TestRunRepeat measures a row twice and keeps both attempts.
+func TestRunRepeat(t *testing.T) {
+	t.Parallel()
+	rep, err := bench.Run(context.Background(), bench.Config{
+		Rows: []int{2}, Repeat: 2, Channels: 2, Publishers: 4, Subscribers: 1, Duration: 200 * time.Millisecond,
+		Settle: 300 * time.Millisecond, SkipScaling: true, SkipLatency: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Rows) != 1 || len(rep.Rows[0].Attempts) != 2 || rep.ServersStarted != 2 {
+		t.Fatalf("rows %d, attempts %+v, servers %d", len(rep.Rows), rep.Rows, rep.ServersStarted)
+	}
+	best := rep.Rows[0].DeliveredPerSec
+	for _, a := range rep.Rows[0].Attempts {
+		if a.Err != "" || a.Lost != 0 || a.DeliveredPerSec > best {
+			t.Errorf("attempt %+v, kept delivered/s %g", a, best)
+		}
+	}
+	var b strings.Builder
+	rep.Markdown(&b)
+	if !strings.Contains(b.String(), "Each row was measured 2 times") {
+		t.Errorf("no attempts in the markdown:\n%s", b.String())
 	}
 }
 
