@@ -83,14 +83,14 @@ func (r *Report) Chart() ([]byte, error) {
 		}
 		who := "pubmesh"
 		if x.Reference {
-			who = "go-redis"
+			who = "redis"
 		}
-		ln = append(ln, fmt.Sprintf("%.0f%% %s", x.LoadFraction*100, who))
+		ln = append(ln, fmt.Sprintf("%.0f%%\n%s", x.LoadFraction*100, who))
 		lp = append(lp, x.P99us/1000)
 		lall = append(lall, !x.Reference)
 	}
-	byLoad, err := vbars("p99 latency at fixed offered rates (ms); grey: go-redis at the same rate; dashed: 2 ms",
-		"offered rate, % of row 5's max", "ms", ln, lp, lall, colLatency, msLabel)
+	byLoad, err := vbars("p99 latency at fixed offered rates (ms)",
+		"offered rate, % of row 5's max (grey: plain go-redis at the same rate; dashed: 2 ms)", "ms", ln, lp, lall, colLatency, msLabel)
 	if err != nil {
 		return nil, err
 	}
