@@ -64,7 +64,7 @@ func devCommand() *cli.Command {
 			&cli.StringFlag{
 				Name:    "gateway-listen",
 				Value:   "127.0.0.1:8080",
-				Usage:   "host:port of a WebSocket gateway WITHOUT authentication (demo page at /); empty for none",
+				Usage:   "host:port of a WebSocket gateway (demo page at /): WITHOUT authentication, or with --secure HTTPS/WSS and JWTs; empty for none",
 				EnvVars: []string{"PUBMESH_GATEWAY_LISTEN"},
 			},
 			clusterFlag(),
@@ -151,7 +151,7 @@ func runDev(c *cli.Context) error {
 		if client, err = sec.etcdClient(log, etcd.Endpoint()); err != nil {
 			return err
 		}
-		if err := sec.writeEnv(etcd.Endpoint(), c.String("cluster"), proto.Username); err != nil {
+		if err := sec.writeEnv(etcd.Endpoint(), c.String("cluster"), proto.Username, c.String("gateway-listen")); err != nil {
 			return fmt.Errorf("--secure: %w", err)
 		}
 		fmt.Fprintf(out, "secure: mutual TLS and passwords; certificates in %s, passwords in %s (mode 0600)\n",
@@ -175,12 +175,24 @@ func runDev(c *cli.Context) error {
 	if addr := c.String("gateway-listen"); addr != "" {
 		// Started before the nodes turn ready: its fanout client is then part
 		// of their join handshake, so it hears every message from the start.
-		url, stopGateway, err := startGateway(c.Context, gatewaySetup{EtcdClient: cli, Cluster: reg.Cluster(), Listen: addr, WS: ws.Config{Insecure: true}, Log: log, Metrics: metrics})
+		gw := gatewaySetup{EtcdClient: cli, Cluster: reg.Cluster(), Listen: addr, WS: ws.Config{Insecure: true}, Log: log, Metrics: metrics,
+			RedisUser: proto.Username, RedisPassword: proto.Password}
+		if sec != nil {
+			if gw.TLS, gw.RedisTLS, gw.WS, err = sec.gateway(log); err != nil {
+				return fmt.Errorf("--secure: %w", err)
+			}
+		}
+		url, stopGateway, err := startGateway(c.Context, gw)
 		if err != nil {
 			return fmt.Errorf("%w (pick another --gateway-listen, or --gateway-listen '' for none)", err)
 		}
 		defer stopGateway()
-		fmt.Fprintf(out, "gateway: %s  (ws://%s/ws) INSECURE: no authentication, for local use only\n", url, addr)
+		if sec != nil {
+			fmt.Fprintf(out, "gateway: %s  (wss://%s/ws) with a JWT: after sourcing env.sh, `bin/pubmesh token --sub me --subscribe '*' --publish '*'`; browsers must trust %s\n",
+				url, addr, sec.certs.CA)
+		} else {
+			fmt.Fprintf(out, "gateway: %s  (ws://%s/ws) INSECURE: no authentication, for local use only\n", url, addr)
+		}
 	}
 	if addr := c.String("metrics-listen"); addr != "" {
 		stop, err := serveMetrics(addr, metrics, log)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/devcerts"
 	"github.com/pubmesh/pubmesh/internal/embedetcd"
+	"github.com/pubmesh/pubmesh/ws"
 )
 
 // devSecurity is what `pubmesh dev --secure` uses: a CA and certificates
@@ -28,6 +30,8 @@ type devSecurity struct {
 	redisPassword     string
 	etcdPasswordFile  string
 	redisPasswordFile string
+	jwtSecret         string
+	jwtSecretFile     string
 	envFile           string
 }
 
@@ -46,7 +50,11 @@ func setupDevSecurity(dir, redisPassword string) (*devSecurity, error) {
 		certs:             certs,
 		etcdPasswordFile:  filepath.Join(secrets, "etcd-password"),
 		redisPasswordFile: filepath.Join(secrets, "redis-password"),
+		jwtSecretFile:     filepath.Join(secrets, "jwt-secret"),
 		envFile:           filepath.Join(dir, "env.sh"),
+	}
+	if s.jwtSecret, err = secretFile(s.jwtSecretFile, ""); err != nil {
+		return nil, err
 	}
 	if s.etcdPassword, err = secretFile(s.etcdPasswordFile, ""); err != nil {
 		return nil, err
@@ -107,10 +115,25 @@ func (s *devSecurity) etcdClient(log *slog.Logger, endpoint string) (discovery.E
 	}, nil
 }
 
+// gateway is the dev gateway's security: HTTPS/WSS with the gateway
+// certificate, mutual TLS to the nodes, and JWTs signed with the generated
+// secret (`pubmesh token` finds it through env.sh).
+func (s *devSecurity) gateway(log *slog.Logger) (server, redis *tls.Config, cfg ws.Config, err error) {
+	pair, err := loadKeyPair(log, s.certs.Gateway.Cert, s.certs.Gateway.Key)
+	if err != nil {
+		return nil, nil, ws.Config{}, err
+	}
+	server = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	if redis, err = clientTLS(log, "redis", s.certs.CA, s.certs.Client.Cert, s.certs.Client.Key); err != nil {
+		return nil, nil, ws.Config{}, err
+	}
+	return server, redis, ws.Config{JWTSecret: []byte(s.jwtSecret)}, nil
+}
+
 // writeEnv writes env.sh: the PUBMESH_* variables that make publish,
 // subscribe, nodes, drain and node use this cluster. It holds paths, not
 // secrets.
-func (s *devSecurity) writeEnv(etcdEndpoint, cluster, redisUser string) error {
+func (s *devSecurity) writeEnv(etcdEndpoint, cluster, redisUser, gateway string) error {
 	var b strings.Builder
 	b.WriteString("# Written by `pubmesh dev --secure`. Use the cluster from a shell with:\n")
 	fmt.Fprintf(&b, "#   source %s\n", shellQuote(s.envFile))
@@ -130,6 +153,14 @@ func (s *devSecurity) writeEnv(etcdEndpoint, cluster, redisUser string) error {
 	set("PUBMESH_REDIS_CACERT", s.certs.CA)
 	set("PUBMESH_REDIS_CERT", s.certs.Client.Cert)
 	set("PUBMESH_REDIS_KEY", s.certs.Client.Key)
+	// For `pubmesh token` (the dev gateway verifies with this secret) and
+	// for a `pubmesh gateway` of your own.
+	set("PUBMESH_JWT_SECRET_FILE", s.jwtSecretFile)
+	set("PUBMESH_GATEWAY_TLS_CERT", s.certs.Gateway.Cert)
+	set("PUBMESH_GATEWAY_TLS_KEY", s.certs.Gateway.Key)
+	if gateway != "" {
+		fmt.Fprintf(&b, "# The dev gateway: https://%s/ (wss://%s/ws); browsers must trust %s.\n", gateway, gateway, s.certs.CA)
+	}
 	userArg := ""
 	if redisUser != "" {
 		userArg = " --user " + shellQuote(redisUser)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,7 +33,7 @@ func gatewayCommand() *cli.Command {
 			"page, /pubmesh.js the JavaScript client, /healthz is 200 while a node is ready, /metrics is\n" +
 			"Prometheus. Without an auth flag the gateway refuses to start unless --insecure is given.\n" +
 			"SIGINT/SIGTERM close every client with 1001 and stop within --shutdown-timeout.",
-		Flags:  append(append(etcdFlags(), gatewayFlags()...), logLevelFlag("info")),
+		Flags:  append(append(append(etcdFlags(), gatewayFlags()...), redisClientFlags()...), logLevelFlag("info")),
 		Action: runGateway,
 	}
 }
@@ -42,6 +43,8 @@ func gatewayCommand() *cli.Command {
 func gatewayFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8080", Usage: "host:port to serve on", EnvVars: []string{"PUBMESH_GATEWAY_LISTEN"}},
+		&cli.StringFlag{Name: "tls-cert", Usage: "serve HTTPS and WSS with this certificate (PEM)", DefaultText: "none: plain HTTP and WS", EnvVars: []string{"PUBMESH_GATEWAY_TLS_CERT"}},
+		&cli.StringFlag{Name: "tls-key", Usage: "private key (PEM) of --tls-cert", DefaultText: "none", EnvVars: []string{"PUBMESH_GATEWAY_TLS_KEY"}},
 		&cli.StringFlag{Name: "jwt-secret", Usage: "HS256 secret that signs client tokens", DefaultText: "none", EnvVars: []string{"PUBMESH_JWT_SECRET"}},
 		&cli.StringFlag{Name: "jwt-secret-file", Usage: "file holding the HS256 secret (trailing newline ignored)", DefaultText: "none", EnvVars: []string{"PUBMESH_JWT_SECRET_FILE"}},
 		&cli.StringFlag{Name: "jwt-public-key", Usage: "PEM file of the RSA (RS256) or ECDSA (ES256) public key that verifies client tokens", DefaultText: "none", EnvVars: []string{"PUBMESH_JWT_PUBLIC_KEY"}},
@@ -121,6 +124,14 @@ func gatewayConfig(c *cli.Context, log *slog.Logger) (ws.Config, error) {
 			}
 		}
 	}
+	// Secrets given as flag values are on the command line, which every
+	// user of the machine can read (ps, /proc/PID/cmdline).
+	if v := c.String("jwt-secret"); v != "" && v != os.Getenv("PUBMESH_JWT_SECRET") {
+		log.Warn("--jwt-secret is on the command line, visible to every user of this machine (ps): use --jwt-secret-file or PUBMESH_JWT_SECRET")
+	}
+	if len(c.StringSlice("api-key")) > 0 && os.Getenv("PUBMESH_API_KEY") == "" {
+		log.Warn("--api-key is on the command line, visible to every user of this machine (ps): use --api-key-file or PUBMESH_API_KEY")
+	}
 	if len(cfg.JWTSecret) == 0 && cfg.JWTPublicKey == nil && len(cfg.APIKeys) == 0 && !cfg.Insecure {
 		return ws.Config{}, errors.New("no authentication configured: give --jwt-secret, --jwt-public-key or --api-key " +
 			"(or --insecure to let anyone who reaches the port subscribe and publish to every channel)")
@@ -169,14 +180,29 @@ func runGateway(c *cli.Context) error {
 	if err := discovery.ValidID(c.String("cluster")); err != nil {
 		return usageError{fmt.Errorf("invalid --cluster: %w", err)}
 	}
-	url, stopGateway, err := startGateway(ctx, gatewaySetup{
-		Etcd:     discovery.EtcdConfig{Endpoints: discovery.ParseEndpoints(c.String("etcd")), DialTimeout: c.Duration("etcd-timeout")},
+	setup := gatewaySetup{
 		Cluster:  c.String("cluster"),
 		Listen:   c.String("listen"),
 		Replicas: c.Int("replicas"),
 		WS:       cfg,
 		Log:      log,
-	})
+	}
+	var fc fanout.Config
+	if err := setFanoutSecurity(c, log, &fc); err != nil {
+		return err
+	}
+	setup.Etcd, setup.RedisUser, setup.RedisPassword, setup.RedisTLS = fc.Etcd, fc.Username, fc.Password, fc.TLS
+	if cert, key := c.String("tls-cert"), c.String("tls-key"); cert != "" || key != "" {
+		if cert == "" || key == "" {
+			return usageError{errors.New("--tls-cert and --tls-key go together")}
+		}
+		pair, err := loadKeyPair(log, cert, key)
+		if err != nil {
+			return fmt.Errorf("--tls-cert: %w", err)
+		}
+		setup.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	}
+	url, stopGateway, err := startGateway(ctx, setup)
 	if err != nil {
 		return err
 	}
@@ -200,8 +226,15 @@ type gatewaySetup struct {
 	Cluster    string
 	Listen     string // host:port
 	Replicas   int    // default 1
-	WS         ws.Config
-	Log        *slog.Logger
+	// TLS, if set, serves HTTPS and WSS. Default: plain HTTP.
+	TLS *tls.Config
+	// RedisUser, RedisPassword and RedisTLS are the fanout client's
+	// credentials and TLS for the nodes (fanout.Config's Username,
+	// Password and TLS).
+	RedisUser, RedisPassword string
+	RedisTLS                 *tls.Config
+	WS                       ws.Config
+	Log                      *slog.Logger
 	// Metrics receives the gateway's and its fanout client's metrics,
 	// served at /metrics. Default: a new registry with Go and process
 	// metrics.
@@ -241,6 +274,9 @@ func startGateway(ctx context.Context, s gatewaySetup) (url string, stop func() 
 		// (--pubsub-buffer-limit) instead of being dropped at 1024
 		// messages.
 		Overflow:   fanout.Block,
+		Username:   s.RedisUser,
+		Password:   s.RedisPassword,
+		TLS:        s.RedisTLS,
 		Logger:     s.Log,
 		Registerer: s.Metrics,
 	})
@@ -254,11 +290,16 @@ func startGateway(ctx context.Context, s gatewaySetup) (url string, stop func() 
 		client.Close()
 		return "", nil, err
 	}
+	scheme, wsScheme := "http", "ws"
+	if s.TLS != nil {
+		l = tls.NewListener(l, s.TLS)
+		scheme, wsScheme = "https", "wss"
+	}
 	sctx, cancel := context.WithCancel(ctx)
 	served := make(chan error, 1)
 	go func() { served <- h.Serve(sctx, l) }()
-	url = "http://" + l.Addr().String() + "/"
-	s.Log.Info("gateway serving", "url", url, "websocket", "ws://"+l.Addr().String()+"/ws")
+	url = scheme + "://" + l.Addr().String() + "/"
+	s.Log.Info("gateway serving", "url", url, "websocket", wsScheme+"://"+l.Addr().String()+"/ws")
 	var (
 		once    sync.Once
 		stopErr error

@@ -5,7 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pubmesh/pubmesh/discovery"
@@ -183,9 +187,37 @@ func TestSecureNodeEndToEnd(t *testing.T) {
 		t.Fatalf("subscribe exit %d: %s", code, sub.errs.String())
 	}
 
+	// A gateway with HTTPS/WSS, an API key from a file, and the same etcd
+	// and Redis settings: a message published over HTTPS reaches a
+	// WebSocket over TLS.
+	const apiKey = "api-key-3e8d0f6a2b"
+	keyFile := writeSecret(t, dir, "api-keys", apiKey+"\n")
+	gwAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	gw := startPubmeshEnv(t, clientEnv, "gateway", "--listen", gwAddr, "--api-key-file", keyFile,
+		"--tls-cert", certs.Gateway.Cert, "--tls-key", certs.Gateway.Key)
+	gw.out.wait(t, "^gateway: https://"+gwAddr, 30*time.Second)
+	ws := wssSubscribe(t, gwAddr, certs.CA, "", apiKey, "news")
+	req, _ := http.NewRequest("POST", "https://"+gwAddr+"/api/publish/news", strings.NewReader(`{"over":"https"}`))
+	req.Header.Set("Authorization", "Bearer "+apiKey)
+	resp, err := httpsClient(t, certs.CA).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /api/publish/news over HTTPS: %s", resp.Status)
+	}
+	if got := wssMessage(t, ws); got != `{"over":"https"}` {
+		t.Errorf("over WSS: data %s", got)
+	}
+	if strings.Contains(gw.errs.String(), "visible to every user") {
+		t.Errorf("the gateway warned about a secret on its command line:\n%s", gw.errs.String())
+	}
+
 	// No secret on a command line (readable by every user) nor in the
 	// environment of the redis-server child, nor in etcd.
-	secrets := []string{etcdPW, redisPW, nextPW}
+	secrets := []string{etcdPW, redisPW, nextPW, apiKey}
+	noSecrets(t, "the gateway's command line", procFile(t, gw.cmd.Process.Pid, "cmdline"), secrets...)
 	children := waitRedisChildren(t, node.cmd.Process.Pid, 1, 5*time.Second)
 	noSecrets(t, "the node's command line", procFile(t, node.cmd.Process.Pid, "cmdline"), secrets...)
 	for _, c := range children {
@@ -255,6 +287,10 @@ func TestSecureNodeEndToEnd(t *testing.T) {
 		t.Errorf("expired Redis client certificate: exit %d: %s", r.code, r.stderr)
 	}
 
+	gw.cmd.Process.Signal(syscall.SIGTERM)
+	if code := gw.exit(t, 20*time.Second); code != 0 {
+		t.Errorf("gateway exit %d after SIGTERM: %s", code, gw.errs.String())
+	}
 	node.cmd.Process.Signal(syscall.SIGTERM)
 	if code := node.exit(t, 20*time.Second); code != 0 {
 		t.Fatalf("node exit %d after SIGTERM: %s", code, node.errs.String())
@@ -301,9 +337,11 @@ func TestDevSecure(t *testing.T) {
 	base := freePorts(t, n)
 	etcdAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	dir := t.TempDir()
+	gwAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := startPubmeshEnv(t, cleanEnv(), "dev", "--secure", "--nodes", strconv.Itoa(n), "--etcd-listen", etcdAddr,
-		"--base-port", strconv.Itoa(base), "--data-dir", dir, "--cluster", "secure-dev")
+		"--base-port", strconv.Itoa(base), "--data-dir", dir, "--cluster", "secure-dev", "--gateway-listen", gwAddr)
 	p.out.wait(t, `^etcd: https://`+etcdAddr, 30*time.Second)
+	p.out.wait(t, `^gateway: https://`+gwAddr+`/ .*wss://`, 30*time.Second)
 	line := p.out.wait(t, `^to use it from another shell: source `, 10*time.Second)
 	envFile := strings.Trim(strings.TrimPrefix(line, "to use it from another shell: source "), "'")
 	p.out.wait(t, `^cluster ready: 2 nodes`, 30*time.Second)
@@ -316,12 +354,35 @@ func TestDevSecure(t *testing.T) {
 		}
 	}
 
+	// A browser's view: a token from `pubmesh token` (the secret comes
+	// through env.sh), a WebSocket over TLS verified with the dev CA.
+	tok := runPubmeshEnv(t, 30*time.Second, env, "token", "--sub", "tester", "--subscribe", "news", "--ttl", "5m")
+	if tok.code != 0 {
+		t.Fatalf("token: exit %d: %s", tok.code, tok.stderr)
+	}
+	caFile := filepath.Join(dir, "tls", "ca.crt")
+	ws := wssSubscribe(t, gwAddr, caFile, strings.TrimSpace(tok.stdout), "", "news")
+	if resp, err := httpsClient(t, caFile).Get("https://" + gwAddr + "/healthz"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("GET https://%s/healthz: %v %v", gwAddr, resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if resp, err := http.Get("http://" + gwAddr + "/healthz"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Error("the --secure gateway answered plain HTTP")
+		}
+	}
+
 	sub := startPubmeshEnv(t, env, "subscribe", "--log-level", "info", "--count", "1", "news")
 	sub.errs.wait(t, "subscribed", 15*time.Second)
 	if r := runPubmeshEnv(t, 30*time.Second, env, "publish", "news", "hi"); r.code != 0 {
 		t.Fatalf("publish: exit %d: %s", r.code, r.stderr)
 	}
 	sub.out.wait(t, "^hi$", 10*time.Second)
+	if got := wssMessage(t, ws); got != `"hi"` {
+		t.Errorf("over WSS: data %s, want \"hi\"", got)
+	}
 	if code := sub.exit(t, 10*time.Second); code != 0 {
 		t.Fatalf("subscribe: exit %d: %s", code, sub.errs.String())
 	}
@@ -334,7 +395,7 @@ func TestDevSecure(t *testing.T) {
 	}
 
 	var secrets []string
-	for _, f := range []string{"etcd-password", "redis-password"} {
+	for _, f := range []string{"etcd-password", "redis-password", "jwt-secret"} {
 		b, err := os.ReadFile(filepath.Join(dir, "secrets", f))
 		if err != nil || len(strings.TrimSpace(string(b))) < 20 {
 			t.Fatalf("%s: %q %v", f, b, err)
@@ -356,6 +417,72 @@ func TestDevSecure(t *testing.T) {
 	for _, c := range children {
 		waitGone(t, c, 5*time.Second)
 	}
+}
+
+// wssSubscribe opens wss://addr/ws with the CA and a credential (a JWT in
+// the URL, or an API key as a Bearer header), subscribes to channel and
+// waits for the ok.
+func wssSubscribe(t *testing.T, addr, ca, token, apiKey, channel string) *websocket.Conn {
+	t.Helper()
+	b, err := os.ReadFile(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(b)
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: roots}, HandshakeTimeout: 10 * time.Second}
+	u := "wss://" + addr + "/ws"
+	hdr := http.Header{}
+	if token != "" {
+		u += "?token=" + url.QueryEscape(token)
+	}
+	if apiKey != "" {
+		hdr.Set("Authorization", "Bearer "+apiKey)
+	}
+	conn, resp, err := d.Dial(u, hdr)
+	if err != nil {
+		t.Fatalf("dial %s: %v (%v)", u, err, resp)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if err := conn.WriteJSON(map[string]any{"op": "subscribe", "channel": channel, "id": 1}); err != nil {
+		t.Fatal(err)
+	}
+	var reply map[string]any
+	conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+	if err := conn.ReadJSON(&reply); err != nil || reply["op"] != "ok" {
+		t.Fatalf("subscribe over WSS: %v %v", reply, err)
+	}
+	return conn
+}
+
+// wssMessage waits for the next message frame and returns its data.
+func wssMessage(t *testing.T, conn *websocket.Conn) string {
+	t.Helper()
+	conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+	for {
+		var f struct {
+			Op   string          `json:"op"`
+			Data json.RawMessage `json:"data"`
+		}
+		if err := conn.ReadJSON(&f); err != nil {
+			t.Fatalf("reading over WSS: %v", err)
+		}
+		if f.Op == "message" {
+			return string(f.Data)
+		}
+	}
+}
+
+// httpsClient trusts ca.
+func httpsClient(t *testing.T, ca string) *http.Client {
+	t.Helper()
+	b, err := os.ReadFile(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(b)
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
 }
 
 // readEnvFile reads the `export K='V'` lines of an env.sh.
