@@ -141,9 +141,8 @@ func (nc *nodeConn) start() {
 			return
 		}
 		if isRefusal(err) {
-			nc.refusal(err)
-		}
-		if attempt%20 == 0 {
+			nc.refusal(err) // logged once, as an error
+		} else if attempt%20 == 0 {
 			nc.c.log.Warn("fanout: cannot subscribe on node, retrying", "node", nc, "err", err)
 		}
 		sleep(nc.ctx, min(time.Duration(attempt+1)*50*time.Millisecond, time.Second))
@@ -221,14 +220,17 @@ func (nc *nodeConn) receive() {
 		}
 		if err != nil {
 			failures++
-			if isRefusal(err) {
-				nc.refusal(err)
+			refused := isRefusal(err)
+			if refused {
+				nc.refusal(err) // logged once, as an error
 			}
 			if failures == 1 && nc.retired.Load() {
 				nc.c.log.Debug("fanout: connection to a node that left is closed", "node", nc, "err", err)
 			} else if failures == 1 {
 				nc.c.m.reconnects.Inc()
-				nc.c.log.Warn("fanout: subscription connection broke", "node", nc, "err", err)
+				if !refused {
+					nc.c.log.Warn("fanout: subscription connection broke", "node", nc, "err", err)
+				}
 			}
 			sleep(nc.ctx, min(time.Duration(failures)*50*time.Millisecond, time.Second))
 			continue
