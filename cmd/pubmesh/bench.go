@@ -85,20 +85,20 @@ func benchCommand() *cli.Command {
 
 func runBench(c *cli.Context) error {
 	if c.Args().Present() {
-		return fmt.Errorf("bench takes no arguments, got %q (see pubmesh bench --help)", c.Args().First())
+		return usageError{fmt.Errorf("bench takes no arguments, got %q (see pubmesh bench --help)", c.Args().First())}
 	}
 	limit, err := broker.ParseBufferLimit(c.String("pubsub-buffer-limit"))
 	if err != nil {
-		return fmt.Errorf("invalid --pubsub-buffer-limit: %w", err)
+		return usageError{fmt.Errorf("invalid --pubsub-buffer-limit: %w", err)}
 	}
 	for _, name := range []string{"channels", "publishers", "pipeline-workers", "batch", "subscribers", "nodes", "max-backlog", "repeat"} {
 		if c.Int(name) < 1 {
-			return fmt.Errorf("invalid --%s %d: must be at least 1", name, c.Int(name))
+			return usageError{fmt.Errorf("invalid --%s %d: must be at least 1", name, c.Int(name))}
 		}
 	}
 	for _, name := range []string{"duration", "settle", "drain-timeout"} {
 		if c.Duration(name) <= 0 {
-			return fmt.Errorf("invalid --%s %s: must be positive", name, c.Duration(name))
+			return usageError{fmt.Errorf("invalid --%s %s: must be positive", name, c.Duration(name))}
 		}
 	}
 	var progress io.Writer = c.App.ErrWriter
@@ -129,7 +129,7 @@ func runBench(c *cli.Context) error {
 		Progress:          progress,
 	}
 	if err := cfg.Validate(); err != nil {
-		return err
+		return usageError{err}
 	}
 	if p := c.String("cpuprofile"); p != "" {
 		f, err := os.Create(p)
