@@ -12,6 +12,7 @@ import (
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/fanout"
 	"github.com/pubmesh/pubmesh/internal/embedetcd"
+	"github.com/pubmesh/pubmesh/internal/freeport"
 	"github.com/pubmesh/pubmesh/internal/testredis"
 )
 
@@ -89,4 +90,13 @@ func recv(t *testing.T, s *fanout.Subscription, n int, within time.Duration) []*
 		}
 	}
 	return out
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	p, err := freeport.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

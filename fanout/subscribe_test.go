@@ -170,3 +170,33 @@ func TestSubscribeBeforeNodesAppear(t *testing.T) {
 		}
 	}
 }
+
+// A node that is registered but does not answer (down, or partitioned away)
+// does not hold Subscribe: it returns after a bounded wait and the reachable
+// node delivers.
+func TestSubscribeDoesNotWaitForADeadNode(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.node("alive", discovery.StateReady)
+	deadAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	g, err := e.reg.Register(context.Background(), discovery.Node{ID: "dead", Addr: deadAddr, State: discovery.StateJoining, StartedAt: time.Now(), Version: "test"}, discovery.RegisterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close(context.Background())
+	c := e.client(fanout.Config{DialTimeout: 300 * time.Millisecond, PublishTimeout: 300 * time.Millisecond})
+	start := time.Now()
+	sub, err := c.Subscribe(context.Background(), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Subscribe took %s with one node not answering", d)
+	}
+	if err := c.Publish(context.Background(), "x", []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if m := recv(t, sub, 1, 5*time.Second)[0]; string(m.Payload) != "hi" {
+		t.Fatalf("got %q", m.Payload)
+	}
+}
