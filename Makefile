@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FUZZ_TARGETS := ./ws:FuzzDecodeFrame ./fanout:FuzzEnvelope ./discovery:FuzzDecodeNode
 FUZZ_TIME    ?= 1m
 
-.PHONY: all build run test deps vet fmt-check fuzz
+.PHONY: all build run test deps vet fmt-check fuzz bench
 
 all: build
 
@@ -52,6 +52,11 @@ fmt-check:
 test: deps vet fmt-check
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 	@$(MAKE) --no-print-directory fuzz FUZZ_TIME=5s
+
+## bench: pubmesh against plain Redis and Redis Cluster in one run (~2.5 min);
+## writes bench/results/latest.{md,json,png}
+bench: deps
+	$(GO) run ./cmd/pubmesh bench
 
 ## fuzz: run every fuzz target for FUZZ_TIME (default 1m; make test uses 5s)
 fuzz:
