@@ -25,6 +25,13 @@
 // or by Shutdown, turns the node draining, runs DrainGate bounded by
 // DrainTimeout, revokes the lease, clears the request and stops the child.
 //
+// Security (see docs/security.md): with Config.Password the child requires
+// it (redis.conf holds only its hash), with Config.Username as a
+// pub/sub-only ACL user; with Config.TLSCertFile it serves TLS only and the
+// node is registered with tls. The agent's own health checks and drain
+// handshake authenticate and speak TLS too. A non-loopback Bind without a
+// password is refused unless Config.Insecure.
+//
 // Run is the root of the agent's goroutines, and the goroutine that calls
 // it is the only one that starts, stops or restarts the child. The child
 // dies with the agent (Pdeathsig), and when Run returns it has stopped.

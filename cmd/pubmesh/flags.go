@@ -197,7 +197,8 @@ func agentConfig(c *cli.Context, log *slog.Logger) (broker.Config, error) {
 	if c.Int("health-failures") < 1 {
 		return broker.Config{}, fmt.Errorf("invalid --health-failures %d: must be at least 1", c.Int("health-failures"))
 	}
-	user, passwords, err := redisCredentials(c, log)
+	// dev --secure generates the password of a --redis-user.
+	user, passwords, err := redisCredentials(c, log, c.Bool("secure"))
 	if err != nil {
 		return broker.Config{}, err
 	}

@@ -159,14 +159,15 @@ func redisTLSFlags() []cli.Flag {
 }
 
 // redisCredentials reads redisAuthFlags: the user and the passwords (the
-// first is the one to use; a node accepts all).
-func redisCredentials(c *cli.Context, log *slog.Logger) (user string, passwords []string, err error) {
+// first is the one to use; a node accepts all). A user needs a password,
+// unless generated is set (dev --secure makes one).
+func redisCredentials(c *cli.Context, log *slog.Logger, generated bool) (user string, passwords []string, err error) {
 	pw, err := readPasswords(log, "--redis-password-file", c.String("redis-password-file"), envRedisPassword)
 	if err != nil {
 		return "", nil, err
 	}
 	user = c.String("redis-user")
-	if user != "" && len(pw) == 0 {
+	if user != "" && len(pw) == 0 && !generated {
 		return "", nil, usageError{fmt.Errorf("--redis-user %s needs a password: --redis-password-file or %s", user, envRedisPassword)}
 	}
 	return user, pw, nil
@@ -263,7 +264,7 @@ func setFanoutSecurity(c *cli.Context, log *slog.Logger, cfg *fanout.Config) err
 	if err != nil {
 		return err
 	}
-	user, passwords, err := redisCredentials(c, log)
+	user, passwords, err := redisCredentials(c, log, false)
 	if err != nil {
 		return err
 	}

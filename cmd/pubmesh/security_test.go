@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -329,8 +330,9 @@ func TestNodeRefusesTheUnsafe(t *testing.T) {
 }
 
 // `pubmesh dev --secure` as a user runs it: the printed env.sh makes
-// subscribe and publish work; the nodes refuse plain text; secrets are in
-// 0600 files and on no command line.
+// subscribe, publish and token work (through a pub/sub-only ACL user), its
+// gateway serves WSS; the nodes refuse plain text; secrets are in 0600 files
+// and on no command line.
 func TestDevSecure(t *testing.T) {
 	t.Parallel()
 	const n = 2
@@ -339,13 +341,17 @@ func TestDevSecure(t *testing.T) {
 	dir := t.TempDir()
 	gwAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := startPubmeshEnv(t, cleanEnv(), "dev", "--secure", "--nodes", strconv.Itoa(n), "--etcd-listen", etcdAddr,
-		"--base-port", strconv.Itoa(base), "--data-dir", dir, "--cluster", "secure-dev", "--gateway-listen", gwAddr)
+		"--base-port", strconv.Itoa(base), "--data-dir", dir, "--cluster", "secure-dev", "--gateway-listen", gwAddr,
+		"--redis-user", "app") // a pub/sub-only ACL user, with a generated password
 	p.out.wait(t, `^etcd: https://`+etcdAddr, 30*time.Second)
 	p.out.wait(t, `^gateway: https://`+gwAddr+`/ .*wss://`, 30*time.Second)
 	line := p.out.wait(t, `^to use it from another shell: source `, 10*time.Second)
 	envFile := strings.Trim(strings.TrimPrefix(line, "to use it from another shell: source "), "'")
 	p.out.wait(t, `^cluster ready: 2 nodes`, 30*time.Second)
 	env := cleanEnv(readEnvFile(t, envFile)...)
+	if !slices.Contains(env, "PUBMESH_REDIS_USER=app") {
+		t.Errorf("env.sh does not set PUBMESH_REDIS_USER=app")
+	}
 
 	for _, f := range []string{envFile, filepath.Join(dir, "secrets", "etcd-password"), filepath.Join(dir, "secrets", "redis-password"),
 		filepath.Join(dir, "tls", "ca.key"), filepath.Join(dir, "tls", "redis.key"), filepath.Join(dir, "tls", "client.key")} {
