@@ -7,16 +7,24 @@ import (
 )
 
 // orderKey is one ordered stream: one publisher on one channel, as seen
-// through one subscription kind (channel or pattern).
+// through one subscription kind (channel, or a pattern). Like msgKey it holds
+// hashes, not strings, so the table is cheap to hash and is not scanned by
+// the garbage collector; two streams would share an entry only if both
+// hashes collided (2^-64 per pair).
 type orderKey struct {
 	pub     uint64
-	channel string
-	pattern string
+	channel uint64 // channelHash of the channel
+	pattern uint64 // patternKey of the pattern
+}
+
+func streamOf(env envelope, m *Message) orderKey {
+	return orderKey{env.pub, channelHash(m.Channel), patternKey(m.Pattern)}
 }
 
 type held struct {
 	m       *Message
 	env     envelope
+	key     orderKey
 	expires time.Time
 }
 
@@ -62,10 +70,10 @@ func (s *sequencer) push(m *Message, pattern string, env envelope, ok bool) {
 		s.m.duplicates.Inc()
 		return
 	}
-	k := orderKey{env.pub, m.Channel, pattern}
+	k := streamOf(env, m)
 	last, known := s.last[k]
 	if known && env.prev > last {
-		s.held = append(s.held, held{m: m, env: env, expires: time.Now().Add(s.window)})
+		s.held = append(s.held, held{m: m, env: env, key: k, expires: time.Now().Add(s.window)})
 		s.m.reordered.Inc()
 		if s.timer == nil {
 			s.timer = time.AfterFunc(s.window, s.expire)
@@ -90,7 +98,7 @@ func (s *sequencer) emit(k orderKey, m *Message, env envelope, late bool) {
 	if env.seq > s.last[k] {
 		s.last[k] = env.seq
 	}
-	s.deliver(m, k.pattern)
+	s.deliver(m, m.Pattern)
 }
 
 // release delivers held messages of stream k whose predecessor is now in.
@@ -99,7 +107,7 @@ func (s *sequencer) release(k orderKey) {
 		progress = false
 		for i := 0; i < len(s.held); i++ {
 			h := s.held[i]
-			if h.env.pub != k.pub || h.m.Channel != k.channel || h.m.Pattern != k.pattern || h.env.prev > s.last[k] {
+			if h.key != k || h.env.prev > s.last[k] {
 				continue
 			}
 			s.held = append(s.held[:i], s.held[i+1:]...)
@@ -129,7 +137,7 @@ func (s *sequencer) expire() {
 	}
 	s.held = keep
 	for _, h := range due {
-		k := orderKey{h.env.pub, h.m.Channel, h.m.Pattern}
+		k := h.key
 		s.m.gaps.Inc()
 		s.emit(k, h.m, h.env, h.env.seq < s.last[k])
 		s.release(k)
