@@ -60,7 +60,9 @@ func TestNodeJoinKillRestartDrain(t *testing.T) {
 }
 
 // SIGTERM drains: the node turns draining, then leaves, and the process
-// exits 0 with its redis-server stopped.
+// exits 0 with its redis-server stopped. A registered fanout client that
+// never acks holds the drain until --drain-timeout, which is logged with the
+// client's id (without it the drain handshake ends in milliseconds).
 func TestNodeSIGTERMDrains(t *testing.T) {
 	t.Parallel()
 	cluster := uniqueCluster(t)
@@ -68,13 +70,22 @@ func TestNodeSIGTERMDrains(t *testing.T) {
 	p := startPubmesh(t, nodeArgs(cluster, "n1", freePort(t), "--drain-timeout", "1s")...)
 	watchUntil(t, reg, 20*time.Second, "ready", func(s discovery.Snapshot) bool { return state(s, "n1") == discovery.StateReady })
 	child := waitRedisChildren(t, p.cmd.Process.Pid, 1, 5*time.Second)[0]
+	silent, err := reg.RegisterClient(context.Background(), discovery.ClientInfo{ID: "silent-client"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close(context.Background())
 
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	watchUntil(t, reg, 10*time.Second, "draining", func(s discovery.Snapshot) bool { return state(s, "n1") == discovery.StateDraining })
-	watchUntil(t, reg, 10*time.Second, "gone", func(s discovery.Snapshot) bool { return state(s, "n1") == "" })
+	took := watchUntil(t, reg, 10*time.Second, "gone", func(s discovery.Snapshot) bool { return state(s, "n1") == "" })
+	if took < 500*time.Millisecond {
+		t.Errorf("left %s after draining although a client never acked (drain timeout 1s)", took)
+	}
 	if code := p.exit(t, 20*time.Second); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM; stderr:\n%s", code, p.errs.String())
 	}
+	p.errs.wait(t, "drain handshake timed out.*silent-client", time.Second)
 	waitGone(t, child, 5*time.Second)
 }
 
