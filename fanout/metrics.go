@@ -17,6 +17,7 @@ type metrics struct {
 	reconnects     prometheus.Counter
 	ackTimeouts    prometheus.Counter
 	refusals       prometheus.Counter
+	badReplies     prometheus.Counter
 	nodes          *prometheus.GaugeVec
 	publishLatency prometheus.Histogram
 }
@@ -38,6 +39,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reconnects:    c("reconnects_total", "Subscription connections to nodes that broke and were re-established."),
 		ackTimeouts:   c("ack_errors_total", "Acks to etcd that failed."),
 		refusals:      c("node_refusals_total", "Connections or commands a node refused for credentials, permissions or TLS (see NodeError)."),
+		badReplies:    c("bad_replies_total", "Connections to nodes closed because the node answered something that is not a Redis reply, or beyond Redis's own limits."),
 		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "nodes",
 			Help: "Live nodes known to the client, by state."}, []string{"state"}),
 		publishLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "pubmesh", Subsystem: "fanout",
@@ -46,7 +48,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.publishes, m.publishErrors, m.retries, m.deliveries, m.duplicates, m.overflowDrops,
-			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.nodes, m.publishLatency)
+			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.badReplies, m.nodes, m.publishLatency)
 	}
 	return m
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pubmesh/pubmesh/discovery"
+	"github.com/pubmesh/pubmesh/internal/respguard"
 )
 
 var errNodeGone = errors.New("fanout: node left")
@@ -69,6 +70,8 @@ type nodeConn struct {
 	refusedOnce sync.Once
 	refusedErr  atomic.Pointer[NodeError]
 
+	badOnce sync.Once // logs the first reply that is not Redis
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // publishers and receiver
@@ -101,14 +104,33 @@ func newNodeConn(c *Client, n discovery.Node) *nodeConn {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	nc := &nodeConn{
-		c: c, node: n, seed: nodeSeed(n.ID), rdb: redis.NewClient(opt),
+		c: c, node: n, seed: nodeSeed(n.ID),
 		queue: make(chan *pubReq, c.cfg.PublishQueue), fences: map[string]chan struct{}{},
 		subscribed: make(chan struct{}), refused: make(chan struct{}), ctx: ctx, cancel: cancel,
 	}
+	// Whatever answers at the node's address is checked before go-redis
+	// reads it: a server that is not Redis must not make go-redis allocate
+	// the sizes it announces (see internal/respguard).
+	dial := opt.Dialer
+	if dial == nil {
+		dial = redis.NewDialer(opt)
+	}
+	opt.Dialer = respguard.Dialer(dial, nc.badReply)
+	nc.rdb = redis.NewClient(opt)
 	nc.ps = nc.rdb.Subscribe(ctx) // connects lazily, on the first command
 	nc.state.Store(n.State)
 	nc.acked.Store("")
 	return nc
+}
+
+// badReply counts and logs (once per conn) a reply that is not Redis; the
+// connection that carried it fails and is made again after a backoff.
+func (nc *nodeConn) badReply(e *respguard.Error) {
+	nc.c.m.badReplies.Inc()
+	nc.badOnce.Do(func() {
+		nc.c.log.Error("fanout: node answered something that is not a Redis reply; its connections fail until it is fixed",
+			"node", nc.node.ID, "addr", nc.node.Addr, "reason", e.Reason)
+	})
 }
 
 func (nc *nodeConn) String() string { return nc.node.ID + "@" + nc.node.Addr }
