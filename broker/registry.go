@@ -37,6 +37,13 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 		a.retryRegister(s, fmt.Errorf("INFO: %w", err))
 		return nil
 	}
+	if in.runID == "" || in.version == "" {
+		// Something answers PING on the address but its INFO has no
+		// run_id or redis_version: it is not a Redis server, and clients
+		// must not be sent there.
+		a.retryRegister(s, fmt.Errorf("%s answers PING, but its INFO server has no run_id or redis_version: not a Redis server", a.addr))
+		return nil
+	}
 	started := s.started
 	if a.cfg.Attach != "" {
 		started = time.Now().Add(-time.Duration(in.uptime) * time.Second).Truncate(time.Second)
@@ -54,6 +61,10 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 	}
 	reg, err := a.reg.Register(octx, node, discovery.RegisterOptions{TTL: a.cfg.LeaseTTL})
 	if err != nil {
+		var fe *discovery.ForeignValueError
+		if errors.As(err, &fe) && !s.registered && time.Now().After(s.firstUntil) {
+			return fmt.Errorf("broker: node id %q cannot register: %w", a.cfg.ID, fe)
+		}
 		if errors.Is(err, discovery.ErrNodeExists) && !s.registered && time.Now().After(s.firstUntil) {
 			return fmt.Errorf("broker: node id %q is already registered by another live agent (pick another --id)", a.cfg.ID)
 		}
@@ -77,6 +88,7 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 
 // retryRegister schedules the next registration attempt.
 func (a *Agent) retryRegister(s *runState, err error) {
+	a.m.registerErrors.Inc()
 	s.regBackoff = min(max(s.regBackoff*2, 250*time.Millisecond), 5*time.Second)
 	s.nextReg = time.Now().Add(s.regBackoff)
 	a.log.Warn("cannot register; trying again", "err", err, "in", s.regBackoff)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -14,6 +15,22 @@ import (
 
 // ErrNodeExists is returned by Register when a live node already holds the id.
 var ErrNodeExists = errors.New("discovery: a live node already has this id")
+
+// ForeignValueError is how Register fails when the node's key holds a
+// value that is not a node registration: something other than a node
+// agent wrote it, and it may never go away by itself. It matches
+// ErrNodeExists with errors.Is.
+type ForeignValueError struct {
+	Key string
+	Err error // why the value is not a node registration
+}
+
+func (e *ForeignValueError) Error() string {
+	return fmt.Sprintf("discovery: %s holds a value that is not a node registration (%v): delete it", e.Key, e.Err)
+}
+
+// Is makes errors.Is(err, ErrNodeExists) true.
+func (e *ForeignValueError) Is(target error) bool { return target == ErrNodeExists }
 
 // Config of a Registry.
 type Config struct {
@@ -27,13 +44,19 @@ type Config struct {
 }
 
 // Registry reads and writes one cluster's keys. It is safe for concurrent
-// use and holds no state but its configuration; it does not own the etcd
-// client.
+// use and holds no state but its configuration and a counter of bad
+// values; it does not own the etcd client.
 type Registry struct {
 	cli  *clientv3.Client
 	cfg  Config
 	keys keys
+	bad  atomic.Uint64 // node values that did not decode, see BadValues
 }
+
+// BadValues is how many node values this Registry ignored (and logged)
+// because they did not decode or validate (List and Watch skip them). The
+// fanout client exports it as pubmesh_fanout_bad_node_values_total.
+func (r *Registry) BadValues() uint64 { return r.bad.Load() }
 
 // New returns a Registry for cfg.Cluster on cli.
 func New(cli *clientv3.Client, cfg Config) (*Registry, error) {
@@ -84,7 +107,9 @@ type RegisterOptions struct {
 
 // Register writes node under a new lease and keeps the lease alive until
 // Close or until the lease is lost (see Registration.Done). It fails with
-// ErrNodeExists if a live node already has the id.
+// ErrNodeExists if a live node already has the id, and with a
+// *ForeignValueError (which is also ErrNodeExists) if the key holds
+// something that is not a node registration.
 func (r *Registry) Register(ctx context.Context, node Node, opts RegisterOptions) (*Registration, error) {
 	if err := node.Validate(); err != nil {
 		return nil, err
@@ -98,9 +123,15 @@ func (r *Registry) Register(ctx context.Context, node Node, opts RegisterOptions
 	txn, err := r.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease.ID()))).
+		Else(clientv3.OpGet(key)).
 		Commit()
 	if err == nil && !txn.Succeeded {
 		err = ErrNodeExists
+		if kvs := txn.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 {
+			if _, derr := DecodeNode(node.ID, kvs[0].Value); derr != nil {
+				err = &ForeignValueError{Key: key, Err: derr}
+			}
+		}
 	}
 	if err != nil {
 		lease.Close(ctx)

@@ -184,6 +184,7 @@ func (r *Registry) applyPut(set map[string]Node, kv *mvccpb.KeyValue) {
 	id := strings.TrimPrefix(string(kv.Key), r.keys.nodes())
 	n, err := DecodeNode(id, kv.Value)
 	if err != nil {
+		r.bad.Add(1)
 		r.cfg.Logger.Warn("discovery: ignoring bad node value", "key", string(kv.Key), "err", err)
 		delete(set, id)
 		return

@@ -12,6 +12,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -123,6 +124,12 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("fanout: %w", err)
 	}
 	c.reg = reg
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "pubmesh", Subsystem: "fanout", Name: "bad_node_values_total",
+			Help: "Node registrations in etcd that did not decode or validate, and were ignored (and logged).",
+		}, func() float64 { return float64(reg.BadValues()) }))
+	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	// Register before watching, so that a node joining from now on waits
 	// for this client's ack.
