@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pubmesh/pubmesh/discovery"
+	"github.com/pubmesh/pubmesh/internal/respguard"
 )
 
 // Membership changes are handshakes with the fanout clients registered in
@@ -64,6 +65,13 @@ func DrainHandshake(reg *discovery.Registry, redisOpts func(addr string) *redis.
 			return fmt.Errorf("broker: drain %s: clients %v did not release: %w", n.ID, pending, err)
 		}
 		opts := redisOpts(n.Addr)
+		// CLIENT LIST's reply is checked before go-redis reads it (see
+		// internal/respguard): the node may be an attached server that is
+		// not what it claims.
+		if opts.Dialer == nil {
+			opts.Dialer = redis.NewDialer(opts)
+		}
+		opts.Dialer = respguard.Dialer(opts.Dialer, nil)
 		rdb := redis.NewClient(opts)
 		defer rdb.Close()
 		if err := waitFlushed(ctx, rdb); err != nil {

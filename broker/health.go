@@ -123,11 +123,16 @@ func (p *probe) roundTrip(ctx context.Context, args []string) (string, error) {
 	if _, err := p.conn.Write(req); err != nil {
 		return "", err
 	}
-	line, err := p.rd.ReadString('\n')
+	// A reply line is short; one that does not end within the reader's
+	// buffer (4 KiB) is not Redis talking, and must not grow without bound.
+	b, err := p.rd.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		return "", fmt.Errorf("redis: reply line longer than %d bytes: not a Redis server", p.rd.Size())
+	}
 	if err != nil {
 		return "", err
 	}
-	line = strings.TrimSuffix(line, "\r\n")
+	line := strings.TrimSuffix(string(b), "\r\n")
 	if line == "" {
 		return "", errors.New("redis: empty reply")
 	}

@@ -18,6 +18,7 @@ const (
 	metricPubsubPatterns = "pubmesh_node_redis_pubsub_patterns"
 	metricRestarts       = "pubmesh_node_redis_restarts_total"
 	metricLeaves         = "pubmesh_node_leaves_total"
+	metricRegisterErrors = "pubmesh_node_register_errors_total"
 )
 
 // StateGone is the value of the state metric while the node has no key in
@@ -51,6 +52,7 @@ type metrics struct {
 	pubsubPatterns prometheus.Gauge
 	restarts       prometheus.Counter
 	leaves         *prometheus.CounterVec
+	registerErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -88,6 +90,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: metricRestarts,
 			Help: "Times the agent restarted its redis-server child after it exited.",
 		}),
+		registerErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: metricRegisterErrors,
+			Help: "Registrations that failed and are retried: etcd unreachable, the id held by another agent, INFO that does not look like Redis, or a failed join gate.",
+		}),
 		leaves: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricLeaves,
 			Help: "Times the node left the registry (its key was deleted), by reason.",
@@ -95,7 +101,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{
 		m.state, m.redisUp, m.ping, m.pingFailures, m.clients,
-		m.pubsubChannels, m.pubsubPatterns, m.restarts, m.leaves,
+		m.pubsubChannels, m.pubsubPatterns, m.restarts, m.leaves, m.registerErrors,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("broker: register metrics: %w", err)
