@@ -90,6 +90,12 @@ func New(c net.Conn, onBad func(*Error)) net.Conn {
 	return g
 }
 
+// NetConn is the wrapped connection. go-redis unwraps connections this way
+// (as it does crypto/tls.Conn) to peek, without reading, whether a pooled
+// connection has data waiting, such as a TLS alert saying the server
+// refused the client's certificate; reads still go through Read.
+func (c *Conn) NetConn() net.Conn { return c.Conn }
+
 // sysConn is a Conn over a connection with a raw socket.
 type sysConn struct {
 	*Conn
