@@ -39,20 +39,61 @@ func (p *prevTable) next(channel string, alloc func() uint64) (seq, prev uint64)
 	return seq, prev
 }
 
-// pubCall is the per-Publish state, pooled: the result channel and the
-// requests for up to maxPooledNodes nodes. It goes back to the pool only
+// pubCall is the per-Publish state, pooled: the result channel, the
+// requests for up to maxPooledNodes nodes, the attempts waiting for an
+// answer, and the timer that bounds them. It goes back to the pool only
 // when every request it queued has answered, so no node still holds it.
 type pubCall struct {
-	order   []int
-	results chan pubResult
-	reqs    [maxPooledNodes]pubReq
+	order    []int
+	results  chan pubResult
+	reqs     [maxPooledNodes]pubReq
+	attempts []attempt
+	timer    *time.Timer // stopped while the call is in the pool
+}
+
+// attempt is one request waiting for its node's answer.
+type attempt struct {
+	node      *nodeConn
+	due       time.Time // PublishTimeout after it was queued
+	abandoned bool      // given up at due; its late answer is ignored
 }
 
 const maxPooledNodes = 8
 
-var callPool = sync.Pool{New: func() any {
-	return &pubCall{order: make([]int, 0, 16), results: make(chan pubResult, maxPooledNodes)}
-}}
+var callPool = sync.Pool{New: func() any { return newPubCall(maxPooledNodes) }}
+
+func newPubCall(nodes int) *pubCall {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &pubCall{order: make([]int, 0, 16), results: make(chan pubResult, nodes), attempts: make([]attempt, 0, nodes), timer: t}
+}
+
+// next returns the pending attempt due first, or nil.
+func (call *pubCall) next() *attempt {
+	var first *attempt
+	for i := range call.attempts {
+		a := &call.attempts[i]
+		if !a.abandoned && a.node != nil && (first == nil || a.due.Before(first.due)) {
+			first = a
+		}
+	}
+	return first
+}
+
+// answered marks the attempt on nc as answered; it reports false for the
+// late answer of an abandoned attempt.
+func (call *pubCall) answered(nc *nodeConn) bool {
+	for i := range call.attempts {
+		if a := &call.attempts[i]; a.node == nc {
+			if a.abandoned {
+				return false
+			}
+			a.node = nil
+			return true
+		}
+	}
+	return true
+}
 
 // Publish sends payload to channel and returns once Replicas nodes (at
 // least one) accepted it. It tries the channel's home node first and, on a
@@ -93,17 +134,20 @@ func (c *Client) publish(ctx context.Context, channel string, payload []byte, st
 	if pooled {
 		call = callPool.Get().(*pubCall)
 	} else {
-		call = &pubCall{results: make(chan pubResult, len(rs.conns))}
+		call = newPubCall(len(rs.conns))
 	}
 	order := rank(call.order, channelHash(channel), rs.seeds, func(i int) bool { return rs.conns[i].suspect() })
 	call.order = order
 	results := call.results
 
 	need := min(c.cfg.Replicas, len(order))
-	next, pending, accepted := 0, 0, 0
+	next, pending, accepted, abandoned := 0, 0, 0, 0
 	defer func() {
-		if pooled && pending == 0 { // nothing queued still refers to call
+		call.timer.Stop()
+		if pooled && pending == 0 && abandoned == 0 { // nothing queued still refers to call
 			clear(call.reqs[:])
+			clear(call.attempts)
+			call.attempts = call.attempts[:0]
 			callPool.Put(call)
 		}
 	}()
@@ -119,6 +163,7 @@ func (c *Client) publish(ctx context.Context, channel string, payload []byte, st
 			}
 			next++
 			*r = pubReq{channel: channel, data: data, node: nc, done: results}
+			due := time.Now().Add(c.cfg.PublishTimeout)
 			if err := nc.enqueue(ctx, r); err != nil {
 				lastErr = err
 				if ctx.Err() != nil {
@@ -127,14 +172,30 @@ func (c *Client) publish(ctx context.Context, channel string, payload []byte, st
 				c.m.retries.Inc()
 				continue
 			}
+			call.attempts = append(call.attempts, attempt{node: nc, due: due})
 			pending++
 		}
 	}
 	send()
 	for pending > 0 {
+		// PublishTimeout bounds each attempt from its enqueue, whatever
+		// holds it up: the queue behind a stalled pipeline, a new
+		// connection's handshake (bounded by go-redis only by
+		// DialTimeout), the read. An attempt out of time is given up: the
+		// node is marked suspect and the next one tried; if the first
+		// still delivers the message later, subscribers drop the copy.
+		first := call.next()
+		call.timer.Reset(time.Until(first.due))
 		var r pubResult
 		select {
 		case r = <-results:
+			if !call.answered(r.node) {
+				continue // the late answer of an abandoned attempt
+			}
+		case <-call.timer.C:
+			first.abandoned = true
+			abandoned++
+			r = pubResult{node: first.node, err: fmt.Errorf("fanout: publish to %s: no answer within %s", first.node, c.cfg.PublishTimeout)}
 		case <-ctx.Done():
 			return fmt.Errorf("fanout: publish to %s: %w", channel, ctx.Err())
 		}
