@@ -91,6 +91,31 @@ func (c *conn) enqueue(f *outFrame) bool {
 	return false
 }
 
+// reply queues a reply to the client's own request. Unlike a message, a
+// reply may wait for room in the queue, up to WriteTimeout: meanwhile the
+// reader stops reading requests, so a client that sends requests faster
+// than it reads the replies is slowed down (by TCP) rather than closed as a
+// slow consumer; one that reads nothing is closed after WriteTimeout.
+func (c *conn) reply(f *outFrame) bool {
+	select {
+	case c.send <- f:
+		return true
+	case <-c.closing:
+		return false
+	default:
+	}
+	t := time.NewTimer(c.h.cfg.WriteTimeout)
+	defer t.Stop()
+	select {
+	case c.send <- f:
+		return true
+	case <-c.closing:
+		return false
+	case <-t.C:
+		return c.enqueue(f) // still full: closed as a slow consumer
+	}
+}
+
 // close starts closing the connection with code and reason, counted in
 // pubmesh_ws_closes_total; only the first call (close or ended) counts, and
 // it reports whether it was the first. From now on every write must end
@@ -202,12 +227,12 @@ func (c *conn) handle(data []byte) {
 		c.replyError(e)
 		return
 	}
-	c.enqueue(&outFrame{b: okFrame(f.ID)})
+	c.reply(&outFrame{b: okFrame(f.ID)})
 }
 
 func (c *conn) replyError(e *Error) {
 	c.h.metrics.errors.WithLabelValues(e.Code).Inc()
-	c.enqueue(&outFrame{b: errorFrame(e)})
+	c.reply(&outFrame{b: errorFrame(e)})
 }
 
 func (c *conn) subscribe(f Frame) *Error {
@@ -218,7 +243,7 @@ func (c *conn) subscribe(f Frame) *Error {
 		return &Error{Code: CodeForbidden, Message: "not allowed to subscribe to " + f.Channel, ID: f.ID}
 	}
 	if _, ok := c.subs[f.Channel]; ok {
-		c.enqueue(&outFrame{b: okFrame(f.ID)})
+		c.reply(&outFrame{b: okFrame(f.ID)})
 		return nil
 	}
 	if max := c.h.cfg.MaxSubscriptions; max >= 0 && len(c.subs) >= max {
