@@ -178,21 +178,29 @@ func (c *Client) publish(ctx context.Context, channel string, payload []byte, st
 	}
 	send()
 	for pending > 0 {
-		// PublishTimeout bounds each attempt from its enqueue, whatever
-		// holds it up: the queue behind a stalled pipeline, a new
-		// connection's handshake (bounded by go-redis only by
-		// DialTimeout), the read. An attempt out of time is given up: the
-		// node is marked suspect and the next one tried; if the first
-		// still delivers the message later, subscribers drop the copy.
-		first := call.next()
-		call.timer.Reset(time.Until(first.due))
+		// While another node can be tried, PublishTimeout bounds each
+		// attempt from its enqueue, whatever holds it up: the queue behind
+		// a stalled pipeline, a new connection's handshake (bounded by
+		// go-redis only by DialTimeout), the read. An attempt out of time
+		// is given up: the node is marked suspect and the next one tried;
+		// if the first still delivers the message later, subscribers drop
+		// the copy. The last candidate is waited for (go-redis's own
+		// timeouts end it), so a slow cluster delays a publish rather than
+		// fail it.
+		var first *attempt
+		var timeout <-chan time.Time
+		if next < len(order) {
+			first = call.next()
+			call.timer.Reset(time.Until(first.due))
+			timeout = call.timer.C
+		}
 		var r pubResult
 		select {
 		case r = <-results:
 			if !call.answered(r.node) {
 				continue // the late answer of an abandoned attempt
 			}
-		case <-call.timer.C:
+		case <-timeout:
 			first.abandoned = true
 			abandoned++
 			r = pubResult{node: first.node, err: fmt.Errorf("fanout: publish to %s: no answer within %s", first.node, c.cfg.PublishTimeout)}
