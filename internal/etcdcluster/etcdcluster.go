@@ -7,14 +7,18 @@
 // open watches), stopped and restarted on its data, so a test can take
 // quorum away and give it back, or restart a single member.
 //
-// The member processes are the test binary itself, run again: the test's
-// TestMain must call Main first, which runs a member and exits when the
-// process was started as one, and returns at once otherwise:
+// The member processes are, by default, the test binary itself, run again:
+// the test's TestMain must call Main first, which runs a member and exits
+// when the process was started as one, and returns at once otherwise:
 //
 //	func TestMain(m *testing.M) {
 //		etcdcluster.Main()
 //		os.Exit(m.Run())
 //	}
+//
+// Config.Exe may name another binary that calls Main, such as
+// ./internal/etcdcluster/member built without the race detector, so that
+// the members of a test run under -race stay light.
 //
 // Members die with the process that started them (Pdeathsig). A Cluster is
 // safe for concurrent use.
@@ -62,6 +66,9 @@ type Config struct {
 	// StartTimeout bounds how long Start and Restart wait for members to
 	// serve. Default: 60s.
 	StartTimeout time.Duration
+	// Exe is the binary run as each member; it must call Main. Default:
+	// this process's own executable (os.Executable).
+	Exe string
 }
 
 // Cluster is a running set of members.
@@ -110,9 +117,12 @@ func Start(cfg Config) (*Cluster, error) {
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 60 * time.Second
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("etcdcluster: %w", err)
+	exe := cfg.Exe
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("etcdcluster: %w", err)
+		}
 	}
 	c := &Cluster{cfg: cfg, exe: exe}
 	if c.cfg.Dir == "" {

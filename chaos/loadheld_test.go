@@ -1,0 +1,510 @@
+package chaos
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"math/bits"
+	"net"
+	"net/http"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/pubmesh/pubmesh/fanout"
+)
+
+// gwStats are a gateway process's numbers, from its /metrics and /proc.
+type gwStats struct {
+	goroutines int
+	heapInuse  int64 // bytes
+	rss        int64 // bytes
+}
+
+func (g *gateway) stats(t *testing.T) gwStats {
+	t.Helper()
+	cl := http.Client{Timeout: 10 * time.Second}
+	resp, err := cl.Get("http://" + g.addr + "/metrics")
+	if err != nil {
+		t.Fatalf("gateway metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	var s gwStats
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		name, v, ok := strings.Cut(sc.Text(), " ")
+		if !ok {
+			continue
+		}
+		f, _ := strconv.ParseFloat(v, 64)
+		switch name {
+		case "go_goroutines":
+			s.goroutines = int(f)
+		case "go_memstats_heap_inuse_bytes":
+			s.heapInuse = int64(f)
+		}
+	}
+	s.rss = procStatus(g.proc().pid(), "VmRSS") << 10
+	return s
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// TestLoadHeld10k: a gateway holds 10 000 WebSocket connections (300 in the
+// short version) subscribed to one channel; one message published there
+// reaches every one of them. It reports the gateway's memory per
+// connection and the time to deliver one message to all.
+func TestLoadHeld10k(t *testing.T) {
+	n := 300
+	if full() {
+		n = 10000
+	}
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Max < uint64(n+1024) {
+		t.Skipf("RLIMIT_NOFILE hard limit %d: %d connections need %d", lim.Max, n, n+1024)
+	}
+	lim.Cur = lim.Max // the gateway, a Go program, raises its own soft limit to the hard one
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	p := paramsFor()
+	c := newCluster(t, p, false)
+	c.addNode("n1", nodeOpts{})
+	c.addNode("n2", nodeOpts{})
+	gw := c.startGateway()
+	c.waitReady(within)
+	gw.waitHealthy(within)
+	pub := c.client(c.fanoutConfig(1))
+	c.waitReady(within, pub)
+	time.Sleep(time.Second)
+	before := gw.stats(t)
+
+	// Connect from several loopback source addresses, so that ephemeral
+	// ports (and TIME_WAIT from earlier tests) are never short.
+	conns := make([]*websocket.Conn, n)
+	t.Cleanup(func() {
+		for _, wc := range conns {
+			if wc != nil {
+				wc.Close()
+			}
+		}
+	})
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			nd := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%8))}, Timeout: 30 * time.Second}
+			d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, NetDialContext: nd.DialContext, ReadBufferSize: 1024, WriteBufferSize: 1024}
+			wc, resp, err := d.Dial(gw.url(), nil)
+			if resp != nil && resp.Body != nil {
+				resp.Body.Close()
+			}
+			if err != nil {
+				errs <- fmt.Errorf("connection %d: %v", i, err)
+				return
+			}
+			conns[i] = wc
+			wc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			if err := wc.WriteMessage(websocket.TextMessage, []byte(`{"op":"subscribe","channel":"all","id":1}`)); err != nil {
+				errs <- fmt.Errorf("connection %d: %v", i, err)
+				return
+			}
+			wc.SetReadDeadline(time.Now().Add(60 * time.Second))
+			_, b, err := wc.ReadMessage()
+			if err != nil || string(b) != `{"op":"ok","id":1}` {
+				errs <- fmt.Errorf("connection %d: subscribe answered %q, %v", i, b, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	connected := time.Since(t0)
+	time.Sleep(2 * time.Second)
+	after := gw.stats(t)
+
+	// Every connection reads; recv[k][i] is when connection i got message k.
+	const messages = 3
+	var recv [messages][]atomic.Int64
+	for k := range recv {
+		recv[k] = make([]atomic.Int64, n)
+	}
+	var readers sync.WaitGroup
+	for i, wc := range conns {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for got := 0; got < messages; {
+				wc.SetReadDeadline(time.Now().Add(3 * time.Minute))
+				_, b, err := wc.ReadMessage()
+				if err != nil {
+					return
+				}
+				now := time.Now().UnixNano()
+				if data, ok := messageData(b); ok {
+					if k, err := strconv.Atoi(string(data)); err == nil && k >= 0 && k < messages {
+						recv[k][i].Store(now)
+						got++
+					}
+				}
+			}
+		}()
+	}
+	var took []time.Duration
+	for k := range messages {
+		start := time.Now()
+		if err := pub.Publish(context.Background(), "all", []byte(strconv.Itoa(k))); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			missing, last := 0, int64(0)
+			for i := range recv[k] {
+				v := recv[k][i].Load()
+				if v == 0 {
+					missing++
+				}
+				last = max(last, v)
+			}
+			if missing == 0 {
+				took = append(took, time.Duration(last-start.UnixNano()))
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("message %d: %d of %d connections did not get it within 2m", k, missing, n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(time.Second)
+	}
+	for _, wc := range conns {
+		wc.Close()
+	}
+	readers.Wait()
+	slices.Sort(took)
+	rss := (after.rss - before.rss) / int64(n)
+	heap := (after.heapInuse - before.heapInuse) / int64(n)
+	recordLoad("%d WebSocket connections on one gateway (`pubmesh gateway`, its own process), all subscribed to one channel: connected and subscribed in %s (64 dials at a time); "+
+		"gateway RSS %s → %s (**%.1f KiB per connection**), heap in use %s → %s (%.1f KiB per connection), goroutines %d → %d; "+
+		"one message to all %d connections: **%s** (median of %d; %s)",
+		n, connected.Round(10*time.Millisecond), mib(before.rss), mib(after.rss), float64(rss)/1024, mib(before.heapInuse), mib(after.heapInuse), float64(heap)/1024,
+		before.goroutines, after.goroutines, n, took[len(took)/2].Round(time.Millisecond), len(took), durations(took))
+	t.Logf("%d connections: RSS %+.1f KiB/conn, heap %+.1f KiB/conn, goroutines %d → %d, one message to all in %v",
+		n, float64(rss)/1024, float64(heap)/1024, before.goroutines, after.goroutines, took)
+	if rss > 256<<10 {
+		t.Errorf("gateway RSS grew %d KiB per connection", rss>>10)
+	}
+	if g := after.goroutines - before.goroutines; g > 3*n+100 {
+		t.Errorf("gateway goroutines grew by %d for %d connections", g, n)
+	}
+}
+
+func durations(ds []time.Duration) string {
+	var s []string
+	for _, d := range ds {
+		s = append(s, d.Round(time.Millisecond).String())
+	}
+	return strings.Join(s, ", ")
+}
+
+// bitSink counts what one subscriber receives in a long run: a bit per
+// message. Safe for concurrent use.
+type bitSink struct {
+	mu         sync.Mutex
+	bits       [][][]uint64 // [publisher][channel] bitset of seqs
+	last       map[[2]int]int
+	dups       int
+	outOfOrder int
+	bad        int
+	total      int64
+}
+
+func newBitSink(publishers, channels int) *bitSink {
+	k := &bitSink{last: map[[2]int]int{}, bits: make([][][]uint64, publishers)}
+	for i := range k.bits {
+		k.bits[i] = make([][]uint64, channels)
+	}
+	return k
+}
+
+func (k *bitSink) add(payload []byte, _ time.Time) {
+	p, c, s, ok := parsePayload(payload)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.total++
+	if !ok || p >= len(k.bits) || c >= len(k.bits[p]) {
+		k.bad++
+		return
+	}
+	b := k.bits[p][c]
+	for len(b) <= s/64 {
+		b = append(b, 0)
+	}
+	if b[s/64]&(1<<(s%64)) != 0 {
+		k.dups++
+	}
+	b[s/64] |= 1 << (s % 64)
+	k.bits[p][c] = b
+	key := [2]int{p, c}
+	if l, seen := k.last[key]; seen && s < l {
+		k.outOfOrder++
+	}
+	k.last[key] = max(s, k.last[key])
+}
+
+func (k *bitSink) subscribed(int, time.Time) {}
+func (k *bitSink) unsubscribed(time.Time)    {}
+
+func (k *bitSink) count() int64 {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.total
+}
+
+// received is the number of distinct messages.
+func (k *bitSink) received() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	n := 0
+	for _, byCh := range k.bits {
+		for _, b := range byCh {
+			for _, w := range b {
+				n += bits.OnesCount64(w)
+			}
+		}
+	}
+	return n
+}
+
+// snapshot is the memory and goroutines of every process of a run.
+type snapshot struct {
+	gw          gwStats
+	agentsRSS   int64 // bytes, all agents
+	redisMemory int64 // bytes, RSS of every node's redis-server
+	goroutines  int   // this process (fanout clients, WebSocket clients)
+	heap        int64 // this process, after a GC (includes the accounting)
+}
+
+func (c *cluster) snapshot(t *testing.T, nodes []*node) snapshot {
+	var s snapshot
+	s.gw = c.gw.stats(t)
+	for _, n := range nodes {
+		s.agentsRSS += procStatus(n.agentProc().pid(), "VmRSS") << 10
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if pid, err := n.redisPID(ctx); err == nil {
+			s.redisMemory += procStatus(pid, "VmRSS") << 10
+		}
+		cancel()
+	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	s.heap = int64(ms.HeapInuse)
+	s.goroutines = runtime.NumGoroutine()
+	return s
+}
+
+// TestSoak (full mode only): the cluster under load for 5 minutes at half
+// of the rate it sustains at most; nothing is lost, and the memory and
+// goroutines of the gateway, the agents, the redis-servers and the clients
+// are the same at the end as at the start (within a sane bound).
+func TestSoak(t *testing.T) {
+	if !full() {
+		t.Skip("the soak runs in full mode only (PUBMESH_CHAOS=full, make chaos)")
+	}
+	const (
+		publishers = 4
+		channels   = 32
+		fanoutSubs = 3
+		wsSubs     = 20
+		soakFor    = 5 * time.Minute
+	)
+	p := paramsFor()
+	c := newCluster(t, p, false)
+	var nodes []*node
+	for i := range 3 {
+		nodes = append(nodes, c.addNode(fmt.Sprintf("n%d", i+1), nodeOpts{}))
+	}
+	gw := c.startGateway()
+	c.waitReady(within)
+	gw.waitHealthy(within)
+	var pubClients []*fanout.Client
+	for range publishers {
+		pubClients = append(pubClients, c.client(c.fanoutConfig(1)))
+	}
+	var sinks []*bitSink
+	for range fanoutSubs {
+		fc := c.client(c.fanoutConfig(1))
+		c.waitReady(within, fc)
+		k := newBitSink(publishers, channels)
+		fanoutRecord(t, fc, channels, k)
+		sinks = append(sinks, k)
+	}
+	all := make([]int, channels)
+	for i := range all {
+		all[i] = i
+	}
+	var wss []*rclient
+	for range wsSubs {
+		k := newBitSink(publishers, channels)
+		rc := newRClient(gw.url(), all, k)
+		go rc.run()
+		t.Cleanup(rc.close)
+		wss = append(wss, rc)
+		sinks = append(sinks, k)
+	}
+	waitUntil(t, within, "the WebSocket subscribers", func() bool {
+		for _, rc := range wss {
+			if !rc.subscribedNow() {
+				return false
+			}
+		}
+		return true
+	})
+	c.waitReady(within, pubClients...)
+
+	// The maximum rate: 64 goroutines publish as fast as they can for 10 s
+	// (closed loop); the rate is what the slowest subscriber received,
+	// over the time it took to receive it.
+	maxRate := measureMaxRate(t, pubClients, sinks, channels)
+	rate := maxRate / 2
+	perPub := max(rate/publishers, 1)
+	t.Logf("maximum rate %d msg/s; soaking at %d msg/s for %s", maxRate, perPub*publishers, soakFor)
+
+	pubs := startPublishers(t, pubClients, channels, perPub)
+	time.Sleep(30 * time.Second) // warm up
+	start := c.snapshot(t, nodes)
+	startAt := time.Now()
+	time.Sleep(soakFor)
+	end := c.snapshot(t, nodes)
+	pubs.finish()
+	published := pubs.published()
+	quiesce(sinks, int64(published), 2*time.Minute)
+	elapsed := time.Since(startAt)
+
+	lost, dups, ooo := 0, 0, 0
+	for _, k := range sinks {
+		got := 0
+		k.mu.Lock()
+		for pi := range publishers {
+			for _, b := range k.bits[pi] {
+				for _, w := range b {
+					got += bits.OnesCount64(w)
+				}
+			}
+		}
+		dups += k.dups
+		ooo += k.outOfOrder
+		k.mu.Unlock()
+		lost += published - got
+	}
+	reconnects := 0
+	for _, rc := range wss {
+		rc.mu.Lock()
+		reconnects += rc.connects - 1
+		rc.mu.Unlock()
+	}
+	pubs.mu.Lock()
+	failed := pubs.failed
+	pubs.mu.Unlock()
+	recordLoad("soak: %d messages published over %s at %d msg/s (half of the %d msg/s measured as the maximum with this setup: %d publishers, %d channels, %d fanout and %d WebSocket subscribers on every channel, 3 nodes), "+
+		"%d failed; lost %d, duplicated %d, out of order %d over all subscribers; WebSocket reconnects %d. From the start (after 30 s of warm-up) to the end: "+
+		"gateway goroutines %d → %d, heap in use %s → %s, RSS %s → %s; agents' RSS %s → %s; redis-servers' RSS %s → %s; test process (clients) goroutines %d → %d",
+		published, (soakFor + 30*time.Second).Round(time.Second), perPub*publishers, maxRate, publishers, channels, fanoutSubs, wsSubs,
+		failed, lost, dups, ooo, reconnects,
+		start.gw.goroutines, end.gw.goroutines, mib(start.gw.heapInuse), mib(end.gw.heapInuse), mib(start.gw.rss), mib(end.gw.rss),
+		mib(start.agentsRSS), mib(end.agentsRSS), mib(start.redisMemory), mib(end.redisMemory), start.goroutines, end.goroutines)
+	t.Logf("soak over %s: published %d, failed %d, lost %d, dups %d, out of order %d, reconnects %d; start %+v end %+v",
+		elapsed.Round(time.Second), published, failed, lost, dups, ooo, reconnects, start, end)
+
+	if failed > 0 || lost > 0 || dups > 0 || ooo > 0 || reconnects > 0 {
+		t.Errorf("soak: failed %d, lost %d, duplicated %d, out of order %d, reconnects %d", failed, lost, dups, ooo, reconnects)
+	}
+	// Flat: goroutines within 10% + 20, memory within 50% + 32 MiB.
+	flat := func(what string, a, b int64) {
+		if b > a+a/2+32<<20 {
+			t.Errorf("%s grew from %s to %s over the soak", what, mib(a), mib(b))
+		}
+	}
+	flat("gateway heap in use", start.gw.heapInuse, end.gw.heapInuse)
+	flat("gateway RSS", start.gw.rss, end.gw.rss)
+	flat("agents' RSS", start.agentsRSS, end.agentsRSS)
+	flat("redis-servers' RSS", start.redisMemory, end.redisMemory)
+	if end.gw.goroutines > start.gw.goroutines+start.gw.goroutines/10+20 {
+		t.Errorf("gateway goroutines grew from %d to %d", start.gw.goroutines, end.gw.goroutines)
+	}
+	if end.goroutines > start.goroutines+start.goroutines/10+20 {
+		t.Errorf("test process goroutines grew from %d to %d", start.goroutines, end.goroutines)
+	}
+}
+
+// measureMaxRate publishes from 64 goroutines as fast as they can for 10 s
+// and returns the rate at which the slowest subscriber received them. The
+// payloads use publisher numbers len(pubs).. so they do not mix with the
+// soak's.
+func measureMaxRate(t *testing.T, pubs []*fanout.Client, sinks []*bitSink, channels int) int {
+	t.Helper()
+	before := make([]int64, len(sinks))
+	for i, k := range sinks {
+		before[i] = k.count()
+	}
+	var sent atomic.Int64
+	start := time.Now()
+	stop := time.Now().Add(10 * time.Second)
+	var wg sync.WaitGroup
+	for g := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := pubs[g%len(pubs)]
+			var buf bytes.Buffer
+			for s := 0; time.Now().Before(stop); s++ {
+				buf.Reset()
+				// Publisher numbers beyond the soak's: bitSink counts them
+				// as bad payloads, which is what we want here (only counted).
+				fmt.Fprintf(&buf, "[%d,%d,%d]", 1000+g, s%channels, s)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				if c.Publish(ctx, channelName(s%channels), buf.Bytes()) == nil {
+					sent.Add(1)
+				}
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	total := sent.Load()
+	var slowest time.Duration
+	for i, k := range sinks {
+		deadline := time.Now().Add(2 * time.Minute)
+		for k.count()-before[i] < total && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		slowest = max(slowest, time.Since(start))
+	}
+	for _, k := range sinks { // the burst is not part of the soak's accounting
+		k.mu.Lock()
+		k.bad, k.total = 0, 0
+		k.mu.Unlock()
+	}
+	return int(float64(total) / slowest.Seconds())
+}

@@ -1,0 +1,515 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pubmesh/pubmesh/discovery"
+	"github.com/pubmesh/pubmesh/fanout"
+	"github.com/pubmesh/pubmesh/internal/netns"
+)
+
+// scenario is one fault, injected into a cluster under load.
+type scenario struct {
+	num      int
+	name     string
+	replicas int
+	// ownEtcd: the scenario kills etcd members, so it needs an etcd
+	// cluster of its own.
+	ownEtcd bool
+	// lossy: the fault may lose what was in flight on the faulted node
+	// (3, 4, 5, 8 with Replicas: 1); the bound is computed per subscriber
+	// (see inflightBound).
+	lossy bool
+	// node1 says how the faulted node n1 runs (default: a plain agent).
+	node1 func(t *testing.T) nodeOpts
+	// event injects the fault, waits for the recovery, and says when
+	// things happened.
+	event func(r *run) marks
+	// runner, if set, runs the whole scenario instead of runScenario.
+	runner func(t *testing.T, sc scenario)
+}
+
+// marks are the times of one scenario run.
+type marks struct {
+	fault   time.Time // the fault was injected
+	end     time.Time // the fault ended (SIGCONT, link up, members back); zero: same as fault
+	detect  time.Time // the clients saw it; zero: not applicable
+	recover time.Time // everything was back to normal; zero: not applicable
+	note    string
+}
+
+// run is one scenario's cluster and load.
+type run struct {
+	t     *testing.T
+	p     params
+	sc    scenario
+	c     *cluster
+	gw    *gateway
+	nodes []*node
+	pubs  *publishers
+	obs   *timeline
+}
+
+// within bounds every wait of a scenario: generous, the machine is shared.
+const within = 90 * time.Second
+
+// slowestPublish bounds one Publish in every scenario: the fanout client
+// gives up on a node after its PublishTimeout (1 s) and tries the next.
+const slowestPublish = time.Second + 1500*time.Millisecond
+
+func scenarios() []scenario {
+	var out []scenario
+	add := func(s scenario) { out = append(out, s) }
+	add(scenario{num: 1, name: "node joins", replicas: 1, event: joinNode})
+	add(scenario{num: 2, name: "node drains", replicas: 1, event: drainNode})
+	for _, rep := range []int{1, 2} {
+		add(scenario{num: 3, name: "redis-server kill -9", replicas: rep, lossy: rep == 1, event: killRedis})
+		add(scenario{num: 4, name: "redis-server SIGSTOP, SIGCONT", replicas: rep, lossy: rep == 1, event: stopRedis})
+		add(scenario{num: 5, name: "agent kill -9, Redis lives on", replicas: rep, lossy: rep == 1, event: killAgent,
+			node1: func(*testing.T) nodeOpts { return nodeOpts{attach: true} }})
+	}
+	add(scenario{num: 6, name: "etcd loses quorum", replicas: 1, ownEtcd: true, event: loseQuorum})
+	add(scenario{num: 7, name: "etcd member restarted", replicas: 1, ownEtcd: true, event: restartMember})
+	for _, rep := range []int{1, 2} {
+		add(scenario{num: 8, name: "network partition", replicas: rep, lossy: rep == 1, event: partition,
+			node1: func(t *testing.T) nodeOpts {
+				if err := netns.Available(); err != nil {
+					t.Skipf("scenario 8 skipped: %v", err)
+				}
+				ns, err := netns.New()
+				if err != nil {
+					t.Skipf("scenario 8 skipped: cannot make a network namespace: %v", err)
+				}
+				t.Cleanup(func() {
+					if err := ns.Close(); err != nil {
+						t.Errorf("network namespace cleanup: %v", err)
+					}
+				})
+				return nodeOpts{attach: true, ns: ns}
+			}})
+	}
+	add(scenario{num: 9, name: "gateway restarted under WebSocket clients", replicas: 1, runner: runGatewayRestart})
+	add(scenario{num: 10, name: "rolling restart of every node", replicas: 1, event: rollingRestart})
+	slices.SortStableFunc(out, func(a, b scenario) int { return a.num - b.num })
+	return out
+}
+
+// TestScenarios runs every scenario under load and checks the accounting.
+func TestScenarios(t *testing.T) {
+	t.Run("group", func(t *testing.T) {
+		for _, sc := range scenarios() {
+			t.Run(fmt.Sprintf("%d %s, replicas %d", sc.num, sc.name, sc.replicas), func(t *testing.T) {
+				t.Parallel()
+				if sc.runner != nil {
+					sc.runner(t, sc)
+					return
+				}
+				runScenario(t, sc)
+			})
+		}
+	})
+	printTable(t)
+}
+
+func runScenario(t *testing.T, sc scenario) {
+	p := paramsFor()
+	c := newCluster(t, p, sc.ownEtcd)
+	r := &run{t: t, p: p, sc: sc, c: c}
+	for i := range p.nodes {
+		var o nodeOpts
+		if i == 0 && sc.node1 != nil {
+			o = sc.node1(t)
+		}
+		r.nodes = append(r.nodes, c.addNode(fmt.Sprintf("n%d", i+1), o))
+	}
+	r.gw = c.startGateway()
+	c.waitReady(within)
+	r.gw.waitHealthy(within)
+
+	var pubClients []*fanout.Client
+	for range p.publishers {
+		pubClients = append(pubClients, c.client(c.fanoutConfig(sc.replicas)))
+	}
+	var sinks []*sink
+	var subClients []*fanout.Client
+	for i := range p.fanoutSubs {
+		fc := c.client(c.fanoutConfig(1))
+		subClients = append(subClients, fc)
+		c.waitReady(within, fc)
+		sinks = append(sinks, fanoutSink(t, fmt.Sprintf("fanout%d", i), fc, p.publishers, p.channels))
+	}
+	var wss []*rclient
+	all := make([]int, p.channels)
+	for i := range all {
+		all[i] = i
+	}
+	for i := range p.wsSubs {
+		k := newSink(fmt.Sprintf("ws%d", i), p.publishers, p.channels)
+		rc := newRClient(r.gw.url(), all, k)
+		go rc.run()
+		t.Cleanup(rc.close)
+		wss = append(wss, rc)
+		sinks = append(sinks, k)
+	}
+	waitUntil(t, within, "the WebSocket subscribers to subscribe", func() bool {
+		for _, rc := range wss {
+			if !rc.subscribedNow() {
+				return false
+			}
+		}
+		return true
+	})
+	c.waitReady(within, pubClients...)
+	r.obs = watchTimeline(pubClients[0])
+	t.Cleanup(r.obs.close)
+
+	r.pubs = startPublishers(t, pubClients, p.channels, p.rate)
+	time.Sleep(p.pre)
+	m := sc.event(r)
+	if t.Failed() {
+		r.pubs.finish()
+		return
+	}
+	time.Sleep(p.post)
+	r.pubs.finish()
+	published := r.pubs.published()
+	quiesce(sinks, int64(published), 60*time.Second)
+
+	res := row{num: sc.num, name: sc.name, replicas: sc.replicas, published: published,
+		fanoutSubs: p.fanoutSubs, wsSubs: p.wsSubs, note: m.note}
+	r.pubs.mu.Lock()
+	res.failed, res.slowest = r.pubs.failed, r.pubs.slowest
+	pubErrs := slices.Clone(r.pubs.errs)
+	r.pubs.mu.Unlock()
+	res.detect, res.recover = -1, -1
+	if !m.detect.IsZero() {
+		res.detect = m.detect.Sub(m.fault)
+	}
+	end := m.end
+	if end.IsZero() {
+		end = m.fault
+	}
+	if !m.recover.IsZero() {
+		res.recover = m.recover.Sub(end)
+	}
+	for _, k := range sinks {
+		sr := account(k, r.pubs, m.fault)
+		if sc.lossy {
+			sr.bound = inflightBound(r.pubs, m.fault, sr.maxLatency)
+		}
+		res.subs = append(res.subs, sr)
+	}
+	record(res)
+	t.Log(summarize(res))
+
+	// The assertions: see docs/reliability.md.
+	if min := p.rate * p.publishers; published < min {
+		t.Errorf("only %d messages published (want at least %d)", published, min)
+	}
+	if res.failed > 0 {
+		t.Errorf("%d publishes failed: %v", res.failed, pubErrs)
+	}
+	// A publish gives up on a faulted node after PublishTimeout (1 s by
+	// default) and then succeeds on the next one; 1.5 s more for the
+	// machine.
+	if res.slowest > slowestPublish {
+		t.Errorf("slowest publish took %s, want at most %s", res.slowest.Round(time.Millisecond), slowestPublish)
+	}
+	for _, s := range res.subs {
+		if s.lost > s.bound {
+			t.Errorf("%s lost %d of %d messages, allowed %d (lost ones acked at %v)", s.name, s.lost, s.expected, s.bound, relTimes(s.lostAcked, m.fault))
+		}
+		if s.dups > 0 {
+			t.Errorf("%s got %d duplicates", s.name, s.dups)
+		}
+		if s.outOfOrder > 0 {
+			t.Errorf("%s got %d messages out of order", s.name, s.outOfOrder)
+		}
+	}
+}
+
+// inflightBound is how many messages a subscriber may lose to a fault on
+// one node with Replicas: 1. A message is lost only if the faulted node
+// acknowledged it and had not yet delivered it when the fault hit: a
+// killed, stopped or cut-off node acknowledges nothing after the fault, and
+// what it acknowledged more than the subscriber's delivery latency before
+// the fault had been delivered. So the lost messages are among those
+// acknowledged in [fault - 2L - 50ms, fault + 50ms], where L is the
+// subscriber's longest end-to-end latency measured in this run before the
+// fault (doubled, and 50 ms added, for scheduling noise at the fault). At
+// rate R that is about R*(2L+100ms) messages, of which only the faulted
+// node's share (1/nodes) is really at risk: the bound is generous.
+func inflightBound(p *publishers, fault time.Time, l time.Duration) int {
+	return p.ackedBetween(nil, fault.Add(-2*l-50*time.Millisecond), fault.Add(50*time.Millisecond))
+}
+
+func relTimes(ts []int64, ref time.Time) []string {
+	var out []string
+	for i, x := range ts {
+		if i == 5 {
+			out = append(out, "…")
+			break
+		}
+		out = append(out, time.Duration(x-ref.UnixNano()).Round(time.Millisecond).String())
+	}
+	return out
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Now()
+}
+
+// notReady is true once node id's incarnation inc is no longer ready.
+func notReady(id string, inc int64) func(discovery.Snapshot) bool {
+	return func(s discovery.Snapshot) bool {
+		got, ok := readyInc(s, id)
+		return !ok || got != inc
+	}
+}
+
+// readyAgain is true once node id is ready with an incarnation other than
+// inc.
+func readyAgain(id string, inc int64) func(discovery.Snapshot) bool {
+	return func(s discovery.Snapshot) bool {
+		got, ok := readyInc(s, id)
+		return ok && got != inc
+	}
+}
+
+// mustWait is timeline.wait that fails the test on timeout.
+func (r *run) mustWait(from time.Time, what string, pred func(discovery.Snapshot) bool) time.Time {
+	r.t.Helper()
+	at, ok := r.obs.wait(from, within, pred)
+	if !ok {
+		r.t.Fatalf("timed out after %s waiting for %s; the clients see %+v", within, what, r.obs.now().Nodes)
+	}
+	return at
+}
+
+// faulted is the node every single-node fault hits, and its incarnation.
+func (r *run) faulted() (*node, int64) {
+	n := r.nodes[0]
+	inc, ok := readyInc(r.obs.now(), n.id)
+	if !ok {
+		r.t.Fatalf("node %s is not ready before the fault", n.id)
+	}
+	return n, inc
+}
+
+func joinNode(r *run) marks {
+	id := fmt.Sprintf("n%d", len(r.nodes)+1)
+	m := marks{fault: time.Now()}
+	r.c.addNode(id, nodeOpts{})
+	m.detect = r.mustWait(m.fault, id+" to appear", func(s discovery.Snapshot) bool { return stateOf(s, id) != "" })
+	m.recover = r.mustWait(m.fault, id+" to be ready", func(s discovery.Snapshot) bool { _, ok := readyInc(s, id); return ok })
+	m.note = "detect: the clients see the new node (joining); recover: it is ready (every client acked its subscriptions there)"
+	return m
+}
+
+func drainNode(r *run) marks {
+	n, _ := r.faulted()
+	m := marks{fault: time.Now()}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.c.reg.RequestDrain(ctx, n.id, "chaos"); err != nil {
+		r.t.Fatal(err)
+	}
+	m.detect = r.mustWait(m.fault, n.id+" to drain", func(s discovery.Snapshot) bool { return stateOf(s, n.id) == discovery.StateDraining })
+	m.recover = r.mustWait(m.fault, n.id+" to be gone", func(s discovery.Snapshot) bool { return stateOf(s, n.id) == "" })
+	a := n.agentProc()
+	select {
+	case <-a.done:
+		if a.err != nil {
+			r.t.Errorf("drained agent exited with %v", a.err)
+		}
+	case <-time.After(within):
+		r.t.Errorf("drained agent still running after %s", within)
+	}
+	m.note = "detect: the clients see draining; recover: the node is gone (every client released it and Redis flushed)"
+	return m
+}
+
+func killRedis(r *run) marks {
+	n, inc := r.faulted()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	pid, err := n.redisPID(ctx)
+	cancel()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	m := marks{fault: time.Now()}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		r.t.Fatal(err)
+	}
+	m.detect = r.mustWait(m.fault, n.id+" to leave", notReady(n.id, inc))
+	m.recover = r.mustWait(m.fault, n.id+" to be ready again", readyAgain(n.id, inc))
+	m.note = "the agent restarts redis-server; recover: the new run is ready"
+	return m
+}
+
+func stopRedis(r *run) marks {
+	n, inc := r.faulted()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	pid, err := n.redisPID(ctx)
+	cancel()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	m := marks{fault: time.Now()}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		r.t.Fatal(err)
+	}
+	cont := func() { syscall.Kill(pid, syscall.SIGCONT) }
+	r.t.Cleanup(cont)
+	m.detect = r.mustWait(m.fault, n.id+" to leave", notReady(n.id, inc))
+	time.Sleep(time.Until(m.fault.Add(r.p.stopFor)))
+	m.end = time.Now()
+	cont()
+	m.recover = r.mustWait(m.end, n.id+" to be ready again", readyAgain(n.id, inc))
+	m.note = fmt.Sprintf("stopped %s; recover from SIGCONT", r.p.stopFor)
+	return m
+}
+
+func killAgent(r *run) marks {
+	n, inc := r.faulted()
+	m := marks{fault: time.Now()}
+	n.agentProc().kill()
+	m.detect = r.mustWait(m.fault, n.id+" to expire", func(s discovery.Snapshot) bool { return stateOf(s, n.id) == "" })
+	m.end = time.Now()
+	n.startAgent()
+	m.recover = r.mustWait(m.end, n.id+" to be ready again", readyAgain(n.id, inc))
+	m.note = fmt.Sprintf("detect: the lease (TTL %s) expires; then a new agent attaches to the same Redis; recover from its start", r.p.leaseTTL)
+	return m
+}
+
+func loseQuorum(r *run) marks {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	lead := r.c.etcd.Leader(ctx)
+	if lead < 0 {
+		r.t.Fatal("no etcd leader")
+	}
+	kill := []int{lead, (lead + 1) % 3}
+	before := len(r.obs.now().Ready())
+	m := marks{fault: time.Now()}
+	r.c.etcd.Kill(kill...)
+	m.detect = r.mustWait(m.fault, "the clients to see etcd stale", func(s discovery.Snapshot) bool { return s.Stale })
+	time.Sleep(time.Until(m.fault.Add(r.p.quorumFor)))
+	m.end = time.Now()
+	if err := r.c.etcd.Restart(kill...); err != nil {
+		r.t.Fatal(err)
+	}
+	m.recover = r.mustWait(m.end, "the clients to see etcd again", func(s discovery.Snapshot) bool { return !s.Stale && len(s.Ready()) == before })
+	m.note = fmt.Sprintf("2 of 3 members (the leader and one more) killed for %s; detect: the clients' view turns stale; recover: fresh again, every node still ready", r.p.quorumFor)
+	if changes := r.readyChanges(m.fault); changes > 0 {
+		m.note += fmt.Sprintf("; the ready set changed %d times", changes)
+	}
+	return m
+}
+
+func restartMember(r *run) marks {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	lead := r.c.etcd.Leader(ctx)
+	if lead < 0 {
+		r.t.Fatal("no etcd leader")
+	}
+	m := marks{fault: time.Now()}
+	r.c.etcd.Kill(lead)
+	for {
+		if l := r.c.etcd.Leader(ctx); l >= 0 && l != lead {
+			m.detect = time.Now()
+			break
+		}
+		if ctx.Err() != nil {
+			r.t.Fatal("no new etcd leader")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(time.Until(m.fault.Add(r.p.quorumFor / 4)))
+	m.end = time.Now()
+	if err := r.c.etcd.Restart(lead); err != nil {
+		r.t.Fatal(err)
+	}
+	if err := r.c.etcd.WaitHealthy(ctx); err != nil {
+		r.t.Fatal(err)
+	}
+	m.recover = time.Now()
+	n, stale := r.obs.staleSpans(m.fault)
+	m.note = fmt.Sprintf("the leader killed, restarted %s later on its data; detect: a new leader; recover: the member serves again; the clients' view was stale %d times (%s)",
+		m.end.Sub(m.fault).Round(100*time.Millisecond), n, stale.Round(time.Millisecond))
+	if changes := r.readyChanges(m.fault); changes > 0 {
+		m.note += fmt.Sprintf("; the ready set changed %d times", changes)
+	}
+	return m
+}
+
+// readyChanges counts changes of the clients' ready set after t.
+func (r *run) readyChanges(t time.Time) int {
+	r.obs.mu.Lock()
+	defer r.obs.mu.Unlock()
+	n := 0
+	var last []string
+	for i, s := range r.obs.snaps {
+		var ids []string
+		for _, x := range s.s.Ready() {
+			ids = append(ids, fmt.Sprint(x.ID, x.Incarnation))
+		}
+		if i > 0 && !s.at.Before(t) && !slices.Equal(ids, last) {
+			n++
+		}
+		last = ids
+	}
+	return n
+}
+
+func partition(r *run) marks {
+	n, inc := r.faulted()
+	m := marks{fault: time.Now()}
+	if err := n.ns.LinkDown(); err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { n.ns.LinkUp() })
+	m.detect = r.mustWait(m.fault, n.id+" to leave", notReady(n.id, inc))
+	time.Sleep(time.Until(m.fault.Add(r.p.cutFor)))
+	m.end = time.Now()
+	if err := n.ns.LinkUp(); err != nil {
+		r.t.Fatal(err)
+	}
+	m.recover = r.mustWait(m.end, n.id+" to be ready again", readyAgain(n.id, inc))
+	m.note = fmt.Sprintf("the Redis in its own network namespace, its veth link down for %s; recover from link up", r.p.cutFor)
+	return m
+}
+
+func rollingRestart(r *run) marks {
+	m := marks{fault: time.Now()}
+	for _, n := range r.nodes {
+		inc, ok := readyInc(r.obs.now(), n.id)
+		if !ok {
+			r.t.Fatalf("node %s not ready before its restart", n.id)
+		}
+		t0 := time.Now()
+		if code := n.agentProc().stop(within); code != 0 {
+			r.t.Fatalf("agent %s exited with %d on SIGTERM", n.id, code)
+		}
+		r.mustWait(t0, n.id+" to be gone", func(s discovery.Snapshot) bool { return stateOf(s, n.id) == "" })
+		n.startAgent()
+		r.mustWait(t0, n.id+" to be ready again", readyAgain(n.id, inc))
+	}
+	m.recover = time.Now()
+	m.note = fmt.Sprintf("%d nodes, one at a time: SIGTERM (drain), then a new agent and redis-server on the same port; recover: the whole roll", len(r.nodes))
+	return m
+}
