@@ -10,10 +10,10 @@ TEST_TIMEOUT ?= 9m
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Fuzz targets as package:Func; `make test` runs each briefly, `make fuzz` longer.
-FUZZ_TARGETS := ./ws:FuzzDecodeFrame ./fanout:FuzzEnvelope ./discovery:FuzzDecodeNode
+FUZZ_TARGETS := ./ws:FuzzDecodeFrame ./fanout:FuzzEnvelope ./discovery:FuzzDecodeNode ./internal/respguard:FuzzConn
 FUZZ_TIME    ?= 1m
 
-.PHONY: all build run test deps vet fmt-check fuzz bench
+.PHONY: all build run test deps vet fmt-check fuzz bench chaos
 
 all: build
 
@@ -52,6 +52,12 @@ fmt-check:
 test: deps vet fmt-check
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 	@$(MAKE) --no-print-directory fuzz FUZZ_TIME=5s
+
+## chaos: the fault and bad-input suite in full (~20 min as root; scenario 8 needs network
+## namespaces): every scenario at length, 10 000 WebSocket connections, a 5-minute soak;
+## writes the measured tables into docs/reliability.md. `make test` runs its short version.
+chaos: deps
+	PUBMESH_CHAOS=full PUBMESH_CHAOS_REPORT=$(CURDIR)/docs/reliability.md $(GO) test -v -count=1 -timeout 60m ./chaos
 
 ## bench: pubmesh against plain Redis and Redis Cluster in one run (~2.5 min);
 ## writes bench/results/latest.{md,json,png}

@@ -192,9 +192,20 @@ func writeReport() error {
 	loads := slices.Clone(report.loads)
 	report.mu.Unlock()
 	if len(loads) > 0 {
-		b.WriteString("\n")
+		b.WriteString("\nLoad held:\n\n")
 		for _, l := range loads {
 			b.WriteString("- " + l + "\n")
+		}
+	}
+	badRows.mu.Lock()
+	bad := slices.Clone(badRows.rows)
+	badRows.mu.Unlock()
+	if len(bad) > 0 {
+		slices.SortStableFunc(bad, func(a, b badRow) int { return strings.Compare(a.entry, b.entry) })
+		b.WriteString("\nBad input (every case also checked to leave no goroutine behind, with goleak, at the end of the run):\n\n")
+		b.WriteString("| entry point | input | outcome |\n|---|---|---|\n")
+		for _, r := range bad {
+			fmt.Fprintf(&b, "| %s | %s | %s |\n", r.entry, r.input, strings.ReplaceAll(r.outcome, "|", "\\|"))
 		}
 	}
 	begin, end := "<!-- chaos:"+mode()+":begin -->", "<!-- chaos:"+mode()+":end -->"
