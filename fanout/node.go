@@ -68,7 +68,12 @@ type nodeConn struct {
 	// credentials or TLS (see refusal); refusedErr holds the latest refusal.
 	refused     chan struct{}
 	refusedOnce sync.Once
-	refusedErr  atomic.Pointer[NodeError]
+	// failed is closed, once, when a first subscription attempt fails for
+	// another reason (the node does not answer: down, or cut off), so that
+	// Subscribe stops waiting for it; the conn keeps trying.
+	failed     chan struct{}
+	failedOnce sync.Once
+	refusedErr atomic.Pointer[NodeError]
 
 	badOnce sync.Once // logs the first reply that is not Redis
 
@@ -106,7 +111,7 @@ func newNodeConn(c *Client, n discovery.Node) *nodeConn {
 	nc := &nodeConn{
 		c: c, node: n, seed: nodeSeed(n.ID),
 		queue: make(chan *pubReq, c.cfg.PublishQueue), fences: map[string]chan struct{}{},
-		subscribed: make(chan struct{}), refused: make(chan struct{}), ctx: ctx, cancel: cancel,
+		subscribed: make(chan struct{}), refused: make(chan struct{}), failed: make(chan struct{}), ctx: ctx, cancel: cancel,
 	}
 	// Whatever answers at the node's address is checked before go-redis
 	// reads it: a server that is not Redis must not make go-redis allocate
@@ -165,8 +170,11 @@ func (nc *nodeConn) start() {
 		}
 		if isRefusal(err) {
 			nc.refusal(err) // logged once, as an error
-		} else if attempt%20 == 0 {
-			nc.c.log.Warn("fanout: cannot subscribe on node, retrying", "node", nc, "err", err)
+		} else {
+			nc.failedOnce.Do(func() { close(nc.failed) })
+			if attempt%20 == 0 {
+				nc.c.log.Warn("fanout: cannot subscribe on node, retrying", "node", nc, "err", err)
+			}
 		}
 		sleep(nc.ctx, min(time.Duration(attempt+1)*50*time.Millisecond, time.Second))
 	}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -107,18 +106,23 @@ func (nc *nodeConn) refusal(err error) *NodeError {
 // returns the refusal, if that came first and the node has not accepted
 // the client since.
 func (nc *nodeConn) waitSubscribed(ctx context.Context) (ok bool, err error) {
-	// A node that does not answer (down, or cut off by a partition) is not
-	// waited for longer than one dial and one command: its conn subscribes
-	// the client's current set, this subscription included, once it does.
-	t := time.NewTimer(nc.c.cfg.DialTimeout + nc.c.cfg.PublishTimeout)
-	defer t.Stop()
+	// A node whose first subscription attempt failed (down, or cut off by
+	// a partition: the dial failed or timed out) is not waited for: its conn
+	// subscribes the client's current set, this subscription included, once
+	// it answers. A node that is merely slow is waited for.
 	select {
 	case <-nc.subscribed:
 		return true, nil
 	case <-nc.refused:
-	case <-t.C:
-		nc.c.log.Warn("fanout: node not answering; subscribing there when it does", "node", nc)
-		return false, nil
+	case <-nc.failed:
+		select {
+		case <-nc.subscribed:
+			return true, nil
+		case <-nc.refused:
+		default:
+			nc.c.log.Warn("fanout: node not answering; subscribing there when it does", "node", nc)
+			return false, nil
+		}
 	case <-ctx.Done():
 		return false, nil
 	case <-nc.ctx.Done():
