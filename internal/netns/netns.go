@@ -139,9 +139,13 @@ func (ns *NS) Close() error {
 		syscall.Kill(p, syscall.SIGKILL)
 	}
 	err := ip("netns", "del", ns.Name)
-	// The host end goes with its peer; make sure.
+	// The host end goes with its peer, but the kernel destroys the pair
+	// asynchronously: it may vanish between a check and a delete, so only a
+	// host end that is still there after a failed delete is an error.
 	if ip("link", "show", ns.HostIf) == nil {
-		err = errors.Join(err, ip("link", "del", ns.HostIf))
+		if derr := ip("link", "del", ns.HostIf); derr != nil && ip("link", "show", ns.HostIf) == nil {
+			err = errors.Join(err, derr)
+		}
 	}
 	return err
 }
