@@ -450,8 +450,12 @@ func TestAgentMetrics(t *testing.T) {
 	if v := got[`pubmesh_node_redis_restarts_total{node="`+cfg.ID+`"}`]; v != 1 {
 		t.Errorf("restarts_total = %v, want 1", v)
 	}
-	if v := got[`pubmesh_node_leaves_total{node="`+cfg.ID+`",reason="exit"}`]; v != 1 {
-		t.Errorf(`leaves_total{reason="exit"} = %v, want 1`, v)
+	// The node left once. Usually the child's exit is seen first; on a
+	// loaded machine the missed health PINGs may win the race.
+	exit := got[`pubmesh_node_leaves_total{node="`+cfg.ID+`",reason="exit"}`]
+	health := got[`pubmesh_node_leaves_total{node="`+cfg.ID+`",reason="health"}`]
+	if exit+health != 1 {
+		t.Errorf(`leaves_total{reason="exit"} + {reason="health"} = %v + %v, want 1`, exit, health)
 	}
 }
 
