@@ -68,8 +68,10 @@ type Config struct {
 	// set changes) is held back waiting for it. Default: 50ms.
 	ReorderWindow time.Duration
 	// PublishTimeout bounds one attempt to publish on one node, including
-	// waiting in the node's queue; on expiry the node is marked suspect and
-	// the next node is tried. It is also the Redis read/write timeout.
+	// waiting in the node's queue and a new connection's handshake; on
+	// expiry the node is marked suspect and the next node is tried (the
+	// last node a publish can try is waited for, until go-redis's own
+	// timeouts end the attempt). It is also the Redis read/write timeout.
 	// Default: 1s.
 	PublishTimeout time.Duration
 	// PublishQueue is how many publishes may wait for one node before
