@@ -70,6 +70,7 @@ type pubRec struct {
 // defined), ticking every channels/rate.
 type publishers struct {
 	t       *testing.T
+	base    int // the payloads' first publisher number
 	clients []*fanout.Client
 	stop    chan struct{}
 	wg      sync.WaitGroup
@@ -82,7 +83,14 @@ type publishers struct {
 }
 
 func startPublishers(t *testing.T, clients []*fanout.Client, channels, rate int) *publishers {
-	p := &publishers{t: t, clients: clients, stop: make(chan struct{})}
+	return startPublishersAt(t, 0, clients, channels, rate)
+}
+
+// startPublishersAt is startPublishers with publisher numbers from base in
+// the payloads, so that runs one after the other on the same subscribers
+// never share message ids.
+func startPublishersAt(t *testing.T, base int, clients []*fanout.Client, channels, rate int) *publishers {
+	p := &publishers{t: t, base: base, clients: clients, stop: make(chan struct{})}
 	p.recs = make([][][]pubRec, len(clients))
 	interval := time.Duration(channels) * time.Second / time.Duration(rate)
 	for pi, c := range clients {
@@ -104,7 +112,7 @@ func startPublishers(t *testing.T, clients []*fanout.Client, channels, rate int)
 					}
 					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 					t0 := time.Now()
-					err := c.Publish(ctx, ch, fmt.Appendf(nil, "[%d,%d,%d]", pi, ci, s))
+					err := c.Publish(ctx, ch, fmt.Appendf(nil, "[%d,%d,%d]", base+pi, ci, s))
 					t1 := time.Now()
 					cancel()
 					p.mu.Lock()

@@ -2,12 +2,12 @@ package chaos
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"math/bits"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -230,8 +230,11 @@ func durations(ds []time.Duration) string {
 // bitSink counts what one subscriber receives in a long run: a bit per
 // message. Safe for concurrent use.
 type bitSink struct {
+	chans    []int // the channels it is subscribed to; nil: all
+	channels int
+
 	mu         sync.Mutex
-	bits       [][][]uint64 // [publisher][channel] bitset of seqs
+	bits       map[int][][]uint64 // publisher number -> [channel] bitset of seqs
 	last       map[[2]int]int
 	dups       int
 	outOfOrder int
@@ -239,12 +242,8 @@ type bitSink struct {
 	total      int64
 }
 
-func newBitSink(publishers, channels int) *bitSink {
-	k := &bitSink{last: map[[2]int]int{}, bits: make([][][]uint64, publishers)}
-	for i := range k.bits {
-		k.bits[i] = make([][]uint64, channels)
-	}
-	return k
+func newBitSink(channels int) *bitSink {
+	return &bitSink{channels: channels, last: map[[2]int]int{}, bits: map[int][][]uint64{}}
 }
 
 func (k *bitSink) add(payload []byte, _ time.Time) {
@@ -252,9 +251,12 @@ func (k *bitSink) add(payload []byte, _ time.Time) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.total++
-	if !ok || p >= len(k.bits) || c >= len(k.bits[p]) {
+	if !ok || c >= k.channels {
 		k.bad++
 		return
+	}
+	if k.bits[p] == nil {
+		k.bits[p] = make([][]uint64, k.channels)
 	}
 	b := k.bits[p][c]
 	for len(b) <= s/64 {
@@ -281,15 +283,40 @@ func (k *bitSink) count() int64 {
 	return k.total
 }
 
-// received is the number of distinct messages.
-func (k *bitSink) received() int {
+// expected is how many of p's publishes the sink should have: those
+// that returned nil, on its channels.
+func (k *bitSink) expected(p *publishers) int {
+	return k.count2(p, false)
+}
+
+// received is how many of p's publishes the sink got.
+func (k *bitSink) received(p *publishers) int {
+	return k.count2(p, true)
+}
+
+func (k *bitSink) count2(p *publishers, got bool) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	n := 0
-	for _, byCh := range k.bits {
-		for _, b := range byCh {
-			for _, w := range b {
-				n += bits.OnesCount64(w)
+	for pi, byCh := range p.recs {
+		for ci, rs := range byCh {
+			if k.chans != nil && !slices.Contains(k.chans, ci) {
+				continue
+			}
+			if !got {
+				for _, r := range rs {
+					if r.ok {
+						n++
+					}
+				}
+				continue
+			}
+			if b := k.bits[p.base+pi]; b != nil {
+				for _, w := range b[ci] {
+					n += bits.OnesCount64(w)
+				}
 			}
 		}
 	}
@@ -336,9 +363,12 @@ func TestSoak(t *testing.T) {
 		publishers = 4
 		channels   = 32
 		fanoutSubs = 3
-		wsSubs     = 20
-		soakFor    = 5 * time.Minute
+		wsSubs     = 40
 	)
+	soakFor := 5 * time.Minute
+	if d, err := time.ParseDuration(os.Getenv("PUBMESH_CHAOS_SOAK")); err == nil && d > 0 {
+		soakFor = d // for trying the soak out; make chaos runs the 5 minutes
+	}
 	p := paramsFor()
 	c := newCluster(t, p, false)
 	var nodes []*node
@@ -356,18 +386,21 @@ func TestSoak(t *testing.T) {
 	for range fanoutSubs {
 		fc := c.client(c.fanoutConfig(1))
 		c.waitReady(within, fc)
-		k := newBitSink(publishers, channels)
+		k := newBitSink(channels)
 		fanoutRecord(t, fc, channels, k)
 		sinks = append(sinks, k)
 	}
-	all := make([]int, channels)
-	for i := range all {
-		all[i] = i
-	}
+	// Each WebSocket client follows 4 channels, as a browser follows a few
+	// feeds (every channel has wsSubs*4/channels of them).
 	var wss []*rclient
-	for range wsSubs {
-		k := newBitSink(publishers, channels)
-		rc := newRClient(gw.url(), all, k)
+	for i := range wsSubs {
+		var mine []int
+		for j := range 4 {
+			mine = append(mine, (i*4+j)%channels)
+		}
+		k := newBitSink(channels)
+		k.chans = mine
+		rc := newRClient(gw.url(), mine, k)
 		go rc.run()
 		t.Cleanup(rc.close)
 		wss = append(wss, rc)
@@ -383,10 +416,16 @@ func TestSoak(t *testing.T) {
 	})
 	c.waitReady(within, pubClients...)
 
-	// The maximum rate: 64 goroutines publish as fast as they can for 10 s
-	// (closed loop); the rate is what the slowest subscriber received,
-	// over the time it took to receive it.
-	maxRate := measureMaxRate(t, pubClients, sinks, channels)
+	maxRate := measureMaxRate(t, pubClients, sinks, wss, channels)
+	if maxRate == 0 {
+		t.Fatal("the setup does not sustain even 1000 msg/s")
+	}
+	connectsBefore := 0
+	for _, rc := range wss {
+		rc.mu.Lock()
+		connectsBefore += rc.connects
+		rc.mu.Unlock()
+	}
 	rate := maxRate / 2
 	perPub := max(rate/publishers, 1)
 	t.Logf("maximum rate %d msg/s; soaking at %d msg/s for %s", maxRate, perPub*publishers, soakFor)
@@ -399,35 +438,32 @@ func TestSoak(t *testing.T) {
 	end := c.snapshot(t, nodes)
 	pubs.finish()
 	published := pubs.published()
-	quiesce(sinks, int64(published), 2*time.Minute)
+	for _, k := range sinks {
+		deadline := time.Now().Add(2 * time.Minute)
+		for k.received(pubs) < k.expected(pubs) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	elapsed := time.Since(startAt)
 
 	lost, dups, ooo := 0, 0, 0
 	for _, k := range sinks {
-		got := 0
+		lost += k.expected(pubs) - k.received(pubs)
 		k.mu.Lock()
-		for pi := range publishers {
-			for _, b := range k.bits[pi] {
-				for _, w := range b {
-					got += bits.OnesCount64(w)
-				}
-			}
-		}
 		dups += k.dups
 		ooo += k.outOfOrder
 		k.mu.Unlock()
-		lost += published - got
 	}
-	reconnects := 0
+	reconnects := -connectsBefore
 	for _, rc := range wss {
 		rc.mu.Lock()
-		reconnects += rc.connects - 1
+		reconnects += rc.connects
 		rc.mu.Unlock()
 	}
 	pubs.mu.Lock()
 	failed := pubs.failed
 	pubs.mu.Unlock()
-	recordLoad("soak: %d messages published over %s at %d msg/s (half of the %d msg/s measured as the maximum with this setup: %d publishers, %d channels, %d fanout and %d WebSocket subscribers on every channel, 3 nodes), "+
+	recordLoad("soak: %d messages published over %s at %d msg/s (half of the %d msg/s measured as the maximum with this setup: %d publishers, %d channels, %d fanout subscribers on every channel and %d WebSocket clients on 4 channels each, 3 nodes), "+
 		"%d failed; lost %d, duplicated %d, out of order %d over all subscribers; WebSocket reconnects %d. From the start (after 30 s of warm-up) to the end: "+
 		"gateway goroutines %d → %d, heap in use %s → %s, RSS %s → %s; agents' RSS %s → %s; redis-servers' RSS %s → %s; test process (clients) goroutines %d → %d",
 		published, (soakFor + 30*time.Second).Round(time.Second), perPub*publishers, maxRate, publishers, channels, fanoutSubs, wsSubs,
@@ -458,53 +494,90 @@ func TestSoak(t *testing.T) {
 	}
 }
 
-// measureMaxRate publishes from 64 goroutines as fast as they can for 10 s
-// and returns the rate at which the slowest subscriber received them. The
-// payloads use publisher numbers len(pubs).. so they do not mix with the
-// soak's.
-func measureMaxRate(t *testing.T, pubs []*fanout.Client, sinks []*bitSink, channels int) int {
+// measureMaxRate finds the highest publish rate the setup sustains: open
+// loop steps of 10 s, from 1000 msg/s doubling (then one step halfway
+// between the last that passed and the first that failed), each passing if
+// the publishers reach 90% of the rate without an error, every subscriber
+// gets every message within 3 s of the step's end, and no WebSocket client
+// had to reconnect. It returns the last rate that passed, and leaves the sinks
+// empty.
+func measureMaxRate(t *testing.T, pubs []*fanout.Client, sinks []*bitSink, wss []*rclient, channels int) int {
 	t.Helper()
-	before := make([]int64, len(sinks))
-	for i, k := range sinks {
-		before[i] = k.count()
-	}
-	var sent atomic.Int64
-	start := time.Now()
-	stop := time.Now().Add(10 * time.Second)
-	var wg sync.WaitGroup
-	for g := range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := pubs[g%len(pubs)]
-			var buf bytes.Buffer
-			for s := 0; time.Now().Before(stop); s++ {
-				buf.Reset()
-				// Publisher numbers beyond the soak's: bitSink counts them
-				// as bad payloads, which is what we want here (only counted).
-				fmt.Fprintf(&buf, "[%d,%d,%d]", 1000+g, s%channels, s)
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				if c.Publish(ctx, channelName(s%channels), buf.Bytes()) == nil {
-					sent.Add(1)
-				}
-				cancel()
-			}
-		}()
-	}
-	wg.Wait()
-	total := sent.Load()
-	var slowest time.Duration
-	for i, k := range sinks {
-		deadline := time.Now().Add(2 * time.Minute)
-		for k.count()-before[i] < total && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
+	connects := func() int {
+		n := 0
+		for _, rc := range wss {
+			rc.mu.Lock()
+			n += rc.connects
+			rc.mu.Unlock()
 		}
-		slowest = max(slowest, time.Since(start))
+		return n
 	}
-	for _, k := range sinks { // the burst is not part of the soak's accounting
-		k.mu.Lock()
-		k.bad, k.total = 0, 0
-		k.mu.Unlock()
+	const stepFor = 10 * time.Second
+	best, steps := 0, 0
+	step := func(rate int) bool {
+		// The WebSocket clients a failed step disconnected must be back.
+		waitUntil(t, within, "the WebSocket subscribers to be back", func() bool {
+			for _, rc := range wss {
+				if !rc.subscribedNow() {
+					return false
+				}
+			}
+			return true
+		})
+		time.Sleep(2 * time.Second) // and the previous step drained
+		for _, k := range sinks {
+			k.reset()
+		}
+		before := connects()
+		perPub := rate / len(pubs)
+		steps++
+		p := startPublishersAt(t, 1000*steps, pubs, channels, perPub) // ids of its own
+		time.Sleep(stepFor)
+		p.finish()
+		published := p.published()
+		p.mu.Lock()
+		failed, slowest := p.failed, p.slowest
+		p.mu.Unlock()
+		deadline := time.Now().Add(3 * time.Second)
+		kept := true
+		for _, k := range sinks {
+			for k.received(p) < k.expected(p) && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			kept = kept && k.received(p) >= k.expected(p)
+		}
+		reached := float64(published) / stepFor.Seconds() / float64(perPub*len(pubs))
+		t.Logf("max rate: %d msg/s offered, %.0f%% published (slowest publish %s), %d failed, every subscriber kept up: %v, reconnects %d",
+			perPub*len(pubs), 100*reached, slowest.Round(time.Millisecond), failed, kept, connects()-before)
+		return failed == 0 && reached >= 0.9 && kept && connects() == before
 	}
-	return int(float64(total) / slowest.Seconds())
+	rate := 1000
+	for ; rate <= 128000 && step(rate); rate *= 2 {
+		best = rate
+	}
+	if best > 0 && rate <= 128000 && step(best*3/2) { // between the last that passed and the first that failed
+		best = best * 3 / 2
+	}
+	waitUntil(t, within, "the WebSocket subscribers to be back", func() bool {
+		for _, rc := range wss {
+			if !rc.subscribedNow() {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(2 * time.Second) // let the last step drain before the sinks start over
+	for _, k := range sinks {
+		k.reset()
+	}
+	return best
+}
+
+// reset empties the sink.
+func (k *bitSink) reset() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	clear(k.bits)
+	clear(k.last)
+	k.dups, k.outOfOrder, k.bad, k.total = 0, 0, 0, 0
 }

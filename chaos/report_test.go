@@ -168,6 +168,17 @@ func mode() string {
 	return "short"
 }
 
+// loadAtStart is the 1-minute load average when the run started.
+var loadAtStart = func() string { b, _ := os.ReadFile("/proc/loadavg"); return loadAvg(b) }()
+
+func loadAvg(b []byte) string {
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
+}
+
 // writeReport replaces this mode's section of the report file named by
 // PUBMESH_CHAOS_REPORT (make chaos: docs/reliability.md) with this run's
 // table and load results. The rest of the file is kept.
@@ -182,8 +193,10 @@ func writeReport() error {
 		cmd = "PUBMESH_CHAOS_REPORT=docs/reliability.md go test -count=1 ./chaos  # the short version, as in make test"
 	}
 	host, _ := os.Hostname()
+	load, _ := os.ReadFile("/proc/loadavg")
 	var b strings.Builder
-	fmt.Fprintf(&b, "Measured %s on %s (%d CPUs, %s/%s), by:\n\n    %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, cmd)
+	fmt.Fprintf(&b, "Measured %s on %s (%d CPUs, %s/%s; load average at the start %s, at the end %s, on a machine shared with other work), by:\n\n    %s\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, loadAtStart, loadAvg(load), cmd)
 	fmt.Fprintf(&b, "Load: %d publishers × %d msg/s over %d channels; %d fanout and %d WebSocket subscribers on every channel; %d nodes; "+
 		"agents with --health-interval %s --health-failures %d --lease-ttl %s; %s of load before the fault and %s after recovery.\n\n",
 		p.publishers, p.rate, p.channels, p.fanoutSubs, p.wsSubs, p.nodes, p.healthInterval, p.healthFailures, p.leaseTTL, p.pre, p.post)
