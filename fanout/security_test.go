@@ -116,6 +116,10 @@ func TestSecureCluster(t *testing.T) {
 	newClient := func(c fanout.Config) *fanout.Client {
 		t.Helper()
 		c.Etcd, c.Cluster, c.Logger, c.WaitReady = etcdCfg, "secure", quietLog(), time.Second
+		// A TLS handshake that times out is, rightly, "not answering"
+		// rather than a refusal; on a starved machine (load average 11 seen
+		// in CI) it can take seconds, so give the refusal time to arrive.
+		c.DialTimeout = 10 * time.Second
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		cl, err := fanout.New(ctx, c)
