@@ -220,7 +220,9 @@ func TestEtcdRestartKeepsNodesAndLeases(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w := f.reg.Watch(ctx, discovery.WatchOptions{ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 300 * time.Millisecond})
-	g, err := f.reg.Register(ctx, node("a", discovery.StateReady), discovery.RegisterOptions{TTL: 2 * time.Second})
+	// The default TTL: the lease survives only if the client reaches the
+	// restarted etcd within one TTL, which a starved machine may not do in 2s.
+	g, err := f.reg.Register(ctx, node("a", discovery.StateReady), discovery.RegisterOptions{TTL: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +233,7 @@ func TestEtcdRestartKeepsNodesAndLeases(t *testing.T) {
 	if ids(s) != "a=ready" || s.Err == nil {
 		t.Fatalf("stale snapshot %q (err %v): the last known set must be kept", ids(s), s.Err)
 	}
-	time.Sleep(3 * time.Second) // longer than the TTL: the client-side keep-alive gives up
+	time.Sleep(6 * time.Second) // longer than the TTL: the client-side keep-alive gives up
 	if err := f.srv.Restart(); err != nil {
 		t.Fatal(err)
 	}

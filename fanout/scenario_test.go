@@ -286,7 +286,8 @@ func TestScenarios(t *testing.T) {
 			r := l.finish()
 			t.Logf("%s: published %d (failed %d, slowest publish %s); per subscriber received %v, lost %v, duplicates %v, out of order %v",
 				tc.name, r.published, r.failed, r.slowest.Round(time.Millisecond), r.received, r.lost, r.dups, r.outOfOrder)
-			if r.published < 200 {
+			if r.published < 50 { // traffic flowed; the rate itself is the machine's
+
 				t.Errorf("only %d messages published", r.published)
 			}
 			if r.failed > 0 {
