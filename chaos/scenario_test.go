@@ -216,15 +216,12 @@ func runScenario(t *testing.T, sc scenario) {
 	}
 	// A publish gives up on a faulted node after PublishTimeout (1 s by
 	// default) and then succeeds on the next one; 1.5 s more for the
-	// machine.
-	// The full run checks the documented bound. The short run, inside
-	// `make test` next to other packages under -race on a shared 2-core
-	// machine, only checks that no publish hangs: at a load average of 17 a
-	// partition's publishes took up to 5 s although none failed.
-	bound := slowestPublish
-	if !full() {
-		bound = 4 * slowestPublish
-	}
+	// machine. That is what the table reports; the assertion only checks
+	// that no publish hangs, as the machine is shared: at a load average
+	// of 17 a partition's publishes took up to 5 s (short run, -race), and
+	// at 19 an etcd outage's 3.8 s (full run), although none failed.
+	// fanout's TestPublishTimeoutBoundsAttempt checks the bound itself.
+	bound := 4 * slowestPublish
 	if res.slowest > bound {
 		t.Errorf("slowest publish took %s, want at most %s", res.slowest.Round(time.Millisecond), bound)
 	}
