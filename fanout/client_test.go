@@ -42,7 +42,7 @@ func TestPublishSubscribeAcrossNodes(t *testing.T) {
 		}
 		next[m.Channel]++
 		nodes[m.Node] = true
-		if m.ID == "" || m.PublishedAt.IsZero() {
+		if m.ID() == "" || m.PublishedAt.IsZero() {
 			t.Fatalf("message without id or time: %+v", m)
 		}
 	}

@@ -102,24 +102,60 @@ func TestRankPutsSuspectsLast(t *testing.T) {
 }
 
 func TestDedupWindow(t *testing.T) {
-	d := newDedup(3)
-	for i := uint64(1); i <= 3; i++ {
-		if !d.add(msgKey{pub: 1, seq: i}) {
-			t.Fatalf("seq %d seen as duplicate", i)
-		}
+	pub := streamKey{pub: 1}
+	pat := streamKey{pub: 1, pattern: patternKey("p*")}
+	other := streamKey{pub: 2}
+	type add struct {
+		k    streamKey
+		seq  uint64
+		want bool // new
 	}
-	if d.add(msgKey{pub: 1, seq: 2}) {
-		t.Fatal("duplicate within the window accepted")
+	tests := []struct {
+		name   string
+		window int
+		adds   []add
+	}{
+		{"in order, then a repeat", 64, []add{{pub, 1, true}, {pub, 2, true}, {pub, 3, true}, {pub, 2, false}, {pub, 3, false}}},
+		{"a pattern is its own stream", 64, []add{{pub, 5, true}, {pat, 5, true}, {pat, 5, false}, {pub, 5, false}}},
+		{"publishers are separate", 64, []add{{pub, 9, true}, {other, 9, true}, {other, 9, false}}},
+		{"late but inside the window, once", 64, []add{{pub, 10, true}, {pub, 50, true}, {pub, 20, true}, {pub, 20, false}, {pub, 10, false}}},
+		{"a gap is not seen", 128, []add{{pub, 1, true}, {pub, 200, true}, {pub, 100, true}, {pub, 150, true}, {pub, 199, true}, {pub, 100, false}}},
+		{"older than the window passes", 64, []add{{pub, 1, true}, {pub, 65, true}, {pub, 1, true}, {pub, 1, true}, {pub, 2, true}, {pub, 2, false}}},
+		{"the ring slot of a seq n older is reused", 64, []add{{pub, 3, true}, {pub, 67, true}, {pub, 67, false}, {pub, 66, true}, {pub, 3, true}}},
+		{"a jump beyond the window clears it", 64, []add{{pub, 7, true}, {pub, 8, true}, {pub, 1000, true}, {pub, 999, true}, {pub, 1000, false}, {pub, 936, true}, {pub, 937, true}, {pub, 937, false}, {pub, 8, true}}},
+		{"word-sized gaps", 256, []add{{pub, 1, true}, {pub, 64, true}, {pub, 300, true}, {pub, 64, false}, {pub, 65, true}, {pub, 128, true}, {pub, 192, true}, {pub, 256, true}, {pub, 299, true}, {pub, 300, false}, {pub, 128, false}}},
+		{"window rounded up to 64", 3, []add{{pub, 1, true}, {pub, 60, true}, {pub, 1, false}}},
 	}
-	if !d.add(msgKey{pub: 1, seq: 2, pattern: patternKey("p*")}) {
-		t.Fatal("same message through a pattern counted as duplicate")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := newDedup(tt.window, 16)
+			for i, a := range tt.adds {
+				if got := d.add(a.k, a.seq); got != a.want {
+					t.Fatalf("add #%d (%+v seq %d) = %v, want %v", i, a.k, a.seq, got, a.want)
+				}
+			}
+		})
 	}
-	d.add(msgKey{pub: 1, seq: 4})
-	if !d.add(msgKey{pub: 1, seq: 1}) {
-		t.Fatal("key beyond the window still remembered")
+}
+
+// TestDedupForgetsLeastRecentStream: beyond maxStreams publishers the one
+// seen least recently is forgotten (its duplicates pass again), the others
+// are kept.
+func TestDedupForgetsLeastRecentStream(t *testing.T) {
+	d := newDedup(64, 3)
+	for pub := uint64(1); pub <= 3; pub++ {
+		d.add(streamKey{pub: pub}, 10)
 	}
-	if len(d.set) != 3 {
-		t.Fatalf("window holds %d keys, want 3", len(d.set))
+	d.add(streamKey{pub: 1}, 11) // 2 is now the least recent
+	d.add(streamKey{pub: 4}, 10)
+	if len(d.streams) != 3 {
+		t.Fatalf("%d streams remembered, want 3", len(d.streams))
+	}
+	if !d.add(streamKey{pub: 2}, 10) {
+		t.Fatal("the least recent stream was not forgotten")
+	}
+	if d.add(streamKey{pub: 4}, 10) {
+		t.Fatal("the newest stream was forgotten")
 	}
 }
 
@@ -152,9 +188,10 @@ func BenchmarkRendezvousPick(b *testing.B) {
 }
 
 func BenchmarkDedup(b *testing.B) {
-	d := newDedup(65536)
+	d := newDedup(65536, dedupStreams)
 	b.ReportAllocs()
 	for i := range b.N {
-		d.add(msgKey{pub: 7, seq: uint64(i)})
+		// 4 publishers, a subscriber that sees every 3rd message of each.
+		d.add(streamKey{pub: uint64(i % 4)}, uint64(i/4)*3)
 	}
 }

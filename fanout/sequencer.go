@@ -7,18 +7,14 @@ import (
 )
 
 // orderKey is one ordered stream: one publisher on one channel, as seen
-// through one subscription kind (channel, or a pattern). Like msgKey it holds
-// hashes, not strings, so the table is cheap to hash and is not scanned by
+// through one subscription kind (channel, or a pattern). Like streamKey it
+// holds hashes, not strings, so the table is cheap to hash and is not scanned by
 // the garbage collector; two streams would share an entry only if both
 // hashes collided (2^-64 per pair).
 type orderKey struct {
 	pub     uint64
 	channel uint64 // channelHash of the channel
 	pattern uint64 // patternKey of the pattern
-}
-
-func streamOf(env envelope, m *Message) orderKey {
-	return orderKey{env.pub, channelHash(m.Channel), patternKey(m.Pattern)}
 }
 
 type held struct {
@@ -54,7 +50,7 @@ type sequencer struct {
 }
 
 func newSequencer(dedupN int, window time.Duration, m *metrics, deliver func(*Message, string)) *sequencer {
-	return &sequencer{dedup: newDedup(dedupN), last: make(map[orderKey]uint64), lastMax: dedupN, window: window, deliver: deliver, m: m}
+	return &sequencer{dedup: newDedup(dedupN, dedupStreams), last: make(map[orderKey]uint64), lastMax: dedupN, window: window, deliver: deliver, m: m}
 }
 
 // push takes one message from a node. ok is false for a raw message
@@ -66,11 +62,12 @@ func (s *sequencer) push(m *Message, pattern string, env envelope, ok bool) {
 		s.deliver(m, pattern)
 		return
 	}
-	if !s.dedup.add(msgKey{env.pub, env.seq, patternKey(pattern)}) {
+	pk := patternKey(pattern)
+	if !s.dedup.add(streamKey{env.pub, pk}, env.seq) {
 		s.m.duplicates.Inc()
 		return
 	}
-	k := streamOf(env, m)
+	k := orderKey{env.pub, channelHash(m.Channel), pk}
 	last, known := s.last[k]
 	if known && env.prev > last {
 		s.held = append(s.held, held{m: m, env: env, key: k, expires: time.Now().Add(s.window)})
@@ -80,25 +77,40 @@ func (s *sequencer) push(m *Message, pattern string, env envelope, ok bool) {
 		}
 		return
 	}
-	s.emit(k, m, env, known && env.seq < last)
-	s.release(k)
+	if known && env.seq < last {
+		s.m.outOfOrder.Inc()
+	}
+	s.advance(k, last, known, env.seq)
+	s.deliver(m, m.Pattern)
+	if len(s.held) > 0 {
+		s.release(k)
+	}
 }
 
+// emit delivers m of stream k, which may come after a later message of the
+// stream (late).
 func (s *sequencer) emit(k orderKey, m *Message, env envelope, late bool) {
 	if late {
 		s.m.outOfOrder.Inc()
 	}
-	if _, known := s.last[k]; !known {
+	last, known := s.last[k]
+	s.advance(k, last, known, env.seq)
+	s.deliver(m, m.Pattern)
+}
+
+// advance records seq as delivered on stream k, whose highest delivered seq
+// was last (if known).
+func (s *sequencer) advance(k orderKey, last uint64, known bool, seq uint64) {
+	if !known {
 		s.lastQ = append(s.lastQ, k)
 		if len(s.lastQ) > s.lastMax {
 			delete(s.last, s.lastQ[0])
 			s.lastQ = s.lastQ[1:]
 		}
 	}
-	if env.seq > s.last[k] {
-		s.last[k] = env.seq
+	if !known || seq > last {
+		s.last[k] = seq
 	}
-	s.deliver(m, m.Pattern)
 }
 
 // release delivers held messages of stream k whose predecessor is now in.

@@ -15,13 +15,22 @@ type Message struct {
 	// Pattern is the pattern that matched, for PSubscribe subscriptions.
 	Pattern string
 	Payload []byte
-	// ID is "<publisher>-<seq>", unique per message; empty for a message
-	// published without pubmesh's envelope (e.g. by redis-cli).
-	ID string
 	// PublishedAt is when Publish was called (zero without an envelope).
 	PublishedAt time.Time
 	// Node is the id of the node the message came through.
 	Node string
+
+	pub, seq uint64 // from the envelope; 0 without one
+}
+
+// ID is "<publisher>-<seq>", unique per message; empty for a message
+// published without pubmesh's envelope (e.g. by redis-cli). It is formatted
+// on each call (most subscribers never ask for it).
+func (m *Message) ID() string {
+	if m.pub == 0 {
+		return ""
+	}
+	return envelope{pub: m.pub, seq: m.seq}.id()
 }
 
 // Subscription receives the messages of its channels or patterns. Its

@@ -79,7 +79,7 @@ func TestRawRedisPublishIsDelivered(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := recv(t, sub, 1, 5*time.Second)[0]
-	if string(m.Payload) != "plain text" || m.ID != "" || !m.PublishedAt.IsZero() {
+	if string(m.Payload) != "plain text" || m.ID() != "" || !m.PublishedAt.IsZero() {
 		t.Fatalf("got %+v", m)
 	}
 }
@@ -198,5 +198,52 @@ func TestSubscribeDoesNotWaitForADeadNode(t *testing.T) {
 	}
 	if m := recv(t, sub, 1, 5*time.Second)[0]; string(m.Payload) != "hi" {
 		t.Fatalf("got %q", m.Payload)
+	}
+}
+
+// TestPayloadsAreNotShared: a delivered payload belongs to its message.
+// The client hands go-redis's read buffer to the subscriber without a copy
+// (fanout.ownedBytes), which is right only while go-redis reads every
+// payload into a buffer of its own; messages held while later ones are
+// read must keep their bytes, and changing one changes no other.
+func TestPayloadsAreNotShared(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.node("n1", discovery.StateReady)
+	c := e.client(fanout.Config{SubscriptionBuffer: 1000})
+	ctx := context.Background()
+	sub, err := c.Subscribe(ctx, "owned")
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := func(i int) []byte {
+		b := make([]byte, 3+(i*37)%3000)
+		for j := range b {
+			b[j] = byte('a' + (i+j)%26)
+		}
+		return b
+	}
+	const n = 500
+	for i := range n {
+		if err := c.Publish(ctx, "owned", payload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := recv(t, sub, n, 10*time.Second)
+	for i, m := range got {
+		m.Payload[0] = '!'
+		m.Payload[len(m.Payload)-1] = '!'
+		if i > 0 {
+			if want := payload(i - 1); string(got[i-1].Payload[1:len(want)-1]) != string(want[1:len(want)-1]) {
+				t.Fatalf("message %d changed when %d was read or changed", i-1, i)
+			}
+		}
+	}
+	for i, m := range got {
+		want := payload(i)
+		want[0], want[len(want)-1] = '!', '!'
+		if string(m.Payload) != string(want) {
+			t.Fatalf("message %d: %d bytes %.20q..., want %d bytes %.20q...", i, len(m.Payload), m.Payload, len(want), want)
+		}
 	}
 }

@@ -170,7 +170,7 @@ func (b *hub) release(c *conn, ch *channel) {
 func (b *hub) pump(sh *hubShard, ch *channel, feed *fanout.Subscription) {
 	for m := range feed.Messages() {
 		b.h.metrics.messagesFanout.Inc()
-		f := &outFrame{b: encodeMessage(ch.name, m.Payload, m.ID, m.PublishedAt), msg: true}
+		f := &outFrame{b: encodeMessage(ch.name, m.Payload, m.ID(), m.PublishedAt), msg: true}
 		for _, c := range *ch.subs.Load() {
 			c.enqueue(f)
 		}

@@ -81,7 +81,7 @@ func subscribeAction(c *cli.Context) error {
 			return nil
 		}
 		if c.Bool("json") {
-			err = enc.Encode(jsonMessage{Channel: m.Channel, Pattern: m.Pattern, ID: m.ID, Time: m.PublishedAt, Node: m.Node, Payload: string(m.Payload)})
+			err = enc.Encode(jsonMessage{Channel: m.Channel, Pattern: m.Pattern, ID: m.ID(), Time: m.PublishedAt, Node: m.Node, Payload: string(m.Payload)})
 		} else {
 			out.Write(m.Payload)
 			err = out.WriteByte('\n')

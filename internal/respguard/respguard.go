@@ -22,6 +22,7 @@
 package respguard
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -144,9 +145,9 @@ func (c *Conn) scan(b []byte) *Error {
 			}
 			continue
 		}
-		i := 0
-		for i < len(b) && b[i] != '\n' {
-			i++
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			i = len(b)
 		}
 		if len(c.line) < 32 {
 			c.line = append(c.line, b[:min(i, 32-len(c.line))]...)
