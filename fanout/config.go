@@ -59,9 +59,13 @@ type Config struct {
 	SubscriptionBuffer int
 	// Overflow is what a full subscription buffer does. Default: DropOldest.
 	Overflow Overflow
-	// DedupWindow is how many recent message ids the client remembers to
-	// drop duplicates (from Replicas: 2 or from a publish retried on another
-	// node). Default: 65536.
+	// DedupWindow is how many of each publisher's latest sequence numbers
+	// the client remembers to drop duplicates (from Replicas: 2 or from a
+	// publish retried on another node): a copy that comes more than
+	// DedupWindow of that publisher's messages late is delivered again. It
+	// costs DedupWindow/8 bytes per publisher seen (at most 1024 publishers
+	// are remembered, the least recently seen forgotten first). Default:
+	// 65536.
 	DedupWindow int
 	// ReorderWindow is how long a message that overtook an earlier one from
 	// the same publisher on the same channel (possible only while the ready
