@@ -2,8 +2,6 @@ package broker_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,6 +16,7 @@ import (
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/devcerts"
 	"github.com/pubmesh/pubmesh/internal/testredis"
+	"github.com/pubmesh/pubmesh/internal/testtls"
 )
 
 // A node with TLS (mutual), a pub/sub-only ACL user and a second password
@@ -72,21 +71,14 @@ func TestAgentTLSAndACL(t *testing.T) {
 	noSecret(t, "the redis-server command line", string(cmdline), secrets)
 	noSecret(t, "etcd", etcdDump(t, reg), secrets)
 
-	client := func(user, pass string, cert *devcerts.Pair) *redis.Client {
-		tc := &tls.Config{RootCAs: pool(t, certs.CA)}
-		if cert != nil {
-			pair, err := tls.LoadX509KeyPair(cert.Cert, cert.Key)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tc.Certificates = []tls.Certificate{pair}
-		}
+	client := func(user, pass string, cert devcerts.Pair) *redis.Client {
+		tc := testtls.Client(t, certs.CA, cert)
 		rdb := redis.NewClient(&redis.Options{Addr: n.Addr, Username: user, Password: pass, TLSConfig: tc, MaxRetries: -1, DisableIdentity: true, DialTimeout: 2 * time.Second})
 		t.Cleanup(func() { rdb.Close() })
 		return rdb
 	}
 	ctx := context.Background()
-	app := client("app", cfg.Password, &certs.Client)
+	app := client("app", cfg.Password, certs.Client)
 	if err := app.Ping(ctx).Err(); err != nil {
 		t.Fatalf("PING with the right credentials: %v", err)
 	}
@@ -96,7 +88,7 @@ func TestAgentTLSAndACL(t *testing.T) {
 	if err := app.ConfigGet(ctx, "port").Err(); err == nil || !strings.HasPrefix(err.Error(), "NOPERM") {
 		t.Errorf("CONFIG GET as the pub/sub user: %v, want NOPERM", err)
 	}
-	if err := client("app", cfg.ExtraPasswords[0], &certs.Client).Ping(ctx).Err(); err != nil {
+	if err := client("app", cfg.ExtraPasswords[0], certs.Client).Ping(ctx).Err(); err != nil {
 		t.Errorf("PING with the extra (rotation) password: %v", err)
 	}
 	for _, tc := range []struct {
@@ -104,10 +96,10 @@ func TestAgentTLSAndACL(t *testing.T) {
 		rdb  *redis.Client
 		want string
 	}{
-		{"wrong password", client("app", "wrong", &certs.Client), "WRONGPASS"},
-		{"the disabled default user", client("", cfg.Password, &certs.Client), "WRONGPASS"},
-		{"no password", client("", "", &certs.Client), "NOAUTH"},
-		{"no client certificate", client("app", cfg.Password, nil), ""},
+		{"wrong password", client("app", "wrong", certs.Client), "WRONGPASS"},
+		{"the disabled default user", client("", cfg.Password, certs.Client), "WRONGPASS"},
+		{"no password", client("", "", certs.Client), "NOAUTH"},
+		{"no client certificate", client("app", cfg.Password, devcerts.Pair{}), ""},
 	} {
 		err := tc.rdb.Ping(ctx).Err()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -196,17 +188,6 @@ func TestValidateRefusesTheUnsafe(t *testing.T) {
 			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
 		}
 	}
-}
-
-func pool(t *testing.T, ca string) *x509.CertPool {
-	t.Helper()
-	b, err := os.ReadFile(ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := x509.NewCertPool()
-	p.AppendCertsFromPEM(b)
-	return p
 }
 
 // etcdDump is every key and value of the registry's cluster.

@@ -2,10 +2,7 @@ package fanout_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,26 +14,8 @@ import (
 	"github.com/pubmesh/pubmesh/internal/devcerts"
 	"github.com/pubmesh/pubmesh/internal/embedetcd"
 	"github.com/pubmesh/pubmesh/internal/freeport"
+	"github.com/pubmesh/pubmesh/internal/testtls"
 )
-
-// tlsConfig trusts ca and presents cert, if given.
-func tlsConfig(t *testing.T, ca string, cert *devcerts.Pair) *tls.Config {
-	t.Helper()
-	b, err := os.ReadFile(ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc := &tls.Config{RootCAs: x509.NewCertPool()}
-	tc.RootCAs.AppendCertsFromPEM(b)
-	if cert != nil {
-		pair, err := tls.LoadX509KeyPair(cert.Cert, cert.Key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tc.Certificates = []tls.Certificate{pair}
-	}
-	return tc
-}
 
 // The secure path end to end: etcd with mutual TLS and a root password, a
 // node agent serving mutual TLS with a password, and fanout clients
@@ -76,7 +55,7 @@ func TestSecureCluster(t *testing.T) {
 	}
 	t.Cleanup(srv.Close)
 	etcdCfg := discovery.EtcdConfig{
-		Endpoints: []string{srv.Endpoint()}, TLS: tlsConfig(t, certs.CA, &certs.Client),
+		Endpoints: []string{srv.Endpoint()}, TLS: testtls.Client(t, certs.CA, certs.Client),
 		Username: "root", Password: "etcd-root-pw",
 	}
 	cli, err := discovery.Dial(context.Background(), etcdCfg)
@@ -129,7 +108,7 @@ func TestSecureCluster(t *testing.T) {
 		t.Cleanup(func() { cl.Close() })
 		return cl
 	}
-	good := fanout.Config{Password: pw, TLS: tlsConfig(t, certs.CA, &certs.Client)}
+	good := fanout.Config{Password: pw, TLS: testtls.Client(t, certs.CA, certs.Client)}
 	sub, err := newClient(good).Subscribe(context.Background(), "news")
 	if err != nil {
 		t.Fatalf("Subscribe with the right credentials: %v", err)
@@ -148,10 +127,10 @@ func TestSecureCluster(t *testing.T) {
 	}{
 		{"wrong password", fanout.Config{Password: "wrong", TLS: good.TLS}, "WRONGPASS"},
 		{"no password", fanout.Config{TLS: good.TLS}, "NOAUTH"},
-		{"wrong CA", fanout.Config{Password: pw, TLS: tlsConfig(t, other.CA, &certs.Client)}, "certificate signed by unknown authority"},
+		{"wrong CA", fanout.Config{Password: pw, TLS: testtls.Client(t, other.CA, certs.Client)}, "certificate signed by unknown authority"},
 		{"no TLS settings", fanout.Config{Password: pw}, "the node requires TLS"},
-		{"no client certificate", fanout.Config{Password: pw, TLS: tlsConfig(t, certs.CA, nil)}, "certificate required"},
-		{"expired client certificate", fanout.Config{Password: pw, TLS: tlsConfig(t, certs.CA, &expired)}, "expired certificate"},
+		{"no client certificate", fanout.Config{Password: pw, TLS: testtls.Client(t, certs.CA, devcerts.Pair{})}, "certificate required"},
+		{"expired client certificate", fanout.Config{Password: pw, TLS: testtls.Client(t, certs.CA, expired)}, "expired certificate"},
 	} {
 		c := newClient(tc.cfg)
 		t0 := time.Now()
@@ -189,7 +168,7 @@ func TestTLSClientRefusesPlainNode(t *testing.T) {
 	}
 	e := newEnv(t)
 	rs, _ := e.node("plain", discovery.StateReady)
-	c := e.client(fanout.Config{Password: "pw", TLS: tlsConfig(t, certs.CA, nil), Logger: quietLog()})
+	c := e.client(fanout.Config{Password: "pw", TLS: testtls.Client(t, certs.CA, devcerts.Pair{}), Logger: quietLog()})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	_, err = c.Subscribe(ctx, "news")

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -26,6 +25,7 @@ import (
 	"github.com/pubmesh/pubmesh/internal/devcerts"
 	"github.com/pubmesh/pubmesh/internal/embedetcd"
 	"github.com/pubmesh/pubmesh/internal/testredis"
+	"github.com/pubmesh/pubmesh/internal/testtls"
 )
 
 // cleanEnv is the test's environment without PUBMESH_* variables (a
@@ -94,22 +94,6 @@ func etcdValues(t *testing.T, cfg discovery.EtcdConfig) string {
 	return b.String()
 }
 
-func tlsFiles(t *testing.T, ca string, cert devcerts.Pair) *tls.Config {
-	t.Helper()
-	b, err := os.ReadFile(ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc := &tls.Config{RootCAs: x509.NewCertPool()}
-	tc.RootCAs.AppendCertsFromPEM(b)
-	pair, err := tls.LoadX509KeyPair(cert.Cert, cert.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc.Certificates = []tls.Certificate{pair}
-	return tc
-}
-
 // A node serving TLS (mutual) with a password, registered through an etcd
 // with mutual TLS and a root user, and publish/subscribe through it, all as
 // real processes. Then the refusals: a wrong Redis password, a wrong CA for
@@ -160,7 +144,7 @@ func TestSecureNodeEndToEnd(t *testing.T) {
 		"--tls-cert", certs.Redis.Cert, "--tls-key", certs.Redis.Key, "--tls-client-ca", certs.CA,
 		"--health-interval", "300ms", "--join-timeout", "2s", "--drain-timeout", "2s", "--lease-ttl", "2s")
 
-	etcdCfg := discovery.EtcdConfig{Endpoints: []string{srv.Endpoint()}, TLS: tlsFiles(t, certs.CA, certs.Client), Username: "root", Password: etcdPW}
+	etcdCfg := discovery.EtcdConfig{Endpoints: []string{srv.Endpoint()}, TLS: testtls.Client(t, certs.CA, certs.Client), Username: "root", Password: etcdPW}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	cli, err := discovery.Dial(ctx, etcdCfg)
 	cancel()
@@ -430,13 +414,7 @@ func TestDevSecure(t *testing.T) {
 // waits for the ok.
 func wssSubscribe(t *testing.T, addr, ca, token, apiKey, channel string) *websocket.Conn {
 	t.Helper()
-	b, err := os.ReadFile(ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(b)
-	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: roots}, HandshakeTimeout: 10 * time.Second}
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: testtls.Pool(t, ca)}, HandshakeTimeout: 10 * time.Second}
 	u := "wss://" + addr + "/ws"
 	hdr := http.Header{}
 	if token != "" {
@@ -482,13 +460,7 @@ func wssMessage(t *testing.T, conn *websocket.Conn) string {
 // httpsClient trusts ca.
 func httpsClient(t *testing.T, ca string) *http.Client {
 	t.Helper()
-	b, err := os.ReadFile(ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(b)
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: testtls.Pool(t, ca)}}}
 }
 
 // readEnvFile reads the `export K='V'` lines of an env.sh.

@@ -2,9 +2,6 @@ package embedetcd_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,26 +10,8 @@ import (
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/devcerts"
 	"github.com/pubmesh/pubmesh/internal/embedetcd"
+	"github.com/pubmesh/pubmesh/internal/testtls"
 )
-
-// clientTLS trusts ca and presents cert (if its files are set).
-func clientTLS(t *testing.T, ca string, cert devcerts.Pair) *tls.Config {
-	t.Helper()
-	b, err := os.ReadFile(ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc := &tls.Config{RootCAs: x509.NewCertPool()}
-	tc.RootCAs.AppendCertsFromPEM(b)
-	if cert.Cert != "" {
-		pair, err := tls.LoadX509KeyPair(cert.Cert, cert.Key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tc.Certificates = []tls.Certificate{pair}
-	}
-	return tc
-}
 
 // The embedded etcd with mutual TLS and a root password: the right
 // credentials work; a wrong password, a wrong CA, no client certificate, an
@@ -77,7 +56,7 @@ func TestTLSAndAuth(t *testing.T) {
 		}
 		return err
 	}
-	good := discovery.EtcdConfig{TLS: clientTLS(t, certs.CA, certs.Client), Username: "root", Password: "s3cret-root"}
+	good := discovery.EtcdConfig{TLS: testtls.Client(t, certs.CA, certs.Client), Username: "root", Password: "s3cret-root"}
 	if err := dial(good); err != nil {
 		t.Fatalf("right credentials: %v", err)
 	}
@@ -88,10 +67,10 @@ func TestTLSAndAuth(t *testing.T) {
 	}{
 		{"wrong password", discovery.EtcdConfig{TLS: good.TLS, Username: "root", Password: "nope"}, "authentication failed"},
 		{"no user", discovery.EtcdConfig{TLS: good.TLS}, "permission denied (etcd has authentication enabled"},
-		{"wrong CA", discovery.EtcdConfig{TLS: clientTLS(t, other.CA, certs.Client), Username: "root", Password: "s3cret-root"}, "certificate signed by unknown authority"},
-		{"no client certificate", discovery.EtcdConfig{TLS: clientTLS(t, certs.CA, devcerts.Pair{}), Username: "root", Password: "s3cret-root"}, "certificate required"},
-		{"client certificate of another CA", discovery.EtcdConfig{TLS: clientTLS(t, certs.CA, other.Client), Username: "root", Password: "s3cret-root"}, "unknown certificate authority"},
-		{"expired client certificate", discovery.EtcdConfig{TLS: clientTLS(t, certs.CA, expired), Username: "root", Password: "s3cret-root"}, "expired certificate"},
+		{"wrong CA", discovery.EtcdConfig{TLS: testtls.Client(t, other.CA, certs.Client), Username: "root", Password: "s3cret-root"}, "certificate signed by unknown authority"},
+		{"no client certificate", discovery.EtcdConfig{TLS: testtls.Client(t, certs.CA, devcerts.Pair{}), Username: "root", Password: "s3cret-root"}, "certificate required"},
+		{"client certificate of another CA", discovery.EtcdConfig{TLS: testtls.Client(t, certs.CA, other.Client), Username: "root", Password: "s3cret-root"}, "unknown certificate authority"},
+		{"expired client certificate", discovery.EtcdConfig{TLS: testtls.Client(t, certs.CA, expired), Username: "root", Password: "s3cret-root"}, "expired certificate"},
 	} {
 		err := dial(tc.cfg)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
