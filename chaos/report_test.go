@@ -3,6 +3,7 @@ package chaos
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -181,11 +182,16 @@ func loadAvg(b []byte) string {
 
 // writeReport replaces this mode's section of the report file named by
 // PUBMESH_CHAOS_REPORT (make chaos: docs/reliability.md) with this run's
-// table and load results. The rest of the file is kept.
+// table and load results. The rest of the file is kept. A relative path is
+// taken from the repository's root, where the commands are typed, not from
+// this package's directory, where go test runs.
 func writeReport() error {
 	path := os.Getenv("PUBMESH_CHAOS_REPORT")
 	if path == "" {
 		return nil
+	}
+	if !filepath.IsAbs(path) {
+		path = filepath.Join("..", path)
 	}
 	p := paramsFor()
 	cmd := "make chaos  # go test -v -count=1 -timeout 60m ./chaos with PUBMESH_CHAOS=full"
