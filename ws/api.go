@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -34,6 +35,12 @@ func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request) {
 	}
 	if !p.CanPublish(channel) {
 		h.httpError(w, &Error{Code: CodeForbidden, Message: "not allowed to publish to " + channel})
+		return
+	}
+	if p.Kind == "jwt" && !h.httpPub.allow(p.Subject, time.Now()) {
+		w.Header().Set("Retry-After", "1")
+		h.httpError(w, &Error{Code: CodeRateLimited, Message: "over " + strconv.FormatFloat(h.cfg.PublishRate, 'f', -1, 64) +
+			" publishes per second for subject " + strconv.Quote(p.Subject)})
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(h.cfg.MaxPublishBytes)))

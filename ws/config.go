@@ -65,8 +65,10 @@ type Config struct {
 	// top of fanout.ValidateChannel's rules. Default: 128.
 	MaxChannelBytes int
 	// PublishRate is how many publishes per second one connection may
-	// send, with bursts of PublishBurst (error rate_limited). Negative: no
-	// limit. Default: 20.
+	// send, with bursts of PublishBurst (error rate_limited). The same
+	// limit applies to HTTP publishes made with a token, per token subject
+	// (429 rate_limited); API keys are not limited. Negative: no limit.
+	// Default: 20.
 	PublishRate float64
 	// PublishBurst. Default: 40.
 	PublishBurst int

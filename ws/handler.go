@@ -35,6 +35,7 @@ type Handler struct {
 	auth    *authenticator
 	metrics *metrics
 	hub     *hub
+	httpPub *subjectLimits // HTTP publishes per token subject; nil: no limit
 	mux     *http.ServeMux
 	up      websocket.Upgrader
 	log     *slog.Logger
@@ -73,7 +74,8 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Handler{
 		client: client, cfg: cfg, auth: auth, metrics: m, log: cfg.Logger,
-		ctx: ctx, cancel: cancel,
+		httpPub: newSubjectLimits(cfg.PublishRate, cfg.PublishBurst, maxLimitedSubjects),
+		ctx:     ctx, cancel: cancel,
 		conns: make(map[*conn]struct{}),
 		done:  make(chan struct{}),
 	}

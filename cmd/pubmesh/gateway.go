@@ -56,7 +56,7 @@ func gatewayFlags() []cli.Flag {
 		&cli.IntFlag{Name: "max-publish-bytes", Value: ws.DefaultMaxPublishBytes, Usage: "largest publish data, over WebSocket or HTTP", EnvVars: []string{"PUBMESH_MAX_PUBLISH_BYTES"}},
 		&cli.IntFlag{Name: "max-subscriptions", Value: ws.DefaultMaxSubscriptions, Usage: "subscriptions per connection (-1: no limit)", EnvVars: []string{"PUBMESH_MAX_SUBSCRIPTIONS"}},
 		&cli.IntFlag{Name: "max-channel-bytes", Value: ws.DefaultMaxChannelBytes, Usage: "longest channel name", EnvVars: []string{"PUBMESH_MAX_CHANNEL_BYTES"}},
-		&cli.Float64Flag{Name: "publish-rate", Value: ws.DefaultPublishRate, Usage: "publishes per second per connection (-1: no limit)", EnvVars: []string{"PUBMESH_PUBLISH_RATE"}},
+		&cli.Float64Flag{Name: "publish-rate", Value: ws.DefaultPublishRate, Usage: "publishes per second per WebSocket connection, and per token subject over HTTP (-1: no limit)", EnvVars: []string{"PUBMESH_PUBLISH_RATE"}},
 		&cli.IntFlag{Name: "publish-burst", Value: ws.DefaultPublishBurst, Usage: "publishes a connection may send at once above --publish-rate", EnvVars: []string{"PUBMESH_PUBLISH_BURST"}},
 		&cli.IntFlag{Name: "send-queue", Value: ws.DefaultSendQueue, Usage: "frames queued per connection; a client that lets it overflow is closed with 4008 \"slow consumer\"", EnvVars: []string{"PUBMESH_SEND_QUEUE"}},
 		&cli.DurationFlag{Name: "ping-interval", Value: ws.DefaultPingInterval, Usage: "how often idle clients are pinged; one silent for this plus 10s is closed", EnvVars: []string{"PUBMESH_PING_INTERVAL"}},
