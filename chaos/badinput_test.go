@@ -491,6 +491,26 @@ func TestBadInputTokensAndHTTP(t *testing.T) {
 		json.Unmarshal([]byte(body), &eb)
 		recordBad("HTTP publish", tc.name, fmt.Sprintf("%d `%s`: %s", code, eb.Code, truncateStr(eb.Message, 80)))
 	}
+
+	// A flood of HTTP publishes with one token: held to the WebSocket
+	// connection's allowance, per subject.
+	flooder := e.token(jwt.MapClaims{"sub": "flooder", "exp": exp.Unix(), "publish": []string{"*"}}, jwt.SigningMethodHS256, e.secret)
+	accepted, refused := 0, 0
+	for i := range 200 {
+		code, body := post("/api/publish/flood", flooder, strings.NewReader(fmt.Sprint(i)))
+		switch {
+		case code == http.StatusOK:
+			accepted++
+		case code == http.StatusTooManyRequests && strings.Contains(body, ws.CodeRateLimited):
+			refused++
+		default:
+			t.Fatalf("HTTP publish flood: %d %s after %d accepted, %d refused", code, body, accepted, refused)
+		}
+	}
+	if accepted > 100 || refused < 100 {
+		t.Errorf("HTTP publish flood: %d accepted, %d refused", accepted, refused)
+	}
+	recordBad("HTTP publish", "a flood of 200 publishes with one token", fmt.Sprintf("%d accepted (burst 40, 20/s per token subject), %d refused with 429 `rate_limited`", accepted, refused))
 }
 
 type zeros struct{}
