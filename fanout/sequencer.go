@@ -77,30 +77,25 @@ func (s *sequencer) push(m *Message, pattern string, env envelope, ok bool) {
 		}
 		return
 	}
-	if known && env.seq < last {
-		s.m.outOfOrder.Inc()
-	}
-	s.advance(k, last, known, env.seq)
-	s.deliver(m, m.Pattern)
+	s.emitAfter(k, m, env.seq, last, known)
 	if len(s.held) > 0 {
 		s.release(k)
 	}
 }
 
-// emit delivers m of stream k, which may come after a later message of the
-// stream (late).
-func (s *sequencer) emit(k orderKey, m *Message, env envelope, late bool) {
-	if late {
-		s.m.outOfOrder.Inc()
-	}
+// emit delivers m, seq of stream k.
+func (s *sequencer) emit(k orderKey, m *Message, seq uint64) {
 	last, known := s.last[k]
-	s.advance(k, last, known, env.seq)
-	s.deliver(m, m.Pattern)
+	s.emitAfter(k, m, seq, last, known)
 }
 
-// advance records seq as delivered on stream k, whose highest delivered seq
-// was last (if known).
-func (s *sequencer) advance(k orderKey, last uint64, known bool, seq uint64) {
+// emitAfter delivers m, seq of stream k, whose highest delivered seq is
+// last (if known); a message that comes after a later one is counted out
+// of order.
+func (s *sequencer) emitAfter(k orderKey, m *Message, seq, last uint64, known bool) {
+	if known && seq < last {
+		s.m.outOfOrder.Inc()
+	}
 	if !known {
 		s.lastQ = append(s.lastQ, k)
 		if len(s.lastQ) > s.lastMax {
@@ -111,6 +106,7 @@ func (s *sequencer) advance(k orderKey, last uint64, known bool, seq uint64) {
 	if !known || seq > last {
 		s.last[k] = seq
 	}
+	s.deliver(m, m.Pattern)
 }
 
 // release delivers held messages of stream k whose predecessor is now in.
@@ -123,7 +119,7 @@ func (s *sequencer) release(k orderKey) {
 				continue
 			}
 			s.held = append(s.held[:i], s.held[i+1:]...)
-			s.emit(k, h.m, h.env, false)
+			s.emit(k, h.m, h.env.seq)
 			progress = true
 			break
 		}
@@ -151,7 +147,7 @@ func (s *sequencer) expire() {
 	for _, h := range due {
 		k := h.key
 		s.m.gaps.Inc()
-		s.emit(k, h.m, h.env, h.env.seq < s.last[k])
+		s.emit(k, h.m, h.env.seq)
 		s.release(k)
 	}
 	if len(s.held) > 0 {
