@@ -394,8 +394,13 @@ func TestAgentLeaseLostAndEtcdRestart(t *testing.T) {
 	if _, err := reg.Client().Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
 		t.Fatal(err)
 	}
-	w.until(t, 10*time.Second, "gone after the revoke", gone(cfg.ID))
-	took := w.until(t, 20*time.Second, "ready again", inState(cfg.ID, discovery.StateReady))
+	// The agent registers again within milliseconds, so the watcher (latest
+	// snapshot wins) may never show the key gone: a new incarnation (the
+	// key's create revision) is what proves it was deleted and made again.
+	took := w.until(t, 20*time.Second, "ready again, registered anew", func(s discovery.Snapshot) bool {
+		m, ok := node(s, cfg.ID)
+		return ok && m.Incarnation != n.Incarnation && m.State == discovery.StateReady
+	})
 	t.Logf("ready again %s after the lease was revoked", took)
 	if m, _ := node(w.last, cfg.ID); m.RunID != n.RunID {
 		t.Errorf("run_id changed although redis did not restart")
