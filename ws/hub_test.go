@@ -332,7 +332,10 @@ func TestShutdown(t *testing.T) {
 
 func TestKeepalive(t *testing.T) {
 	t.Parallel()
-	g := newGW(t, Config{Insecure: true, PingInterval: 100 * time.Millisecond, PongTimeout: 300 * time.Millisecond}, gwOptions{})
+	// A pong timeout of 2 s keeps the live client's margin far above a
+	// scheduling delay under -race on a busy machine (300 ms was not); the
+	// silent one is still closed about 2 s in.
+	g := newGW(t, Config{Insecure: true, PingInterval: 100 * time.Millisecond, PongTimeout: 2 * time.Second}, gwOptions{})
 	live := g.dial(t, "", nil)
 	var pings atomic.Int64
 	live.c.SetPingHandler(func(data string) error {
