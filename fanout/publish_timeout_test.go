@@ -26,7 +26,11 @@ func TestPublishTimeoutBoundsAttempt(t *testing.T) {
 	e.node("n2", discovery.StateReady)
 	e.node("n3", discovery.StateReady)
 	const timeout = 300 * time.Millisecond
-	c := e.client(fanout.Config{PublishTimeout: timeout, DialTimeout: 10 * timeout, Logger: quietLog()})
+	// SuspectFor short: a warm-up publish slower than PublishTimeout on a
+	// busy machine marks its node suspect (tried last), and the SIGSTOPped
+	// node must not be skipped for that reason when the test starts.
+	const suspectFor = 200 * time.Millisecond
+	c := e.client(fanout.Config{PublishTimeout: timeout, DialTimeout: 10 * timeout, SuspectFor: suspectFor, Logger: quietLog()})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for len(c.Nodes().Ready()) < 3 {
@@ -43,6 +47,7 @@ func TestPublishTimeoutBoundsAttempt(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	time.Sleep(2 * suspectFor)
 	if err := hung.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
