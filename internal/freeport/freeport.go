@@ -8,25 +8,41 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // lowest is the bottom of the range Get draws from: above the well-known
 // and most registered service ports.
 const lowest = 10000
 
+// start and next place this process's walk over the range. Process-wide on
+// purpose: the ports are a machine-wide resource, and one walk per process
+// keeps its own tests from drawing the same port twice.
+var (
+	start = rand.IntN(1 << 20)
+	next  atomic.Int64
+)
+
 // Get returns a TCP port on 127.0.0.1 that was free a moment ago.
 //
-// It draws the port at random from below the kernel's ephemeral range
+// It takes the port from below the kernel's ephemeral range
 // (net.ipv4.ip_local_port_range), not from the kernel's own port-0
 // choice: tests stop servers and start them again on the same port (a
 // restarted etcd member, redis-server or agent), and a port from the
 // ephemeral range can meanwhile become the local end of any outgoing
 // connection on the machine, which makes the restart fail with "address
 // already in use". Below that range only another listener can take it.
+//
+// Within that range each process walks the ports in order from its own
+// random starting point: go test runs packages as parallel processes, and
+// two of them drawing at random would pick the same port between one's
+// check and its bind about once in a few thousand draws (seen in CI); two
+// walks meet only if their starting points are close.
 func Get() (int, error) {
 	if low := ephemeralLow(); low-lowest >= 1000 {
+		span := low - lowest
 		for range 200 {
-			p := lowest + rand.IntN(low-lowest)
+			p := lowest + (start+int(next.Add(1)))%span
 			if Free(net.JoinHostPort("127.0.0.1", strconv.Itoa(p))) {
 				return p, nil
 			}
