@@ -102,24 +102,11 @@ func freePort(t *testing.T) int {
 // freePorts returns the first of n consecutive free ports.
 func freePorts(t *testing.T, n int) int {
 	t.Helper()
-	for range 100 {
-		p := freePort(t)
-		if p+n > 65535 {
-			continue
-		}
-		ok := true
-		for i := 1; i < n; i++ {
-			if !freeport.Free(fmt.Sprintf("127.0.0.1:%d", p+i)) {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return p
-		}
+	p, err := freeport.GetN(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no %d consecutive free ports", n)
-	return 0
+	return p
 }
 
 // result is a finished command.

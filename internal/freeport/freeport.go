@@ -38,15 +38,28 @@ var (
 // two of them drawing at random would pick the same port between one's
 // check and its bind about once in a few thousand draws (seen in CI); two
 // walks meet only if their starting points are close.
-func Get() (int, error) {
-	if low := ephemeralLow(); low-lowest >= 1000 {
-		span := low - lowest
+func Get() (int, error) { return GetN(1) }
+
+// GetN returns the first of n consecutive TCP ports on 127.0.0.1 that were
+// all free a moment ago, for programs that number their ports from a base
+// (`pubmesh dev --base-port`). Get does not hand them out again in this
+// process until its walk comes round.
+func GetN(n int) (int, error) {
+	if low := ephemeralLow(); low-lowest >= 1000+n {
+		span := low - lowest - n + 1
+	walk:
 		for range 200 {
-			p := lowest + (start+int(next.Add(1)))%span
-			if Free(net.JoinHostPort("127.0.0.1", strconv.Itoa(p))) {
-				return p, nil
+			p := lowest + (start+int(next.Add(int64(n))))%span
+			for i := range n {
+				if !Free(net.JoinHostPort("127.0.0.1", strconv.Itoa(p+i))) {
+					continue walk
+				}
 			}
+			return p, nil
 		}
+	}
+	if n != 1 {
+		return 0, fmt.Errorf("freeport: no %d consecutive free ports below the ephemeral range", n)
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
