@@ -46,10 +46,16 @@ func Get() (int, error) { return GetN(1) }
 // process until its walk comes round.
 func GetN(n int) (int, error) {
 	if low := ephemeralLow(); low-lowest >= 1000+n {
-		span := low - lowest - n + 1
+		span := low - lowest
 	walk:
 		for range 200 {
-			p := lowest + (start+int(next.Add(int64(n))))%span
+			// This call owns the walk's next n steps; Get's next call
+			// takes the step after them.
+			first := (start + int(next.Add(int64(n))) - n + 1) % span
+			if first+n > span {
+				continue // the block would wrap round the range
+			}
+			p := lowest + first
 			for i := range n {
 				if !Free(net.JoinHostPort("127.0.0.1", strconv.Itoa(p+i))) {
 					continue walk
