@@ -141,18 +141,7 @@ func TestValidateRefusesTheUnsafe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := devcerts.LoadCA(certs.CA, certs.CAKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := devcerts.Pair{Cert: filepath.Join(dir, "old.crt"), Key: filepath.Join(dir, "old.key")}
-	oc, ok, err := ca.Issue("old", devcerts.Server, devcerts.DefaultHosts, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := devcerts.WritePair(old, oc, ok); err != nil {
-		t.Fatal(err)
-	}
+	old := testtls.Expired(t, certs, devcerts.Server)
 	// No redis-server: a config that passes the security checks fails on
 	// the binary, before it binds anything.
 	base := broker.Config{ID: "n1", Port: 7000, RedisServer: "/nonexistent/redis-server"}

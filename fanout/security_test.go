@@ -33,18 +33,7 @@ func TestSecureCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := devcerts.LoadCA(certs.CA, certs.CAKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	expired := devcerts.Pair{Cert: filepath.Join(dir, "expired.crt"), Key: filepath.Join(dir, "expired.key")}
-	ec, ek, err := ca.Issue("expired", devcerts.Client, nil, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := devcerts.WritePair(expired, ec, ek); err != nil {
-		t.Fatal(err)
-	}
+	expired := testtls.Expired(t, certs, devcerts.Client)
 
 	srv, err := embedetcd.Start(embedetcd.Config{
 		TLS:          &embedetcd.TLS{CertFile: certs.Etcd.Cert, KeyFile: certs.Etcd.Key, ClientCAFile: certs.CA},

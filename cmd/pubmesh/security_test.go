@@ -251,18 +251,7 @@ func TestSecureNodeEndToEnd(t *testing.T) {
 	}
 
 	// An expired client certificate is refused before anything connects.
-	ca, err := devcerts.LoadCA(certs.CA, certs.CAKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := devcerts.Pair{Cert: filepath.Join(dir, "old.crt"), Key: filepath.Join(dir, "old.key")}
-	oc, ok, err := ca.Issue("old", devcerts.Client, nil, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := devcerts.WritePair(old, oc, ok); err != nil {
-		t.Fatal(err)
-	}
+	old := testtls.Expired(t, certs, devcerts.Client)
 	r := runPubmeshEnv(t, 30*time.Second, with(clientEnv, "PUBMESH_ETCD_CERT="+old.Cert, "PUBMESH_ETCD_KEY="+old.Key), "nodes")
 	if r.code == 0 || !strings.Contains(r.stderr, "expired on") {
 		t.Errorf("expired etcd client certificate: exit %d: %s", r.code, r.stderr)

@@ -27,7 +27,7 @@ func TestTLSAndAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	expired := issueExpired(t, certs)
+	expired := testtls.Expired(t, certs, devcerts.Client)
 
 	dir := t.TempDir()
 	cfg := embedetcd.Config{
@@ -101,23 +101,4 @@ func TestTLSAndAuth(t *testing.T) {
 	} else if !strings.Contains(err.Error(), "root password does not work") {
 		t.Errorf("restart with another root password: %v", err)
 	}
-}
-
-// issueExpired writes a client certificate of the set's CA that expired
-// yesterday.
-func issueExpired(t *testing.T, s devcerts.Set) devcerts.Pair {
-	t.Helper()
-	ca, err := devcerts.LoadCA(s.CA, s.CAKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, key, err := ca.Issue("expired", devcerts.Client, nil, time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := devcerts.Pair{Cert: filepath.Join(t.TempDir(), "expired.crt"), Key: filepath.Join(t.TempDir(), "expired.key")}
-	if err := devcerts.WritePair(p, cert, key); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }

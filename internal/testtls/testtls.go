@@ -7,7 +7,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/pubmesh/pubmesh/internal/devcerts"
 )
@@ -39,4 +41,29 @@ func Client(tb testing.TB, ca string, cert devcerts.Pair) *tls.Config {
 		tc.Certificates = []tls.Certificate{pair}
 	}
 	return tc
+}
+
+// Expired writes a certificate for usage (devcerts.Server certificates are
+// for devcerts.DefaultHosts), signed by the CA of set, that expired an hour
+// ago, and returns its files.
+func Expired(tb testing.TB, set devcerts.Set, usage devcerts.Usage) devcerts.Pair {
+	tb.Helper()
+	ca, err := devcerts.LoadCA(set.CA, set.CAKey)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var hosts []string
+	if usage == devcerts.Server {
+		hosts = devcerts.DefaultHosts
+	}
+	cert, key, err := ca.Issue("expired", usage, hosts, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dir := tb.TempDir()
+	p := devcerts.Pair{Cert: filepath.Join(dir, "expired.crt"), Key: filepath.Join(dir, "expired.key")}
+	if err := devcerts.WritePair(p, cert, key); err != nil {
+		tb.Fatal(err)
+	}
+	return p
 }
