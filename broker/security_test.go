@@ -10,13 +10,12 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pubmesh/pubmesh/broker"
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/devcerts"
 	"github.com/pubmesh/pubmesh/internal/testredis"
-	"github.com/pubmesh/pubmesh/internal/testtls"
+	"github.com/pubmesh/pubmesh/internal/testsec"
 )
 
 // A node with TLS (mutual), a pub/sub-only ACL user and a second password
@@ -63,16 +62,16 @@ func TestAgentTLSAndACL(t *testing.T) {
 			t.Errorf("redis.conf has no %q:\n%s", want, conf)
 		}
 	}
-	noSecret(t, "redis.conf", string(conf), secrets)
+	testsec.NoSecrets(t, "redis.conf", string(conf), secrets...)
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", a.PID()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	noSecret(t, "the redis-server command line", string(cmdline), secrets)
-	noSecret(t, "etcd", etcdDump(t, reg), secrets)
+	testsec.NoSecrets(t, "the redis-server command line", string(cmdline), secrets...)
+	testsec.NoSecrets(t, "etcd", testsec.EtcdValues(t, reg.Client(), discovery.DefaultPrefix+"/"+reg.Cluster()+"/"), secrets...)
 
 	client := func(user, pass string, cert devcerts.Pair) *redis.Client {
-		tc := testtls.Client(t, certs.CA, cert)
+		tc := testsec.Client(t, certs.CA, cert)
 		rdb := redis.NewClient(&redis.Options{Addr: n.Addr, Username: user, Password: pass, TLSConfig: tc, MaxRetries: -1, DisableIdentity: true, DialTimeout: 2 * time.Second})
 		t.Cleanup(func() { rdb.Close() })
 		return rdb
@@ -141,7 +140,7 @@ func TestValidateRefusesTheUnsafe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := testtls.Expired(t, certs, devcerts.Server)
+	old := testsec.Expired(t, certs, devcerts.Server)
 	// No redis-server: a config that passes the security checks fails on
 	// the binary, before it binds anything.
 	base := broker.Config{ID: "n1", Port: 7000, RedisServer: "/nonexistent/redis-server"}
@@ -175,34 +174,6 @@ func TestValidateRefusesTheUnsafe(t *testing.T) {
 		err := cfg.Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
-		}
-	}
-}
-
-// etcdDump is every key and value of the registry's cluster.
-func etcdDump(t *testing.T, reg *discovery.Registry) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	resp, err := reg.Client().Get(ctx, discovery.DefaultPrefix+"/"+reg.Cluster()+"/", clientv3.WithPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(resp.Kvs) == 0 {
-		t.Fatal("no keys in etcd")
-	}
-	var b strings.Builder
-	for _, kv := range resp.Kvs {
-		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
-	}
-	return b.String()
-}
-
-func noSecret(t *testing.T, where, s string, secrets []string) {
-	t.Helper()
-	for _, sec := range secrets {
-		if strings.Contains(s, sec) {
-			t.Errorf("%s holds a password", where)
 		}
 	}
 }

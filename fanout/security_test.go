@@ -14,7 +14,7 @@ import (
 	"github.com/pubmesh/pubmesh/internal/devcerts"
 	"github.com/pubmesh/pubmesh/internal/embedetcd"
 	"github.com/pubmesh/pubmesh/internal/freeport"
-	"github.com/pubmesh/pubmesh/internal/testtls"
+	"github.com/pubmesh/pubmesh/internal/testsec"
 )
 
 // The secure path end to end: etcd with mutual TLS and a root password, a
@@ -33,7 +33,7 @@ func TestSecureCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	expired := testtls.Expired(t, certs, devcerts.Client)
+	expired := testsec.Expired(t, certs, devcerts.Client)
 
 	srv, err := embedetcd.Start(embedetcd.Config{
 		TLS:          &embedetcd.TLS{CertFile: certs.Etcd.Cert, KeyFile: certs.Etcd.Key, ClientCAFile: certs.CA},
@@ -44,7 +44,7 @@ func TestSecureCluster(t *testing.T) {
 	}
 	t.Cleanup(srv.Close)
 	etcdCfg := discovery.EtcdConfig{
-		Endpoints: []string{srv.Endpoint()}, TLS: testtls.Client(t, certs.CA, certs.Client),
+		Endpoints: []string{srv.Endpoint()}, TLS: testsec.Client(t, certs.CA, certs.Client),
 		Username: "root", Password: "etcd-root-pw",
 	}
 	cli, err := discovery.Dial(context.Background(), etcdCfg)
@@ -97,7 +97,7 @@ func TestSecureCluster(t *testing.T) {
 		t.Cleanup(func() { cl.Close() })
 		return cl
 	}
-	good := fanout.Config{Password: pw, TLS: testtls.Client(t, certs.CA, certs.Client)}
+	good := fanout.Config{Password: pw, TLS: testsec.Client(t, certs.CA, certs.Client)}
 	sub, err := newClient(good).Subscribe(context.Background(), "news")
 	if err != nil {
 		t.Fatalf("Subscribe with the right credentials: %v", err)
@@ -116,10 +116,10 @@ func TestSecureCluster(t *testing.T) {
 	}{
 		{"wrong password", fanout.Config{Password: "wrong", TLS: good.TLS}, "WRONGPASS"},
 		{"no password", fanout.Config{TLS: good.TLS}, "NOAUTH"},
-		{"wrong CA", fanout.Config{Password: pw, TLS: testtls.Client(t, other.CA, certs.Client)}, "certificate signed by unknown authority"},
+		{"wrong CA", fanout.Config{Password: pw, TLS: testsec.Client(t, other.CA, certs.Client)}, "certificate signed by unknown authority"},
 		{"no TLS settings", fanout.Config{Password: pw}, "the node requires TLS"},
-		{"no client certificate", fanout.Config{Password: pw, TLS: testtls.Client(t, certs.CA, devcerts.Pair{})}, "certificate required"},
-		{"expired client certificate", fanout.Config{Password: pw, TLS: testtls.Client(t, certs.CA, expired)}, "expired certificate"},
+		{"no client certificate", fanout.Config{Password: pw, TLS: testsec.Client(t, certs.CA, devcerts.Pair{})}, "certificate required"},
+		{"expired client certificate", fanout.Config{Password: pw, TLS: testsec.Client(t, certs.CA, expired)}, "expired certificate"},
 	} {
 		c := newClient(tc.cfg)
 		t0 := time.Now()
@@ -157,7 +157,7 @@ func TestTLSClientRefusesPlainNode(t *testing.T) {
 	}
 	e := newEnv(t)
 	rs, _ := e.node("plain", discovery.StateReady)
-	c := e.client(fanout.Config{Password: "pw", TLS: testtls.Client(t, certs.CA, devcerts.Pair{}), Logger: quietLog()})
+	c := e.client(fanout.Config{Password: "pw", TLS: testsec.Client(t, certs.CA, devcerts.Pair{}), Logger: quietLog()})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	_, err = c.Subscribe(ctx, "news")

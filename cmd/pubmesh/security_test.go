@@ -19,13 +19,12 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/devcerts"
 	"github.com/pubmesh/pubmesh/internal/embedetcd"
 	"github.com/pubmesh/pubmesh/internal/testredis"
-	"github.com/pubmesh/pubmesh/internal/testtls"
+	"github.com/pubmesh/pubmesh/internal/testsec"
 )
 
 // cleanEnv is the test's environment without PUBMESH_* variables (a
@@ -50,16 +49,6 @@ func writeSecret(t *testing.T, dir, name, content string) string {
 	return p
 }
 
-// noSecrets fails if any of the secrets is in s.
-func noSecrets(t *testing.T, where, s string, secrets ...string) {
-	t.Helper()
-	for _, sec := range secrets {
-		if sec != "" && strings.Contains(s, sec) {
-			t.Errorf("%s holds a secret", where)
-		}
-	}
-}
-
 // procFile reads /proc/<pid>/<name> (cmdline, environ); NULs become spaces.
 func procFile(t *testing.T, pid int, name string) string {
 	t.Helper()
@@ -80,18 +69,7 @@ func etcdValues(t *testing.T, cfg discovery.EtcdConfig) string {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	resp, err := cli.Get(ctx, discovery.DefaultPrefix+"/", clientv3.WithPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(resp.Kvs) == 0 {
-		t.Fatal("no pubmesh keys in etcd")
-	}
-	var b strings.Builder
-	for _, kv := range resp.Kvs {
-		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
-	}
-	return b.String()
+	return testsec.EtcdValues(t, cli, discovery.DefaultPrefix+"/")
 }
 
 // A node serving TLS (mutual) with a password, registered through an etcd
@@ -144,7 +122,7 @@ func TestSecureNodeEndToEnd(t *testing.T) {
 		"--tls-cert", certs.Redis.Cert, "--tls-key", certs.Redis.Key, "--tls-client-ca", certs.CA,
 		"--health-interval", "300ms", "--join-timeout", "2s", "--drain-timeout", "2s", "--lease-ttl", "2s")
 
-	etcdCfg := discovery.EtcdConfig{Endpoints: []string{srv.Endpoint()}, TLS: testtls.Client(t, certs.CA, certs.Client), Username: "root", Password: etcdPW}
+	etcdCfg := discovery.EtcdConfig{Endpoints: []string{srv.Endpoint()}, TLS: testsec.Client(t, certs.CA, certs.Client), Username: "root", Password: etcdPW}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	cli, err := discovery.Dial(ctx, etcdCfg)
 	cancel()
@@ -202,14 +180,14 @@ func TestSecureNodeEndToEnd(t *testing.T) {
 	// No secret on a command line (readable by every user) nor in the
 	// environment of the redis-server child, nor in etcd.
 	secrets := []string{etcdPW, redisPW, nextPW, apiKey}
-	noSecrets(t, "the gateway's command line", procFile(t, gw.cmd.Process.Pid, "cmdline"), secrets...)
+	testsec.NoSecrets(t, "the gateway's command line", procFile(t, gw.cmd.Process.Pid, "cmdline"), secrets...)
 	children := waitRedisChildren(t, node.cmd.Process.Pid, 1, 5*time.Second)
-	noSecrets(t, "the node's command line", procFile(t, node.cmd.Process.Pid, "cmdline"), secrets...)
+	testsec.NoSecrets(t, "the node's command line", procFile(t, node.cmd.Process.Pid, "cmdline"), secrets...)
 	for _, c := range children {
-		noSecrets(t, "the redis-server command line", procFile(t, c, "cmdline"), secrets...)
-		noSecrets(t, "the redis-server environment", procFile(t, c, "environ"), secrets...)
+		testsec.NoSecrets(t, "the redis-server command line", procFile(t, c, "cmdline"), secrets...)
+		testsec.NoSecrets(t, "the redis-server environment", procFile(t, c, "environ"), secrets...)
 	}
-	noSecrets(t, "etcd", etcdValues(t, etcdCfg), secrets...)
+	testsec.NoSecrets(t, "etcd", etcdValues(t, etcdCfg), secrets...)
 
 	// Refusals, each a one-line error that says why.
 	ca2 := other.CA
@@ -251,7 +229,7 @@ func TestSecureNodeEndToEnd(t *testing.T) {
 	}
 
 	// An expired client certificate is refused before anything connects.
-	old := testtls.Expired(t, certs, devcerts.Client)
+	old := testsec.Expired(t, certs, devcerts.Client)
 	r := runPubmeshEnv(t, 30*time.Second, with(clientEnv, "PUBMESH_ETCD_CERT="+old.Cert, "PUBMESH_ETCD_KEY="+old.Key), "nodes")
 	if r.code == 0 || !strings.Contains(r.stderr, "expired on") {
 		t.Errorf("expired etcd client certificate: exit %d: %s", r.code, r.stderr)
@@ -382,11 +360,11 @@ func TestDevSecure(t *testing.T) {
 		secrets = append(secrets, strings.TrimSpace(string(b)))
 	}
 	envText, _ := os.ReadFile(envFile)
-	noSecrets(t, "env.sh", string(envText), secrets...)
+	testsec.NoSecrets(t, "env.sh", string(envText), secrets...)
 	children := waitRedisChildren(t, p.cmd.Process.Pid, n, 5*time.Second)
-	noSecrets(t, "dev's command line", procFile(t, p.cmd.Process.Pid, "cmdline"), secrets...)
+	testsec.NoSecrets(t, "dev's command line", procFile(t, p.cmd.Process.Pid, "cmdline"), secrets...)
 	for _, c := range children {
-		noSecrets(t, "a redis-server command line", procFile(t, c, "cmdline"), secrets...)
+		testsec.NoSecrets(t, "a redis-server command line", procFile(t, c, "cmdline"), secrets...)
 	}
 
 	p.cmd.Process.Signal(syscall.SIGINT)
@@ -403,7 +381,7 @@ func TestDevSecure(t *testing.T) {
 // waits for the ok.
 func wssSubscribe(t *testing.T, addr, ca, token, apiKey, channel string) *websocket.Conn {
 	t.Helper()
-	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: testtls.Pool(t, ca)}, HandshakeTimeout: 10 * time.Second}
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: testsec.Pool(t, ca)}, HandshakeTimeout: 10 * time.Second}
 	u := "wss://" + addr + "/ws"
 	hdr := http.Header{}
 	if token != "" {
@@ -449,7 +427,7 @@ func wssMessage(t *testing.T, conn *websocket.Conn) string {
 // httpsClient trusts ca.
 func httpsClient(t *testing.T, ca string) *http.Client {
 	t.Helper()
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: testtls.Pool(t, ca)}}}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: testsec.Pool(t, ca)}}}
 }
 
 // readEnvFile reads the `export K='V'` lines of an env.sh.

@@ -10,7 +10,7 @@ import (
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/devcerts"
 	"github.com/pubmesh/pubmesh/internal/embedetcd"
-	"github.com/pubmesh/pubmesh/internal/testtls"
+	"github.com/pubmesh/pubmesh/internal/testsec"
 )
 
 // The embedded etcd with mutual TLS and a root password: the right
@@ -27,7 +27,7 @@ func TestTLSAndAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	expired := testtls.Expired(t, certs, devcerts.Client)
+	expired := testsec.Expired(t, certs, devcerts.Client)
 
 	dir := t.TempDir()
 	cfg := embedetcd.Config{
@@ -56,7 +56,7 @@ func TestTLSAndAuth(t *testing.T) {
 		}
 		return err
 	}
-	good := discovery.EtcdConfig{TLS: testtls.Client(t, certs.CA, certs.Client), Username: "root", Password: "s3cret-root"}
+	good := discovery.EtcdConfig{TLS: testsec.Client(t, certs.CA, certs.Client), Username: "root", Password: "s3cret-root"}
 	if err := dial(good); err != nil {
 		t.Fatalf("right credentials: %v", err)
 	}
@@ -67,10 +67,10 @@ func TestTLSAndAuth(t *testing.T) {
 	}{
 		{"wrong password", discovery.EtcdConfig{TLS: good.TLS, Username: "root", Password: "nope"}, "authentication failed"},
 		{"no user", discovery.EtcdConfig{TLS: good.TLS}, "permission denied (etcd has authentication enabled"},
-		{"wrong CA", discovery.EtcdConfig{TLS: testtls.Client(t, other.CA, certs.Client), Username: "root", Password: "s3cret-root"}, "certificate signed by unknown authority"},
-		{"no client certificate", discovery.EtcdConfig{TLS: testtls.Client(t, certs.CA, devcerts.Pair{}), Username: "root", Password: "s3cret-root"}, "certificate required"},
-		{"client certificate of another CA", discovery.EtcdConfig{TLS: testtls.Client(t, certs.CA, other.Client), Username: "root", Password: "s3cret-root"}, "unknown certificate authority"},
-		{"expired client certificate", discovery.EtcdConfig{TLS: testtls.Client(t, certs.CA, expired), Username: "root", Password: "s3cret-root"}, "expired certificate"},
+		{"wrong CA", discovery.EtcdConfig{TLS: testsec.Client(t, other.CA, certs.Client), Username: "root", Password: "s3cret-root"}, "certificate signed by unknown authority"},
+		{"no client certificate", discovery.EtcdConfig{TLS: testsec.Client(t, certs.CA, devcerts.Pair{}), Username: "root", Password: "s3cret-root"}, "certificate required"},
+		{"client certificate of another CA", discovery.EtcdConfig{TLS: testsec.Client(t, certs.CA, other.Client), Username: "root", Password: "s3cret-root"}, "unknown certificate authority"},
+		{"expired client certificate", discovery.EtcdConfig{TLS: testsec.Client(t, certs.CA, expired), Username: "root", Password: "s3cret-root"}, "expired certificate"},
 	} {
 		err := dial(tc.cfg)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

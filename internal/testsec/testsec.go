@@ -1,15 +1,21 @@
-// Package testtls builds TLS client settings from the PEM files that
-// internal/devcerts writes, for tests: each helper fails the test on any
-// error, so a test states the CA and certificate it means in one call.
-package testtls
+// Package testsec holds what the security tests share: TLS client settings
+// and expired certificates from the files internal/devcerts writes, and
+// checks that no secret leaks into a file, a command line or etcd. Each
+// helper fails the test on any error.
+package testsec
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pubmesh/pubmesh/internal/devcerts"
 )
@@ -66,4 +72,35 @@ func Expired(tb testing.TB, set devcerts.Set, usage devcerts.Usage) devcerts.Pai
 		tb.Fatal(err)
 	}
 	return p
+}
+
+// NoSecrets fails the test (without printing them) if any non-empty secret
+// is in s; where names what s is.
+func NoSecrets(tb testing.TB, where, s string, secrets ...string) {
+	tb.Helper()
+	for _, sec := range secrets {
+		if sec != "" && strings.Contains(s, sec) {
+			tb.Errorf("%s holds a secret", where)
+		}
+	}
+}
+
+// EtcdValues is every key and value under prefix, a line "key=value" each;
+// it fails the test if there is none.
+func EtcdValues(tb testing.TB, cli *clientv3.Client, prefix string) string {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if len(resp.Kvs) == 0 {
+		tb.Fatalf("no keys under %s in etcd", prefix)
+	}
+	var b strings.Builder
+	for _, kv := range resp.Kvs {
+		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
+	}
+	return b.String()
 }
