@@ -347,18 +347,25 @@ func drainNode(r *run) marks {
 	return m
 }
 
-func killRedis(r *run) marks {
-	n, inc := r.faulted()
+// signalRedis sends sig to the faulted node's redis-server and marks the
+// fault.
+func signalRedis(r *run, sig syscall.Signal) (n *node, inc int64, pid int, m marks) {
+	n, inc = r.faulted()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	pid, err := n.redisPID(ctx)
 	cancel()
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	m := marks{fault: time.Now()}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+	m = marks{fault: time.Now()}
+	if err := syscall.Kill(pid, sig); err != nil {
 		r.t.Fatal(err)
 	}
+	return n, inc, pid, m
+}
+
+func killRedis(r *run) marks {
+	n, inc, _, m := signalRedis(r, syscall.SIGKILL)
 	m.detect = r.mustWait(m.fault, n.id+" to leave", notReady(n.id, inc))
 	m.recover = r.mustWait(m.fault, n.id+" to be ready again", readyAgain(n.id, inc))
 	m.note = "the agent restarts redis-server; recover: the new run is ready"
@@ -366,17 +373,7 @@ func killRedis(r *run) marks {
 }
 
 func stopRedis(r *run) marks {
-	n, inc := r.faulted()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	pid, err := n.redisPID(ctx)
-	cancel()
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	m := marks{fault: time.Now()}
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		r.t.Fatal(err)
-	}
+	n, inc, pid, m := signalRedis(r, syscall.SIGSTOP)
 	cont := func() { syscall.Kill(pid, syscall.SIGCONT) }
 	r.t.Cleanup(cont)
 	m.detect = r.mustWait(m.fault, n.id+" to leave", notReady(n.id, inc))
