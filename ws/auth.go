@@ -1,6 +1,7 @@
 package ws
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -100,12 +101,19 @@ type authError struct {
 func (e *authError) Error() string { return e.err.Error() }
 func (e *authError) Unwrap() error { return e.err }
 
+// ErrEmptyJWTSecret is returned by NewHandler when Config.JWTSecret is set
+// but empty or blank: such a secret would let anyone sign tokens.
+var ErrEmptyJWTSecret = errors.New("ws: JWT secret is empty: set a non-empty secret, or leave JWTSecret nil for no JWTs")
+
 var errNoCredential = errors.New("ws: missing credential: send Authorization: Bearer <token> or ?token=")
 
 // authenticator checks bearer credentials. It is read-only after
 // newAuthenticator and safe for concurrent use.
 type authenticator struct {
-	open    bool // no credential configured and Insecure: everyone is in
+	open bool // no credential configured and Insecure: everyone is in
+	// jwt is whether a JWT key is configured; without one no token is
+	// ever parsed, whatever its header says.
+	jwt     bool
 	secret  []byte
 	pub     crypto.PublicKey
 	apiKeys [][sha256.Size]byte
@@ -113,9 +121,15 @@ type authenticator struct {
 }
 
 func newAuthenticator(cfg *Config) (*authenticator, error) {
-	a := &authenticator{secret: cfg.JWTSecret, pub: cfg.JWTPublicKey}
+	a := &authenticator{pub: cfg.JWTPublicKey}
 	var methods []string
-	if len(cfg.JWTSecret) > 0 {
+	if cfg.JWTSecret != nil {
+		// An empty secret is a key anyone can sign with: refuse it rather
+		// than read it as "no secret".
+		if len(bytes.TrimSpace(cfg.JWTSecret)) == 0 {
+			return nil, ErrEmptyJWTSecret
+		}
+		a.secret = cfg.JWTSecret
 		methods = append(methods, jwt.SigningMethodHS256.Alg())
 	}
 	switch k := cfg.JWTPublicKey.(type) {
@@ -137,10 +151,15 @@ func newAuthenticator(cfg *Config) (*authenticator, error) {
 		}
 		a.apiKeys = append(a.apiKeys, sha256.Sum256([]byte(k)))
 	}
-	a.open = len(methods) == 0 && len(a.apiKeys) == 0 && cfg.Insecure
+	a.jwt = len(methods) > 0
+	a.open = !a.jwt && len(a.apiKeys) == 0 && cfg.Insecure
 	// WithValidMethods refuses alg "none" and any algorithm the key was
-	// not meant for (an HS256 token "signed" with a public RSA key).
-	a.parser = jwt.NewParser(jwt.WithValidMethods(methods), jwt.WithExpirationRequired())
+	// not meant for (an HS256 token "signed" with a public RSA key). The
+	// list is never empty where the parser is used: an empty list would
+	// allow every algorithm.
+	if a.jwt {
+		a.parser = jwt.NewParser(jwt.WithValidMethods(methods), jwt.WithExpirationRequired())
+	}
 	return a, nil
 }
 
@@ -191,7 +210,7 @@ func (a *authenticator) check(cred string) (*Principal, error) {
 			return &Principal{Subject: "api-key", Kind: "api_key", All: true}, nil
 		}
 	}
-	if a.secret == nil && a.pub == nil {
+	if !a.jwt {
 		return nil, &authError{reason: "invalid", err: errors.New("ws: invalid API key")}
 	}
 	var c Claims
@@ -215,7 +234,7 @@ func (a *authenticator) check(cred string) (*Principal, error) {
 func (a *authenticator) key(t *jwt.Token) (any, error) {
 	switch t.Method.(type) {
 	case *jwt.SigningMethodHMAC:
-		if a.secret != nil {
+		if len(a.secret) > 0 {
 			return a.secret, nil
 		}
 	case *jwt.SigningMethodRSA:

@@ -31,7 +31,9 @@ const (
 // Config of a Handler. Zero means the default; a negative limit means no
 // limit where the field says so.
 type Config struct {
-	// JWTSecret verifies HS256 tokens. Default: none.
+	// JWTSecret verifies HS256 tokens. A non-nil secret must not be empty
+	// or blank (NewHandler returns ErrEmptyJWTSecret). Default: nil, no
+	// HS256 tokens: without any JWT key no token is parsed at all.
 	JWTSecret []byte
 	// JWTPublicKey verifies RS256 tokens (an *rsa.PublicKey) or ES256,
 	// ES384, ES512 tokens (an *ecdsa.PublicKey on P-256, P-384, P-521); see

@@ -139,13 +139,21 @@ func gatewayConfig(c *cli.Context, log *slog.Logger) (ws.Config, error) {
 	return cfg, nil
 }
 
-// secretFlag reads a secret from --name or --fileFlag (not both).
+// secretFlag reads a secret from --name or --fileFlag (not both). It
+// returns nil when neither is given, and an error for an empty or blank
+// secret: an empty HMAC key lets anyone sign tokens.
 func secretFlag(c *cli.Context, name, fileFlag string) ([]byte, error) {
 	s, path := c.String(name), c.String(fileFlag)
 	if s != "" && path != "" {
 		return nil, fmt.Errorf("give --%s or --%s, not both", name, fileFlag)
 	}
 	if path == "" {
+		if !c.IsSet(name) {
+			return nil, nil // absent: no secret, never an empty one
+		}
+		if strings.TrimSpace(s) == "" {
+			return nil, fmt.Errorf("the JWT secret is empty (--%s or its environment variable is set to %q): give a secret, or leave it unset", name, s)
+		}
 		return []byte(s), nil
 	}
 	b, err := os.ReadFile(path)
@@ -153,8 +161,8 @@ func secretFlag(c *cli.Context, name, fileFlag string) ([]byte, error) {
 		return nil, fmt.Errorf("--%s: %w", fileFlag, err)
 	}
 	b = []byte(strings.TrimRight(string(b), "\r\n"))
-	if len(b) == 0 {
-		return nil, fmt.Errorf("--%s %s is empty", fileFlag, path)
+	if len(strings.TrimSpace(string(b))) == 0 {
+		return nil, fmt.Errorf("the JWT secret is empty: --%s %s holds no secret", fileFlag, path)
 	}
 	return b, nil
 }
