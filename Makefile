@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FUZZ_TARGETS := ./ws:FuzzDecodeFrame ./fanout:FuzzEnvelope ./discovery:FuzzDecodeNode ./internal/respguard:FuzzConn
 FUZZ_TIME    ?= 1m
 
-.PHONY: all build run test deps vet fmt-check fuzz bench chaos
+.PHONY: all build run test deps vet fmt-check tidy-check fuzz bench chaos
 
 all: build
 
@@ -48,8 +48,13 @@ fmt-check:
 	@out="$$(gofmt -l .)"; \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-## test: vet, gofmt check, then every test with the race detector
-test: deps vet fmt-check
+## tidy-check: fail if go.mod or go.sum is not as `go mod tidy` leaves it
+## (direct dependencies marked // indirect, missing or unused entries)
+tidy-check:
+	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum need go mod tidy:"; $(GO) mod tidy -diff; exit 1; }
+
+## test: vet, gofmt and go.mod checks, then every test with the race detector
+test: deps vet fmt-check tidy-check
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 	@$(MAKE) --no-print-directory fuzz FUZZ_TIME=10000x
 
