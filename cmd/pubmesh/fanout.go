@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -33,6 +34,11 @@ func openFanout(c *cli.Context, channels []string, overflow fanout.Overflow) (cl
 	for _, ch := range channels {
 		if err := fanout.ValidateChannel(ch); err != nil {
 			return nil, nil, nil, usageError{err}
+		}
+		if strings.HasPrefix(ch, "-") {
+			// Only reachable after "--": a mistyped flag, far more likely
+			// than a channel meant to start with "-".
+			return nil, nil, nil, usageError{fmt.Errorf("channel %q starts with '-': the CLI takes no such channel names (a misplaced flag?)", ch)}
 		}
 	}
 	if log, err = newLogger(c); err != nil {

@@ -23,7 +23,7 @@ func main() {
 // usage error. Errors are one line on stderr, never a panic.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
-	if err := app.RunContext(ctx, args); err != nil {
+	if err := app.RunContext(ctx, hoistFlags(app, args)); err != nil {
 		fmt.Fprintln(stderr, "pubmesh: "+oneLine(err.Error()))
 		var ue usageError
 		if errors.As(err, &ue) {

@@ -24,7 +24,8 @@ func TestPublishSubscribeCLI(t *testing.T) {
 	const n = 2000
 	common := []string{"--etcd", etcdEndpoint, "--cluster", cluster, "--log-level", "info"}
 	plain := startPubmesh(t, append(append([]string{"subscribe"}, common...), "--count", fmt.Sprint(n), "news")...)
-	js := startPubmesh(t, append(append([]string{"subscribe"}, common...), "--json", "--count", "1", "news")...)
+	// Flags after the channel are flags, not channel names (issue 10, item 14).
+	js := startPubmesh(t, append(append([]string{"subscribe", "news"}, common...), "--json", "--count", "1")...)
 	plain.errs.wait(t, "subscribed", 10*time.Second)
 	js.errs.wait(t, "subscribed", 10*time.Second)
 
@@ -69,6 +70,9 @@ func TestPublishSubscribeBadInput(t *testing.T) {
 		{"publish to a bad channel", []string{"publish", "a b", "x"}, 2, "space or control"},
 		{"subscribe without channel", []string{"subscribe"}, 2, "at least one CHANNEL"},
 		{"subscribe to an empty channel", []string{"subscribe", ""}, 2, "empty channel"},
+		{"subscribe to a channel that looks like a flag", []string{"subscribe", "--", "--json"}, 2, "starts with '-'"},
+		{"subscribe with an unknown flag after the channel", []string{"subscribe", "news", "--jsn"}, 2, "flag provided but not defined: -jsn"},
+		{"publish to a channel that looks like a flag", []string{"publish", "--", "-news", "x"}, 2, "starts with '-'"},
 		{"bad replicas", []string{"publish", "--replicas", "0", "a", "x"}, 2, "--replicas"},
 		{"unreachable etcd", []string{"publish", "--etcd", dead, "--etcd-timeout", "500ms", "a", "x"}, 1, "unreachable"},
 	}

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// hoistFlags moves a command's flags in front of its arguments, so that
+// `pubmesh subscribe news --json` means what it says: urfave/cli stops
+// parsing flags at the first argument, and "--json" would otherwise be taken
+// as a channel name. A "--" ends the flags: what follows stays an argument
+// even if it starts with "-". Unknown flags are moved too, so the library
+// refuses them with its usual message.
+func hoistFlags(app *cli.App, args []string) []string {
+	if len(args) < 3 {
+		return args
+	}
+	cmd := app.Command(args[1])
+	if cmd == nil {
+		return args
+	}
+	takesValue := map[string]bool{}
+	for _, f := range cmd.Flags {
+		tv := true
+		if v, ok := f.(interface{ TakesValue() bool }); ok {
+			tv = v.TakesValue()
+		}
+		for _, n := range f.Names() {
+			takesValue[n] = tv
+		}
+	}
+	var flags, rest []string
+	for i := 2; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			rest = append(rest, args[i+1:]...)
+			i = len(args)
+		case len(a) > 1 && a[0] == '-':
+			flags = append(flags, a)
+			name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+			if !hasValue && takesValue[name] && i+1 < len(args) {
+				i++
+				flags = append(flags, args[i])
+			}
+		default:
+			rest = append(rest, a)
+		}
+	}
+	if len(rest) > 0 {
+		// Whatever was left is arguments; "--" keeps one that starts with
+		// "-" (only possible after a "--" of the user's) from being parsed.
+		rest = append([]string{"--"}, rest...)
+	}
+	out := append([]string{args[0], args[1]}, flags...)
+	return append(out, rest...)
+}
