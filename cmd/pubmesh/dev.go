@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -128,6 +129,11 @@ func runDev(c *cli.Context) error {
 		cfg.Bind = "127.0.0.1"
 		cfg.ID = "dev-" + strconv.Itoa(cfg.Port)
 		cfg.DataDir = filepath.Join(dir, cfg.ID)
+		if addr := net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.Port)); !freeport.Free(addr) {
+			// Said here, not by the agent: dev's flag is --base-port.
+			return fmt.Errorf("port %d (node %d of %d from --base-port %d) is already in use (another redis-server or pubmesh dev? pick another --base-port)",
+				cfg.Port, i+1, n, base)
+		}
 		if err := cfg.Validate(); err != nil {
 			return err
 		}
@@ -142,7 +148,16 @@ func runDev(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	defer etcd.Close() // after the agents have left
+	defer func() {
+		// After the agents have left. A client still connected from another
+		// terminal (pubmesh subscribe) would hold etcd's close for ~6 s
+		// waiting for its watch to end: Ctrl-C must not take that long.
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		if etcd.Shutdown(ctx) != nil {
+			log.Debug("etcd: clients still connected; exiting without waiting for them")
+		}
+	}()
 	out := c.App.Writer
 	fmt.Fprintf(out, "etcd: %s  (cluster %q)\n", etcd.Endpoint(), c.String("cluster"))
 

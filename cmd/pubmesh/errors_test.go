@@ -28,7 +28,7 @@ func TestBadInput(t *testing.T) {
 		want string // in the error line
 	}{
 		{"node unreachable etcd", []string{"node", "--etcd", dead, "--etcd-timeout", "1s", "--port", fmt.Sprint(freePort(t))}, 1, "unreachable"},
-		{"nodes unreachable etcd", []string{"nodes", "--etcd", dead, "--etcd-timeout", "1s"}, 1, "unreachable"},
+		{"nodes unreachable etcd", []string{"nodes", "--etcd", dead, "--etcd-timeout", "1s"}, 1, "unreachable: context deadline exceeded (dial tcp " + dead + ": connect: connection refused): is a cluster running there? Start one with `pubmesh dev`"},
 		{"drain unreachable etcd", []string{"drain", "--etcd", dead, "--etcd-timeout", "1s", "n1"}, 1, "unreachable"},
 		{"node port taken", []string{"node", "--port", takenPort}, 1, "already in use"},
 		{"node missing redis-server", []string{"node", "--redis-server", "/nonexistent", "--port", fmt.Sprint(freePort(t))}, 1, `redis-server binary "/nonexistent" not found`},
@@ -45,7 +45,7 @@ func TestBadInput(t *testing.T) {
 		{"drain unknown node", []string{"drain", "--etcd", etcdEndpoint, "--cluster", cluster, "ghost"}, 1, "no live node"},
 		{"bad cluster", []string{"nodes", "--etcd", etcdEndpoint, "--cluster", "a/b"}, 1, "invalid --cluster"},
 		{"dev etcd port taken", []string{"dev", "--etcd-listen", takenAddr}, 1, "already in use"},
-		{"dev base port taken", []string{"dev", "--nodes", "1", "--etcd-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--base-port", takenPort}, 1, "already in use"},
+		{"dev base port taken", []string{"dev", "--nodes", "1", "--etcd-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--base-port", takenPort}, 1, "already in use (another redis-server or pubmesh dev? pick another --base-port)"},
 		{"dev no nodes", []string{"dev", "--nodes", "0"}, 2, "invalid --nodes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -48,9 +48,12 @@ func runNodes(c *cli.Context) error {
 	if err != nil {
 		return usageError{err}
 	}
+	if err := discovery.ValidID(c.String("cluster")); err != nil {
+		return fmt.Errorf("invalid --cluster: %w", err)
+	}
 	reg, etcd, err := openRegistry(c, log)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: is a cluster running there? Start one with `pubmesh dev` (or `make run`), or point --etcd at yours", err)
 	}
 	defer etcd.Close()
 	out := c.App.Writer
@@ -63,9 +66,10 @@ func runNodes(c *cli.Context) error {
 			return err
 		}
 		if len(nodes) == 0 && !asJSON {
-			fmt.Fprintf(c.App.ErrWriter, "no live nodes in cluster %q (etcd %s)\n", reg.Cluster(), c.String("etcd"))
+			fmt.Fprintf(c.App.ErrWriter, "no live nodes in cluster %q (etcd %s): start one with `pubmesh node --port 7001 --etcd %s --cluster %s`, or a whole local cluster with `pubmesh dev`\n",
+				reg.Cluster(), c.String("etcd"), c.String("etcd"), reg.Cluster())
 		}
-		return printNodes(out, nodes, asJSON, time.Now())
+		return printNodes(out, c.App.ErrWriter, nodes, probeNodes(c.Context, nodes), asJSON, time.Now())
 	}
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -77,20 +81,35 @@ func runNodes(c *cli.Context) error {
 			}
 			fmt.Fprintf(out, "--- %s cluster %q, %d nodes%s\n", time.Now().Format("15:04:05"), reg.Cluster(), len(snap.Nodes), status)
 		}
-		if err := printNodes(out, snap.Nodes, asJSON, time.Now()); err != nil {
+		if err := printNodes(out, c.App.ErrWriter, snap.Nodes, probeNodes(ctx, snap.Nodes), asJSON, time.Now()); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// printNodes writes nodes as a table, or as one line of JSON.
-func printNodes(w io.Writer, nodes []discovery.Node, asJSON bool, now time.Time) error {
+// nodeView is a node as `nodes --json` prints it: the registry's entry and
+// whether it answered from here.
+type nodeView struct {
+	discovery.Node
+	Reachable bool   `json:"reachable"`
+	ReachErr  string `json:"unreachable_error,omitempty"`
+}
+
+// printNodes writes nodes as a table, or as one line of JSON. unreachable
+// holds the probe errors of nodes that did not answer; each is also
+// explained on errw.
+func printNodes(w, errw io.Writer, nodes []discovery.Node, unreachable map[string]error, asJSON bool, now time.Time) error {
 	if asJSON {
-		if nodes == nil {
-			nodes = []discovery.Node{}
+		views := make([]nodeView, 0, len(nodes))
+		for _, n := range nodes {
+			v := nodeView{Node: n, Reachable: unreachable[n.ID] == nil}
+			if err := unreachable[n.ID]; err != nil {
+				v.ReachErr = err.Error()
+			}
+			views = append(views, v)
 		}
-		b, err := json.Marshal(nodes)
+		b, err := json.Marshal(views)
 		if err != nil {
 			return err
 		}
@@ -98,15 +117,31 @@ func printNodes(w io.Writer, nodes []discovery.Node, asJSON bool, now time.Time)
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tADDR\tSTATE\tUPTIME\tVERSION\tREDIS")
+	fmt.Fprintln(tw, "ID\tADDR\tSTATE\tUPTIME\tVERSION\tREDIS\tREACHABLE")
 	for _, n := range nodes {
 		redis := n.RedisVersion
+		if redis == "" {
+			redis = "-"
+		}
 		if n.Attached {
 			redis += " (attached)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, n.Addr, n.State, uptime(now.Sub(n.StartedAt)), n.Version, redis)
+		reach := "yes"
+		if unreachable[n.ID] != nil {
+			reach = "NO"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, n.Addr, n.State, uptime(now.Sub(n.StartedAt)), n.Version, redis, reach)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if err := unreachable[n.ID]; err != nil {
+			fmt.Fprintf(errw, "node %s is registered at %s but does not answer from here (%s): clients cannot use it; check its --advertise address or --attach\n",
+				n.ID, n.Addr, oneLine(err.Error()))
+		}
+	}
+	return nil
 }
 
 // uptime is a short duration: 45s, 12m3s, 5h2m, 3d4h.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pubmesh/pubmesh/discovery"
+	"github.com/pubmesh/pubmesh/internal/testredis"
 )
 
 func register(t *testing.T, reg *discovery.Registry, id, addr string, st discovery.State) *discovery.Registration {
@@ -35,14 +36,27 @@ func TestNodesTableAndJSON(t *testing.T) {
 	if r.code != 0 || strings.TrimSpace(r.stdout) != "[]" {
 		t.Fatalf("empty cluster --json: exit %d, %q", r.code, r.stdout)
 	}
+	// a and b point nowhere (nothing listens on ports 1 and 2); c is a
+	// real redis-server.
+	srv := testredis.New(t)
 	register(t, reg, "b", "127.0.0.1:2", discovery.StateJoining)
 	register(t, reg, "a", "127.0.0.1:1", discovery.StateReady)
+	register(t, reg, "c", srv.Addr, discovery.StateReady)
 
 	r = runPubmesh(t, 30*time.Second, "nodes", "--etcd", etcdEndpoint, "--cluster", cluster)
 	want := [][]string{
-		{"ID", "ADDR", "STATE", "UPTIME", "VERSION", "REDIS"},
-		{"a", "127.0.0.1:1", "ready", "1m3?s", "test", "7.0.0"},
-		{"b", "127.0.0.1:2", "joining", "1m3?s", "test", "7.0.0"},
+		{"ID", "ADDR", "STATE", "UPTIME", "VERSION", "REDIS", "REACHABLE"},
+		{"a", "127.0.0.1:1", "ready", "1m3?s", "test", "7.0.0", "NO"},
+		{"b", "127.0.0.1:2", "joining", "1m3?s", "test", "7.0.0", "NO"},
+		{"c", srv.Addr, "ready", "1m3?s", "test", "7.0.0", "yes"},
+	}
+	for _, id := range []string{"a", "b"} {
+		if !strings.Contains(r.stderr, "node "+id+" is registered at") || !strings.Contains(r.stderr, "does not answer") {
+			t.Errorf("stderr does not explain that node %s is unreachable:\n%s", id, r.stderr)
+		}
+	}
+	if strings.Contains(r.stderr, "node c ") {
+		t.Errorf("stderr calls the reachable node c unreachable:\n%s", r.stderr)
 	}
 	got := strings.Split(strings.TrimRight(r.stdout, "\n"), "\n")
 	if r.code != 0 || len(got) != len(want) {
@@ -66,7 +80,8 @@ func TestNodesTableAndJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &objs); err != nil {
 		t.Fatal(err)
 	}
-	if len(objs) != 2 || objs[0]["id"] != "a" || objs[0]["addr"] != "127.0.0.1:1" || objs[0]["state"] != "ready" || objs[1]["state"] != "joining" {
+	if len(objs) != 3 || objs[0]["id"] != "a" || objs[0]["addr"] != "127.0.0.1:1" || objs[0]["state"] != "ready" || objs[1]["state"] != "joining" ||
+		objs[0]["reachable"] != false || objs[0]["unreachable_error"] == nil || objs[2]["reachable"] != true {
 		t.Errorf("--json = %s", r.stdout)
 	}
 }
