@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -29,11 +28,8 @@ import (
 // CPU counts as client CPU: it runs in this process.
 type gatewayTarget struct {
 	*pubmeshTarget
-	gw     *fanout.Client
-	h      *ws.Handler
-	url    string
-	cancel context.CancelFunc
-	served chan error
+	gw  *ws.Gateway
+	url string
 }
 
 func newGatewayTarget(ctx context.Context, srv *servers, ee *etcdEnv, cfg Config, nodes int) (target, error) {
@@ -41,28 +37,18 @@ func newGatewayTarget(ctx context.Context, srv *servers, ee *etcdEnv, cfg Config
 	if err != nil {
 		return nil, err
 	}
-	t := &gatewayTarget{pubmeshTarget: pt}
-	if t.gw, err = fanout.New(ctx, fanout.Config{EtcdClient: pt.cli, Cluster: pt.cluster, Logger: pt.log}); err != nil {
-		pt.close()
-		return nil, fmt.Errorf("bench: gateway fanout client: %w", err)
-	}
-	t.h, err = ws.NewHandler(t.gw, ws.Config{Insecure: true, MaxSubscriptions: -1, SendQueue: cfg.MaxBacklog, Logger: pt.log})
+	// Built by ws.StartGateway, as `pubmesh gateway` builds it: the same
+	// fanout configuration (Overflow: Block) and handler.
+	gw, err := ws.StartGateway(ctx, ws.GatewayConfig{
+		Fanout:  fanout.Config{EtcdClient: pt.cli, Cluster: pt.cluster, Logger: pt.log},
+		Handler: ws.Config{Insecure: true, MaxSubscriptions: -1, SendQueue: cfg.MaxBacklog, Logger: pt.log},
+		Listen:  "127.0.0.1:0",
+	})
 	if err != nil {
-		t.gw.Close()
 		pt.close()
 		return nil, fmt.Errorf("bench: gateway: %w", err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.gw.Close()
-		pt.close()
-		return nil, fmt.Errorf("bench: gateway: %w", err)
-	}
-	t.url = "ws://" + l.Addr().String() + "/ws"
-	sctx, cancel := context.WithCancel(context.Background())
-	t.cancel, t.served = cancel, make(chan error, 1)
-	go func() { t.served <- t.h.Serve(sctx, l) }()
-	return t, nil
+	return &gatewayTarget{pubmeshTarget: pt, gw: gw, url: gw.WebSocketURL()}, nil
 }
 
 func (t *gatewayTarget) subscribe(ctx context.Context, channels []string, sk *sink) (func(), error) {
@@ -130,10 +116,8 @@ func (t *gatewayTarget) subscribe(ctx context.Context, channels []string, sk *si
 }
 
 func (t *gatewayTarget) close() {
-	t.cancel()
-	if err := <-t.served; err != nil && !errors.Is(err, context.Canceled) {
+	if err := t.gw.Close(); err != nil && !errors.Is(err, context.Canceled) {
 		t.log.Warn("bench: gateway shutdown", "err", err)
 	}
-	t.gw.Close()
 	t.pubmeshTarget.close()
 }

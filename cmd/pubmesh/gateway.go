@@ -6,13 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
@@ -249,11 +246,11 @@ type gatewaySetup struct {
 	Metrics *prometheus.Registry
 }
 
-// startGateway connects a fanout client and serves a gateway on s.Listen
-// until ctx is done or stop is called. It returns the gateway's URL once it
-// listens. stop closes every client with 1001 (within
-// s.WS.ShutdownTimeout), then the fanout client; it is for `pubmesh
-// gateway` and `pubmesh dev --gateway-listen`.
+// startGateway starts the gateway s describes (ws.StartGateway, as the
+// tests and the benchmark do) and returns its URL once it listens. stop
+// closes every client with 1001 (within s.WS.ShutdownTimeout), then the
+// fanout client; it is for `pubmesh gateway` and `pubmesh dev
+// --gateway-listen`.
 func startGateway(ctx context.Context, s gatewaySetup) (url string, stop func() error, err error) {
 	if s.Log == nil {
 		s.Log = slog.Default()
@@ -265,62 +262,25 @@ func startGateway(ctx context.Context, s gatewaySetup) (url string, stop func() 
 	if s.WS.Logger == nil {
 		s.WS.Logger = s.Log
 	}
-	// Bind first: a taken port is an error before anything else starts.
-	l, err := net.Listen("tcp", s.Listen)
-	if err != nil {
-		return "", nil, fmt.Errorf("gateway: listen on %s: %w", s.Listen, err)
-	}
-	client, err := fanout.New(ctx, fanout.Config{
-		Etcd:       s.Etcd,
-		EtcdClient: s.EtcdClient,
-		Cluster:    s.Cluster,
-		ID:         "gateway-" + hostPID(),
-		Replicas:   s.Replicas,
-		// The hub's pumps never wait for a client (a full client queue
-		// closes that client), so Block only waits when the gateway is
-		// short of CPU: a burst then backs up into Redis's output buffer
-		// (--pubsub-buffer-limit) instead of being dropped at 1024
-		// messages.
-		Overflow:   fanout.Block,
-		Username:   s.RedisUser,
-		Password:   s.RedisPassword,
-		TLS:        s.RedisTLS,
-		Logger:     s.Log,
-		Registerer: s.Metrics,
+	g, err := ws.StartGateway(ctx, ws.GatewayConfig{
+		Fanout: fanout.Config{
+			Etcd:       s.Etcd,
+			EtcdClient: s.EtcdClient,
+			Cluster:    s.Cluster,
+			ID:         "gateway-" + hostPID(),
+			Replicas:   s.Replicas,
+			Username:   s.RedisUser,
+			Password:   s.RedisPassword,
+			TLS:        s.RedisTLS,
+			Logger:     s.Log,
+			Registerer: s.Metrics,
+		},
+		Handler: s.WS,
+		Listen:  s.Listen,
+		TLS:     s.TLS,
 	})
 	if err != nil {
-		l.Close()
 		return "", nil, err
 	}
-	h, err := ws.NewHandler(client, s.WS)
-	if err != nil {
-		l.Close()
-		client.Close()
-		return "", nil, err
-	}
-	scheme, wsScheme := "http", "ws"
-	if s.TLS != nil {
-		l = tls.NewListener(l, s.TLS)
-		scheme, wsScheme = "https", "wss"
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	served := make(chan error, 1)
-	go func() { served <- h.Serve(sctx, l) }()
-	url = scheme + "://" + l.Addr().String() + "/"
-	s.Log.Info("gateway serving", "url", url, "websocket", wsScheme+"://"+l.Addr().String()+"/ws")
-	var (
-		once    sync.Once
-		stopErr error
-	)
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			start := time.Now()
-			stopErr = <-served
-			client.Close()
-			s.Log.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond))
-		})
-		return stopErr
-	}
-	return url, stop, nil
+	return g.URL(), g.Close, nil
 }
