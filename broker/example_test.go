@@ -8,34 +8,27 @@ import (
 	"time"
 
 	"github.com/pubmesh/pubmesh/broker"
-	"github.com/pubmesh/pubmesh/discovery"
-	"github.com/pubmesh/pubmesh/internal/embedetcd"
-	"github.com/pubmesh/pubmesh/internal/freeport"
+	"github.com/pubmesh/pubmesh/pubmeshtest"
 )
 
 // An agent starts a redis-server, registers it as joining, and turns it
 // ready after the join delay; Shutdown drains it and stops the server.
 func Example() {
-	etcd, err := embedetcd.Start(embedetcd.Config{}) // a real etcd, in-process
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer etcd.Close()
 	ctx := context.Background()
-	cli, err := discovery.Dial(ctx, discovery.EtcdConfig{Endpoints: []string{etcd.Endpoint()}})
+	// An etcd with no nodes: the agent below registers the first.
+	cluster, err := pubmeshtest.Start(ctx, pubmeshtest.Options{Nodes: -1})
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer cli.Close()
-	reg, err := discovery.New(cli, discovery.Config{Cluster: "example"})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	defer cluster.Close()
+	reg := cluster.Registry()
 
-	port, _ := freeport.Get()
+	port, err := pubmeshtest.FreePort()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	agent, err := broker.New(broker.Config{
 		Registry:     reg,
 		ID:           "node-1",

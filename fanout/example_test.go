@@ -3,36 +3,26 @@ package fanout_test
 import (
 	"context"
 	"fmt"
-	"time"
 
-	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/fanout"
-	"github.com/pubmesh/pubmesh/internal/embedetcd"
-	"github.com/pubmesh/pubmesh/internal/testredis"
+	"github.com/pubmesh/pubmesh/pubmeshtest"
 )
 
 // A client publishes to a two-node cluster and a subscription receives the
-// message. The example starts a real etcd and two redis-servers and
-// registers them itself; in production `pubmesh node` does that.
+// message. pubmeshtest runs a real etcd and two real nodes (agents with
+// their redis-servers); in production `pubmesh node` runs the nodes.
 func Example() {
-	etcd, _ := embedetcd.Start(embedetcd.Config{})
-	defer etcd.Close()
-	for i := range 2 {
-		r, _ := testredis.Start()
-		defer r.Close()
-		cli, _ := discovery.Dial(context.Background(), discovery.EtcdConfig{Endpoints: []string{etcd.Endpoint()}})
-		defer cli.Close()
-		reg, _ := discovery.New(cli, discovery.Config{Cluster: "example"})
-		g, _ := reg.Register(context.Background(), discovery.Node{
-			ID: fmt.Sprintf("node%d", i), Addr: r.Addr, State: discovery.StateReady, StartedAt: time.Now(), Version: "example",
-		}, discovery.RegisterOptions{})
-		defer g.Close(context.Background())
-	}
-
 	ctx := context.Background()
+	cluster, err := pubmeshtest.Start(ctx, pubmeshtest.Options{Nodes: 2})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer cluster.Close()
+
 	c, err := fanout.New(ctx, fanout.Config{
-		Etcd:    discovery.EtcdConfig{Endpoints: []string{etcd.Endpoint()}},
-		Cluster: "example",
+		Etcd:    cluster.Etcd(),
+		Cluster: cluster.Name(),
 	})
 	if err != nil {
 		fmt.Println(err)
@@ -40,7 +30,11 @@ func Example() {
 	}
 	defer c.Close()
 
-	sub, _ := c.Subscribe(ctx, "orders.eu")
+	sub, err := c.Subscribe(ctx, "orders.eu")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	defer sub.Close()
 	if err := c.Publish(ctx, "orders.eu", []byte("order 1 placed")); err != nil {
 		fmt.Println(err)
