@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -147,27 +146,6 @@ func (p *publishers) published() int {
 		for _, rs := range byCh {
 			for _, r := range rs {
 				if r.ok {
-					n++
-				}
-			}
-		}
-	}
-	return n
-}
-
-// ackedBetween counts publishes to the channels chans (nil: every channel)
-// that returned nil at a time in [from, to].
-func (p *publishers) ackedBetween(chans []int, from, to time.Time) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for _, byCh := range p.recs {
-		for ci, rs := range byCh {
-			if chans != nil && !slices.Contains(chans, ci) {
-				continue
-			}
-			for _, r := range rs {
-				if r.ok && r.end >= from.UnixNano() && r.end <= to.UnixNano() {
 					n++
 				}
 			}
@@ -347,7 +325,8 @@ type subResult struct {
 	outOfOrder int
 	lostAcked  []int64 // when the lost messages' publishes returned (unix ns)
 	maxLatency time.Duration
-	bound      int // losses allowed (see inflightBound); 0 unless the scenario is lossy
+	bound      int      // losses allowed: messages in flight at the fault (see inflightLoss); 0 unless the scenario is lossy
+	holes      []string // lost messages that were not in flight at the fault (see inflightLoss)
 }
 
 // account compares what k received with what was published. A message is
