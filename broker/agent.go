@@ -233,6 +233,14 @@ func (a *Agent) run(ctx context.Context) error {
 
 	defer func() {
 		a.leave(s, leaveStop)
+		if s.registered && s.reg == nil {
+			// The node has left for good: the acks about it are of no use.
+			octx, cancel := context.WithTimeout(context.Background(), opTimeout)
+			if err := a.reg.ClearAcks(octx, cfg.ID); err != nil {
+				a.log.Warn("cannot delete the acks about this node", "err", err)
+			}
+			cancel()
+		}
 		if s.child != nil {
 			s.child.stop(cfg.StopTimeout)
 			a.setPID(0)

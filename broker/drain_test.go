@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pubmesh/pubmesh/discovery"
 )
@@ -185,4 +186,41 @@ func readPush(rd *bufio.Reader) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// Once a node has left for good, the acks about it are deleted: clients
+// live long, and node ids come and go (a new pod, a new id), so they would
+// pile up under the clients' leases.
+func TestAgentClearsAcksWhenItLeaves(t *testing.T) {
+	t.Parallel()
+	reg := newRegistry(t)
+	w := watch(t, reg)
+	cfg := fastConfig(t, reg)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := reg.RegisterClient(ctx, discovery.ClientInfo{ID: "c1"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	a := start(t, cfg)
+	w.until(t, 15*time.Second, "joining", inState(cfg.ID, discovery.StateJoining))
+	n, _ := node(w.last, cfg.ID)
+	if err := c.Ack(ctx, cfg.ID, discovery.Ack{RunID: n.RunID, Incarnation: n.Incarnation, State: discovery.AckSubscribed}); err != nil {
+		t.Fatal(err)
+	}
+	w.until(t, 15*time.Second, "ready", inState(cfg.ID, discovery.StateReady))
+	if err := c.Ack(ctx, cfg.ID, discovery.Ack{RunID: n.RunID, Incarnation: n.Incarnation, State: discovery.AckReleased}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := reg.Client().Get(ctx, discovery.DefaultPrefix+"/"+reg.Cluster()+"/acks/"+cfg.ID+"/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 0 {
+		t.Errorf("%d acks about the node are left after it drained", len(resp.Kvs))
+	}
 }

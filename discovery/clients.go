@@ -182,9 +182,20 @@ func (r *Registry) WaitAcks(ctx context.Context, node Node, want AckState) ([]st
 	}
 }
 
-// ClearAcks deletes every ack about node id, once the node has left.
+// ClearAcks deletes every ack about node id once the node has left: the
+// node agent calls it when it stops for good. Acks live under the clients'
+// leases, so without it a long-lived client would keep one ack per node id it
+// ever saw. It does nothing while a node holds the id (checked in the same
+// transaction), since the acks may then be for that node's registration.
 func (r *Registry) ClearAcks(ctx context.Context, id string) error {
-	if _, err := r.cli.Delete(ctx, r.keys.acks(id), clientv3.WithPrefix()); err != nil {
+	if err := ValidID(id); err != nil {
+		return err
+	}
+	_, err := r.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(r.keys.node(id)), "=", 0)).
+		Then(clientv3.OpDelete(r.keys.acks(id), clientv3.WithPrefix())).
+		Commit()
+	if err != nil {
 		return fmt.Errorf("discovery: clear acks %s: %w", id, err)
 	}
 	return nil

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"testing"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/pubmesh/pubmesh/discovery"
 )
 
@@ -51,4 +53,47 @@ func TestRegisterClientIDTaken(t *testing.T) {
 		t.Fatalf("RegisterClient once the id is free: %v", err)
 	}
 	again.Close(ctx)
+}
+
+// ClearAcks deletes the acks about a node that has left, and leaves those of
+// a node that holds the id alone: they may be for its live registration.
+func TestClearAcksOnlyOnceTheNodeLeft(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx := context.Background()
+	c, err := f.reg.RegisterClient(ctx, discovery.ClientInfo{ID: "c1"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	g, err := f.reg.Register(ctx, node("a", discovery.StateJoining), discovery.RegisterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ack(ctx, "a", discovery.Ack{RunID: "r1", Incarnation: g.Node().Incarnation, State: discovery.AckSubscribed}); err != nil {
+		t.Fatal(err)
+	}
+	acks := func() int64 {
+		t.Helper()
+		resp, err := f.cli.Get(ctx, "/pubmesh/"+f.reg.Cluster()+"/acks/a/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Count
+	}
+	if err := f.reg.ClearAcks(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if n := acks(); n != 1 {
+		t.Fatalf("%d acks about a live node after ClearAcks, want its 1", n)
+	}
+	if err := g.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.reg.ClearAcks(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if n := acks(); n != 0 {
+		t.Fatalf("%d acks about a node that left, after ClearAcks", n)
+	}
 }
