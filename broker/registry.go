@@ -72,6 +72,11 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 		return nil
 	}
 	s.reg, s.regDone, s.registered, s.regBackoff = reg, reg.Done(), true, 0
+	if s.drainReq == nil {
+		// Drain requests count from this agent's first registration on:
+		// one made for an earlier agent with this id never drains this one.
+		s.drainReq = a.reg.DrainRequested(ctx, a.cfg.ID, reg.Node().Incarnation)
+	}
 	a.setNode(reg.Node())
 	a.log.Info("registered", "state", node.State, "addr", node.Addr, "run_id", node.RunID, "incarnation", reg.Node().Incarnation)
 

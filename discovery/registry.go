@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,6 +74,15 @@ func New(cli *clientv3.Client, cfg Config) (*Registry, error) {
 		return nil, fmt.Errorf("discovery: cluster: %w", err)
 	}
 	return &Registry{cli: cli, cfg: cfg, keys: newKeys(cfg.Prefix, cfg.Cluster)}, nil
+}
+
+// Ping reads the cluster's keys (a count only), to check that etcd answers
+// and lets this client read them.
+func (r *Registry) Ping(ctx context.Context) error {
+	if _, err := r.cli.Get(ctx, r.keys.root, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
+		return fmt.Errorf("discovery: etcd %s: %w", strings.Join(r.cli.Endpoints(), ","), err)
+	}
+	return nil
 }
 
 // Client is the etcd client the registry uses.
