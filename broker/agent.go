@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -151,10 +152,14 @@ func (a *Agent) Shutdown(ctx context.Context) error {
 // Run starts the node and keeps it running until it is drained (by
 // Registry.RequestDrain or Shutdown), then returns nil. If ctx is cancelled
 // it stops at once, without the drain wait: it revokes the lease, stops the
-// child and returns ctx.Err(). It fails at start, with a one-line error, when
+// child and returns ctx.Err(). It first waits for etcd to answer, logging
+// "waiting for etcd" with a backoff, so a node may start before etcd does
+// (give it a Registry on a client from discovery.Connect, which does not
+// require etcd to answer). It fails at start, with a one-line error, when
 // the port is taken, the redis-server cannot start, or another live agent
 // holds the node id. Once started, Redis crashes, hangs and etcd outages are
-// handled, not returned.
+// handled, not returned. Only a drain requested for one of this Run's own
+// registrations drains it (see discovery.Registry.DrainRequested).
 func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	switch {
@@ -187,6 +192,10 @@ type runState struct {
 	regBackoff time.Duration
 	registered bool      // registered at least once
 	firstUntil time.Time // before the first registration, how long ErrNodeExists is retried
+
+	// drainReq closes when a drain is requested for one of this agent's
+	// registrations; nil until the first one.
+	drainReq <-chan struct{}
 
 	gateDone   chan error // the JoinGate's result; nil unless one runs
 	gateCancel context.CancelFunc
@@ -222,17 +231,30 @@ func (a *Agent) run(ctx context.Context) error {
 		s.dir = dir
 	}
 
+	// A node may start before etcd (a cold start of a whole site): wait for
+	// it rather than exit and crash-loop.
+	if ok, err := a.waitEtcd(rctx); !ok {
+		return err
+	}
 	// A drain request left from an earlier agent with this id (it crashed
-	// before it could clear it) must not drain this one.
+	// before it could clear it) is for that agent's registration, and
+	// DrainRequested ignores it (see register); delete it anyway.
 	cctx, ccancel := context.WithTimeout(rctx, opTimeout)
 	if err := a.reg.ClearDrain(cctx, cfg.ID); err != nil {
 		a.log.Warn("cannot clear an old drain request", "err", err)
 	}
 	ccancel()
-	drainReq := a.reg.DrainRequested(rctx, cfg.ID)
 
 	defer func() {
 		a.leave(s, leaveStop)
+		if s.registered && s.reg == nil {
+			// The node has left for good: the acks about it are of no use.
+			octx, cancel := context.WithTimeout(context.Background(), opTimeout)
+			if err := a.reg.ClearAcks(octx, cfg.ID); err != nil {
+				a.log.Warn("cannot delete the acks about this node", "err", err)
+			}
+			cancel()
+		}
 		if s.child != nil {
 			s.child.stop(cfg.StopTimeout)
 			a.setPID(0)
@@ -263,7 +285,7 @@ func (a *Agent) run(ctx context.Context) error {
 			a.mu.Unlock()
 			a.log.Info("shutting down: draining")
 			return a.drain(rctx, s, bound)
-		case <-drainReq:
+		case <-s.drainReq:
 			a.log.Info("drain requested")
 			return a.drain(rctx, s, rctx)
 		case <-s.childDone:
@@ -280,6 +302,43 @@ func (a *Agent) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+	}
+}
+
+// waitEtcd returns (true, nil) once etcd answers. Until then it retries with
+// a backoff (250ms, doubling up to 5s) and logs what it waits for. It
+// returns false when the agent stops first: with ctx's error, or nil after
+// Shutdown (there is nothing to drain yet).
+func (a *Agent) waitEtcd(ctx context.Context) (bool, error) {
+	t0 := time.Now()
+	wait := 250 * time.Millisecond
+	for {
+		octx, cancel := context.WithTimeout(ctx, opTimeout)
+		err := a.reg.Ping(octx)
+		cancel()
+		if err == nil {
+			if time.Since(t0) > opTimeout {
+				a.log.Info("etcd answers", "after", time.Since(t0).Round(time.Millisecond))
+			}
+			return true, nil
+		}
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		a.m.registerErrors.Inc()
+		a.log.Warn("waiting for etcd", "endpoints", strings.Join(a.reg.Client().Endpoints(), ","), "err", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false, ctx.Err()
+		case <-a.shutdown:
+			t.Stop()
+			a.log.Info("shut down while waiting for etcd")
+			return false, nil
+		case <-t.C:
+		}
+		wait = min(wait*2, 5*time.Second)
 	}
 }
 

@@ -9,7 +9,7 @@
 //	start ──PING ok──▶ joining ──JoinGate──▶ ready ──drain──▶ draining ──DrainGate──▶ gone
 //	                      │                    │
 //	                      └──── HealthFailures PINGs missed, child exited, ────┘──▶ gone ──PING ok──▶ joining
-//	                            lease lost
+//	                            lease lost, key deleted by hand
 //
 // The node registers as joining only once its Redis answers PING, and turns
 // ready when JoinGate returns (by default the join handshake, JoinHandshake). Every
@@ -18,12 +18,17 @@
 // node leaves by deleting its key (revoking its lease), and registers again
 // as joining when PING works. If the child exits, the node leaves at once
 // and the child is restarted with exponential backoff. If the lease is lost
-// (etcd unreachable for longer than LeaseTTL), the node registers again as
-// soon as etcd answers.
+// (etcd unreachable for longer than LeaseTTL), or the key is deleted by hand
+// while the lease lives, the node registers again as soon as etcd answers.
+// At start the agent waits for etcd (logging what it waits for) rather than
+// fail.
 //
 // A drain, requested through the registry (discovery.Registry.RequestDrain)
 // or by Shutdown, turns the node draining, runs DrainGate bounded by
-// DrainTimeout, revokes the lease, clears the request and stops the child.
+// DrainTimeout, revokes the lease, clears the request, deletes the acks
+// about the node and stops the child. A drain request is for one
+// registration (incarnation) of the node id: one left from an earlier agent
+// with the same id never drains a new one.
 //
 // Security (see docs/security.md): with Config.Password the child requires
 // it (redis.conf holds only its hash), with Config.Username as a

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,8 +24,8 @@ import (
 //     subscriber misses a message published to it.
 //   - drain: the node stays draining until every client has acked that it
 //     no longer publishes there (discovery.AckReleased), and then until Redis
-//     has written its pub/sub output buffers out to the subscribers. Only
-//     then does the key go.
+//     has written its pub/sub output buffers out to the subscribers (obl,
+//     oll and omem all 0 in CLIENT LIST). Only then does the key go.
 //
 // The gates' timeouts are fallbacks for clients that do not answer; they are
 // logged with the clients' ids.
@@ -84,11 +85,14 @@ func DrainHandshake(reg *discovery.Registry, redisOpts func(addr string) *redis.
 }
 
 // waitFlushed polls CLIENT LIST TYPE pubsub until no subscriber connection
-// has pending output (omem=0).
+// has pending output: obl=0, oll=0 and omem=0. omem alone is not enough:
+// Redis keeps up to 16 KiB per client in its reply buffer (obl) before it
+// uses the reply list that omem measures, so a subscriber with a full socket
+// can show omem=0 with the tail of the stream still unsent.
 func waitFlushed(ctx context.Context, rdb *redis.Client) error {
 	for {
 		pending, err := pubsubPending(ctx, rdb)
-		if err == nil && pending == 0 {
+		if err == nil && pending.empty() {
 			return nil
 		}
 		select {
@@ -96,29 +100,70 @@ func waitFlushed(ctx context.Context, rdb *redis.Client) error {
 			if err != nil {
 				return fmt.Errorf("broker: client list: %w", err)
 			}
-			return fmt.Errorf("broker: %d bytes still queued to subscribers: %w", pending, ctx.Err())
+			return fmt.Errorf("broker: %s still queued to subscribers: %w", pending, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
 
-// pubsubPending sums omem over the pub/sub clients of a Redis.
-func pubsubPending(ctx context.Context, rdb *redis.Client) (int64, error) {
+// pendingOutput sums what Redis has not yet written to its pub/sub clients.
+type pendingOutput struct {
+	clients int   // clients with any pending output
+	obl     int64 // bytes in the clients' reply buffers
+	oll     int64 // entries in their reply lists
+	omem    int64 // bytes in their reply lists
+}
+
+func (p pendingOutput) empty() bool { return p.obl == 0 && p.oll == 0 && p.omem == 0 }
+
+func (p pendingOutput) String() string {
+	return fmt.Sprintf("%d bytes (obl=%d omem=%d oll=%d, %d clients)", p.obl+p.omem, p.obl, p.omem, p.oll, p.clients)
+}
+
+// pubsubPending sums obl, oll and omem over the pub/sub clients of a Redis.
+// A line without all three fields is an error: a server that does not
+// report them cannot prove it has flushed.
+func pubsubPending(ctx context.Context, rdb *redis.Client) (pendingOutput, error) {
 	list, err := rdb.Do(ctx, "CLIENT", "LIST", "TYPE", "pubsub").Text()
 	if err != nil {
-		return 0, err
+		return pendingOutput{}, err
 	}
-	var total int64
+	var total pendingOutput
 	for _, line := range strings.Split(list, "\n") {
-		for _, f := range strings.Fields(line) {
-			if v, ok := strings.CutPrefix(f, "omem="); ok {
-				var n int64
-				if _, err := fmt.Sscan(v, &n); err != nil {
-					return 0, errors.New("broker: unexpected CLIENT LIST output")
-				}
-				total += n
-			}
+		if strings.TrimSpace(line) == "" {
+			continue
 		}
+		var c pendingOutput
+		seen := 0
+		for _, f := range strings.Fields(line) {
+			k, v, _ := strings.Cut(f, "=")
+			var dst *int64
+			switch k {
+			case "obl":
+				dst = &c.obl
+			case "oll":
+				dst = &c.oll
+			case "omem":
+				dst = &c.omem
+			default:
+				continue
+			}
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				return pendingOutput{}, errors.New("broker: unexpected CLIENT LIST output")
+			}
+			*dst = n
+			seen++
+		}
+		if seen != 3 {
+			return pendingOutput{}, errors.New("broker: CLIENT LIST output without obl, oll and omem")
+		}
+		if !c.empty() {
+			total.clients++
+		}
+		total.obl += c.obl
+		total.oll += c.oll
+		total.omem += c.omem
 	}
 	return total, nil
 }

@@ -71,13 +71,20 @@ func newRegistry(t *testing.T, endpoint ...string) *discovery.Registry {
 
 // testLogger keeps the test's logs and prints them only if it fails.
 func testLogger(t *testing.T) *slog.Logger {
-	var buf syncBuffer
+	log, _ := testLogs(t)
+	return log
+}
+
+// testLogs is testLogger that also returns the logs, for tests that check
+// what the agent says.
+func testLogs(t *testing.T) (*slog.Logger, *syncBuffer) {
+	buf := &syncBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("PUBMESH_TEST_LOGS") != "" {
 			t.Logf("logs:\n%s", buf.String())
 		}
 	})
-	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
 }
 
 type syncBuffer struct {

@@ -30,16 +30,17 @@ var metricStates = []string{StateGone, "joining", "ready", "draining"}
 
 // Reasons a node leaves, the values of the leaves metric's reason label.
 const (
-	leaveHealth    = "health"     // PING missed HealthFailures times in a row
-	leaveExit      = "exit"       // the redis-server child exited
-	leaveLeaseLost = "lease_lost" // the lease expired, e.g. etcd unreachable for longer than the TTL
-	leaveGate      = "join_gate"  // the JoinGate returned an error
-	leaveEtcd      = "etcd"       // a state write to etcd failed
-	leaveDrain     = "drain"      // drained (RequestDrain or Shutdown)
-	leaveStop      = "stop"       // Run's context was cancelled
+	leaveHealth     = "health"      // PING missed HealthFailures times in a row
+	leaveExit       = "exit"        // the redis-server child exited
+	leaveLeaseLost  = "lease_lost"  // the lease expired, e.g. etcd unreachable for longer than the TTL
+	leaveKeyDeleted = "key_deleted" // the key was deleted by hand (etcdctl del) while the lease lived
+	leaveGate       = "join_gate"   // the JoinGate returned an error
+	leaveEtcd       = "etcd"        // a state write to etcd failed
+	leaveDrain      = "drain"       // drained (RequestDrain or Shutdown)
+	leaveStop       = "stop"        // Run's context was cancelled
 )
 
-var leaveReasons = []string{leaveHealth, leaveExit, leaveLeaseLost, leaveGate, leaveEtcd, leaveDrain, leaveStop}
+var leaveReasons = []string{leaveHealth, leaveExit, leaveLeaseLost, leaveKeyDeleted, leaveGate, leaveEtcd, leaveDrain, leaveStop}
 
 // metrics of one agent. Prometheus types are safe for concurrent use.
 type metrics struct {

@@ -72,8 +72,13 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 		return nil
 	}
 	s.reg, s.regDone, s.registered, s.regBackoff = reg, reg.Done(), true, 0
+	if s.drainReq == nil {
+		// Drain requests count from this agent's first registration on:
+		// one made for an earlier agent with this id never drains this one.
+		s.drainReq = a.reg.DrainRequested(ctx, a.cfg.ID, reg.Node().Incarnation)
+	}
 	a.setNode(reg.Node())
-	a.log.Info("registered", "state", node.State, "addr", node.Addr, "run_id", node.RunID)
+	a.log.Info("registered", "state", node.State, "addr", node.Addr, "run_id", node.RunID, "incarnation", reg.Node().Incarnation)
 
 	gctx, gcancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -118,15 +123,23 @@ func (a *Agent) joinGateDone(ctx context.Context, s *runState, err error) {
 }
 
 // leaseLost handles Registration.Done: the lease expired, usually because
-// etcd was unreachable for longer than the TTL. The node registers again as
-// soon as etcd answers.
+// etcd was unreachable for longer than the TTL, or the node's key was
+// deleted by hand while the lease lived (etcdctl del). Either way clients no
+// longer see the node, so it registers again (a new incarnation) as soon as
+// etcd answers, after revoking the old lease.
 func (a *Agent) leaseLost(s *runState) {
-	a.log.Warn("registry lease lost; registering again when etcd answers", "err", s.reg.Err())
+	reason := leaveLeaseLost
+	if err := s.reg.Err(); errors.Is(err, discovery.ErrKeyDeleted) {
+		reason = leaveKeyDeleted
+		a.log.Warn("node key deleted from etcd while the agent was running; registering again", "key", a.reg.NodeKey(a.cfg.ID), "incarnation", s.reg.Node().Incarnation)
+	} else {
+		a.log.Warn("registry lease lost; registering again when etcd answers", "err", err)
+	}
 	s.oldLease = s.reg.ID()
 	a.cancelGate(s)
 	s.reg, s.regDone = nil, nil
 	s.nextReg = time.Time{}
-	a.m.leaves.WithLabelValues(leaveLeaseLost).Inc()
+	a.m.leaves.WithLabelValues(reason).Inc()
 	a.setGone()
 }
 

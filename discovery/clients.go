@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -46,6 +47,11 @@ type Ack struct {
 	At          time.Time `json:"at"`
 }
 
+// ErrClientIDTaken is how RegisterClient fails when a live client already
+// holds the id: two clients must never share one key, or the first to leave
+// would delete the other's presence and acks.
+var ErrClientIDTaken = errors.New("discovery: a live client already has this id")
+
 // ClientRegistration is a fanout client's presence under its lease. Its acks
 // are written under the same lease, so they vanish with the client.
 type ClientRegistration struct {
@@ -55,7 +61,9 @@ type ClientRegistration struct {
 }
 
 // RegisterClient announces a fanout client. From then on, joins and drains
-// of nodes wait for its acks (up to their timeout).
+// of nodes wait for its acks (up to their timeout). The key is created only
+// if no live client holds the id; otherwise it fails with ErrClientIDTaken
+// (wrapped) and leaves the other client's key alone.
 func (r *Registry) RegisterClient(ctx context.Context, info ClientInfo, ttl time.Duration) (*ClientRegistration, error) {
 	if err := ValidID(info.ID); err != nil {
 		return nil, err
@@ -64,8 +72,16 @@ func (r *Registry) RegisterClient(ctx context.Context, info ClientInfo, ttl time
 	if err != nil {
 		return nil, fmt.Errorf("discovery: register client %s: %w", info.ID, err)
 	}
+	key := r.keys.client(info.ID)
 	val, _ := json.Marshal(info)
-	if _, err := r.cli.Put(ctx, r.keys.client(info.ID), string(val), clientv3.WithLease(lease.ID())); err != nil {
+	txn, err := r.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease.ID()))).
+		Commit()
+	if err == nil && !txn.Succeeded {
+		err = ErrClientIDTaken
+	}
+	if err != nil {
 		lease.Close(ctx)
 		return nil, fmt.Errorf("discovery: register client %s: %w", info.ID, err)
 	}
@@ -166,9 +182,20 @@ func (r *Registry) WaitAcks(ctx context.Context, node Node, want AckState) ([]st
 	}
 }
 
-// ClearAcks deletes every ack about node id, once the node has left.
+// ClearAcks deletes every ack about node id once the node has left: the
+// node agent calls it when it stops for good. Acks live under the clients'
+// leases, so without it a long-lived client would keep one ack per node id it
+// ever saw. It does nothing while a node holds the id (checked in the same
+// transaction), since the acks may then be for that node's registration.
 func (r *Registry) ClearAcks(ctx context.Context, id string) error {
-	if _, err := r.cli.Delete(ctx, r.keys.acks(id), clientv3.WithPrefix()); err != nil {
+	if err := ValidID(id); err != nil {
+		return err
+	}
+	_, err := r.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(r.keys.node(id)), "=", 0)).
+		Then(clientv3.OpDelete(r.keys.acks(id), clientv3.WithPrefix())).
+		Commit()
+	if err != nil {
 		return fmt.Errorf("discovery: clear acks %s: %w", id, err)
 	}
 	return nil

@@ -54,12 +54,38 @@ func ParseEndpoints(s string) []string {
 // Dial connects to etcd and checks that it answers, so a wrong address is a
 // clear error at start rather than a silent hang later.
 func Dial(ctx context.Context, cfg EtcdConfig) (*clientv3.Client, error) {
-	if len(cfg.Endpoints) == 0 {
-		return nil, errors.New("discovery: no etcd endpoints")
+	cfg = cfg.withDefaults()
+	cli, err := Connect(cfg)
+	if err != nil {
+		return nil, err
 	}
+	cctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	if _, err := cli.Get(cctx, "/pubmesh-ping", clientv3.WithCountOnly()); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("discovery: etcd %s unreachable: %w", strings.Join(cfg.Endpoints, ","), explain(err, cfg))
+	}
+	return cli, nil
+}
+
+func (cfg EtcdConfig) withDefaults() EtcdConfig {
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 5 * time.Second
 	}
+	return cfg
+}
+
+// Connect returns an etcd client without checking that etcd answers: it
+// fails only on a bad configuration, and the client connects (and
+// reconnects) in the background. It is for a long-running process that must
+// start before etcd does, such as a node agent, whose Run waits for etcd
+// (broker.Agent logs "waiting for etcd"); a command that needs etcd now
+// should use Dial.
+func Connect(cfg EtcdConfig) (*clientv3.Client, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("discovery: no etcd endpoints")
+	}
+	cfg = cfg.withDefaults()
 	if cfg.TLS == nil && slices.ContainsFunc(cfg.Endpoints, func(e string) bool { return strings.HasPrefix(e, "https://") }) {
 		// https without a TLS config: verify against the system's roots
 		// rather than speak plain text to a TLS port.
@@ -84,12 +110,6 @@ func Dial(ctx context.Context, cfg EtcdConfig) (*clientv3.Client, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("discovery: etcd %s: %w", strings.Join(cfg.Endpoints, ","), explain(err, cfg))
-	}
-	cctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	defer cancel()
-	if _, err := cli.Get(cctx, "/pubmesh-ping", clientv3.WithCountOnly()); err != nil {
-		cli.Close()
-		return nil, fmt.Errorf("discovery: etcd %s unreachable: %w", strings.Join(cfg.Endpoints, ","), explain(err, cfg))
 	}
 	return cli, nil
 }

@@ -258,7 +258,7 @@ func TestDrainRequest(t *testing.T) {
 	defer cancel()
 	g, _ := f.reg.Register(ctx, node("a", discovery.StateReady), discovery.RegisterOptions{})
 	defer g.Close(ctx)
-	drained := f.reg.DrainRequested(ctx, "a")
+	drained := f.reg.DrainRequested(ctx, "a", g.Node().Incarnation)
 	select {
 	case <-drained:
 		t.Fatal("drain signalled before any request")
@@ -274,9 +274,32 @@ func TestDrainRequest(t *testing.T) {
 	}
 	// A request made before the agent starts watching is seen too.
 	select {
-	case <-f.reg.DrainRequested(ctx, "a"):
+	case <-f.reg.DrainRequested(ctx, "a", g.Node().Incarnation):
 	case <-time.After(5 * time.Second):
 		t.Fatal("earlier drain request not seen")
+	}
+
+	// The request is for that registration: a later one of the same id
+	// (a new agent) is not drained by it, only by a request of its own.
+	g.Close(ctx)
+	g2, err := f.reg.Register(ctx, node("a", discovery.StateReady), discovery.RegisterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g2.Close(ctx)
+	drained = f.reg.DrainRequested(ctx, "a", g2.Node().Incarnation)
+	select {
+	case <-drained:
+		t.Fatal("a new registration was drained by a request for the earlier one")
+	case <-time.After(500 * time.Millisecond):
+	}
+	if err := f.reg.RequestDrain(ctx, "a", "test"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-drained:
+	case <-time.After(5 * time.Second):
+		t.Fatal("drain request for the new registration not seen")
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -13,12 +14,20 @@ import (
 // never picks it up, so a request for a dead node does not linger.
 const DrainRequestTTL = 10 * time.Minute
 
-type drainRequest struct {
+// DrainRequest is the value at drain/<node-id>.
+type DrainRequest struct {
 	RequestedAt time.Time `json:"requested_at"`
 	By          string    `json:"by,omitempty"`
+	// Incarnation of the node registration the request is for (see
+	// Node.Incarnation): the agent of a later registration of the same id
+	// ignores it, so a request left over from an earlier agent never drains
+	// a new one. In a request written by an older pubmesh it is 0, and the
+	// key's ModRevision stands in for it.
+	Incarnation int64 `json:"incarnation,omitempty"`
 }
 
-// RequestDrain asks node id's agent to drain and leave. It fails if no live
+// RequestDrain asks node id's agent to drain and leave. The request is for
+// the node's current registration (its incarnation). It fails if no live
 // node has that id.
 func (r *Registry) RequestDrain(ctx context.Context, id, by string) error {
 	if err := ValidID(id); err != nil {
@@ -28,25 +37,42 @@ func (r *Registry) RequestDrain(ctx context.Context, id, by string) error {
 	if err != nil {
 		return fmt.Errorf("discovery: drain %s: %w", id, err)
 	}
-	val, _ := json.Marshal(drainRequest{RequestedAt: time.Now().UTC(), By: by})
-	txn, err := r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(r.keys.node(id)), ">", 0)).
-		Then(clientv3.OpPut(r.keys.drain(id), string(val), clientv3.WithLease(lease.ID))).
-		Commit()
-	if err != nil {
-		return fmt.Errorf("discovery: drain %s: %w", id, err)
+	nodeKey := r.keys.node(id)
+	// The incarnation is read, then the request written only if the node
+	// still has it; a node that registered again in between is read again.
+	for range 3 {
+		resp, err := r.cli.Get(ctx, nodeKey)
+		if err != nil {
+			r.cli.Revoke(ctx, lease.ID)
+			return fmt.Errorf("discovery: drain %s: %w", id, err)
+		}
+		if len(resp.Kvs) == 0 {
+			break
+		}
+		inc := resp.Kvs[0].CreateRevision
+		val, _ := json.Marshal(DrainRequest{RequestedAt: time.Now().UTC(), By: by, Incarnation: inc})
+		txn, err := r.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(nodeKey), "=", inc)).
+			Then(clientv3.OpPut(r.keys.drain(id), string(val), clientv3.WithLease(lease.ID))).
+			Commit()
+		if err != nil {
+			r.cli.Revoke(ctx, lease.ID)
+			return fmt.Errorf("discovery: drain %s: %w", id, err)
+		}
+		if txn.Succeeded {
+			return nil
+		}
 	}
-	if !txn.Succeeded {
-		r.cli.Revoke(ctx, lease.ID)
-		return fmt.Errorf("discovery: drain %s: no live node with that id", id)
-	}
-	return nil
+	r.cli.Revoke(ctx, lease.ID)
+	return fmt.Errorf("discovery: drain %s: no live node with that id", id)
 }
 
 // DrainRequested returns a channel that is closed once a drain of node id
-// is requested (also if the request was made before the call). It retries
-// through etcd outages until ctx is done.
-func (r *Registry) DrainRequested(ctx context.Context, id string) <-chan struct{} {
+// is requested for registration incarnation or a later one (also if the
+// request was made before the call). A request for an earlier registration
+// of the id, left by an agent that stopped before it could act on it, is
+// ignored. It retries through etcd outages until ctx is done.
+func (r *Registry) DrainRequested(ctx context.Context, id string, incarnation int64) <-chan struct{} {
 	ch := make(chan struct{})
 	go func() {
 		key := r.keys.drain(id)
@@ -56,7 +82,7 @@ func (r *Registry) DrainRequested(ctx context.Context, id string) <-chan struct{
 				sleep(ctx, time.Second)
 				continue
 			}
-			if len(resp.Kvs) > 0 {
+			if len(resp.Kvs) > 0 && drainFor(resp.Kvs[0], incarnation) {
 				close(ch)
 				return
 			}
@@ -66,7 +92,7 @@ func (r *Registry) DrainRequested(ctx context.Context, id string) <-chan struct{
 					break
 				}
 				for _, ev := range wr.Events {
-					if ev.Type == clientv3.EventTypePut {
+					if ev.Type == clientv3.EventTypePut && drainFor(ev.Kv, incarnation) {
 						cancel()
 						close(ch)
 						return
@@ -78,6 +104,17 @@ func (r *Registry) DrainRequested(ctx context.Context, id string) <-chan struct{
 		}
 	}()
 	return ch
+}
+
+// drainFor reports whether the drain request kv is for registration
+// incarnation or a later one.
+func drainFor(kv *mvccpb.KeyValue, incarnation int64) bool {
+	var req DrainRequest
+	json.Unmarshal(kv.Value, &req) // a bad value has no incarnation: the revision decides
+	if req.Incarnation == 0 {
+		req.Incarnation = kv.ModRevision
+	}
+	return req.Incarnation >= incarnation
 }
 
 // ClearDrain deletes node id's drain request, once the node has left.

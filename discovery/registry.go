@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,6 +76,15 @@ func New(cli *clientv3.Client, cfg Config) (*Registry, error) {
 	return &Registry{cli: cli, cfg: cfg, keys: newKeys(cfg.Prefix, cfg.Cluster)}, nil
 }
 
+// Ping reads the cluster's keys (a count only), to check that etcd answers
+// and lets this client read them.
+func (r *Registry) Ping(ctx context.Context) error {
+	if _, err := r.cli.Get(ctx, r.keys.root, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
+		return fmt.Errorf("discovery: etcd %s: %w", strings.Join(r.cli.Endpoints(), ","), err)
+	}
+	return nil
+}
+
 // Client is the etcd client the registry uses.
 func (r *Registry) Client() *clientv3.Client { return r.cli }
 
@@ -138,20 +148,69 @@ func (r *Registry) Register(ctx context.Context, node Node, opts RegisterOptions
 		return nil, fmt.Errorf("discovery: register %s: %w", node.ID, err)
 	}
 	node.Incarnation = txn.Header.Revision
-	return &Registration{Lease: lease, r: r, key: key, node: node}, nil
+	return newRegistration(lease, r, key, node), nil
 }
 
 // Registration is one node's key under its lease. It is safe for concurrent
-// use. Like concurrency.Session: Done fires when the lease is lost, and Close
-// revokes it, which deletes the key.
+// use. Like concurrency.Session: Done fires when the registration is over,
+// and Close revokes the lease, which deletes the key. The registration is
+// over when the lease is lost, and also when the key is deleted (or taken
+// over by another lease) while the lease lives, as with `etcdctl del`: a
+// node without a key is invisible to clients, so an agent must not go on as
+// if it were registered.
 type Registration struct {
 	*Lease
 	r   *Registry
 	key string
 
-	mu   sync.Mutex // guards node
+	mu   sync.Mutex // guards node and err
 	node Node
+	err  error // ErrKeyDeleted once the key is gone while the lease lived
+
+	over      chan struct{} // closed by end when the registration is over; Done returns it
+	endOnce   sync.Once
+	stopWatch context.CancelFunc // stops watchKey
+	watchDone chan struct{}      // closed when watchKey returns
 }
+
+func newRegistration(lease *Lease, r *Registry, key string, node Node) *Registration {
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &Registration{
+		Lease: lease, r: r, key: key, node: node,
+		over: make(chan struct{}), stopWatch: cancel, watchDone: make(chan struct{}),
+	}
+	go g.watchKey(ctx)
+	return g
+}
+
+// Done is closed when the registration is over: the lease is lost, the key
+// was deleted or taken over while the lease lived (Err says which), or
+// Close was called.
+func (g *Registration) Done() <-chan struct{} { return g.over }
+
+// Err says why Done closed: ErrKeyDeleted, ErrLeaseLost, or ErrClosedLease
+// after Close.
+func (g *Registration) Err() error {
+	g.mu.Lock()
+	err := g.err
+	g.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return g.Lease.Err()
+}
+
+// Close revokes the lease, which deletes the key (see Lease.Close). Safe to
+// call more than once.
+func (g *Registration) Close(ctx context.Context) error {
+	g.stopWatch()
+	<-g.watchDone
+	err := g.Lease.Close(ctx)
+	g.end()
+	return err
+}
+
+func (g *Registration) end() { g.endOnce.Do(func() { close(g.over) }) }
 
 // Node is the value as last written.
 func (g *Registration) Node() Node {

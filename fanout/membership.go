@@ -2,6 +2,8 @@ package fanout
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"time"
 
@@ -9,14 +11,20 @@ import (
 	"github.com/pubmesh/pubmesh/internal/version"
 )
 
-// register announces the client in etcd under its own lease.
+// register announces the client in etcd under its own lease. It fails,
+// wrapping discovery.ErrClientIDTaken, if a live client already has the id:
+// sharing one key, the first client to leave would delete the other's
+// presence and acks.
 func (c *Client) register(ctx context.Context) error {
 	host, _ := os.Hostname()
 	p, err := c.reg.RegisterClient(ctx, discovery.ClientInfo{
 		ID: c.cfg.ID, Host: host, PID: os.Getpid(), StartedAt: time.Now().UTC(), Version: version.Version,
 	}, c.cfg.LeaseTTL)
+	if errors.Is(err, discovery.ErrClientIDTaken) {
+		return fmt.Errorf("fanout: client id %q is used by another live client (give each client its own Config.ID): %w", c.cfg.ID, err)
+	}
 	if err != nil {
-		return err
+		return fmt.Errorf("fanout: %w", err)
 	}
 	c.presence.Store(p)
 	return nil

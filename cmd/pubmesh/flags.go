@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -243,10 +244,12 @@ func serveMetrics(addr string, g prometheus.Gatherer, log *slog.Logger) (stop fu
 	}, nil
 }
 
-// hostPID names this process in drain requests: "host:pid".
+// hostPID names this process in drain requests and client ids:
+// "host:pid:random". The random part keeps ids apart where host and pid
+// repeat, as in containers, where every process is PID 1.
 func hostPID() string {
 	h, _ := os.Hostname()
-	return fmt.Sprintf("%s:%d", h, os.Getpid())
+	return fmt.Sprintf("%s:%d:%08x", h, os.Getpid(), rand.Uint32())
 }
 
 // oneLine flattens an error message to one line.
