@@ -27,7 +27,6 @@ func TestBadInput(t *testing.T) {
 		code int
 		want string // in the error line
 	}{
-		{"node unreachable etcd", []string{"node", "--etcd", dead, "--etcd-timeout", "1s", "--port", fmt.Sprint(freePort(t))}, 1, "unreachable"},
 		{"nodes unreachable etcd", []string{"nodes", "--etcd", dead, "--etcd-timeout", "1s"}, 1, "unreachable: context deadline exceeded (dial tcp " + dead + ": connect: connection refused): is a cluster running there? Start one with `pubmesh dev`"},
 		{"drain unreachable etcd", []string{"drain", "--etcd", dead, "--etcd-timeout", "1s", "n1"}, 1, "unreachable"},
 		{"node port taken", []string{"node", "--port", takenPort}, 1, "already in use"},

@@ -97,10 +97,23 @@ func openRegistry(c *cli.Context, log *slog.Logger) (*discovery.Registry, *clien
 }
 
 func openRegistryAt(ctx context.Context, ecfg discovery.EtcdConfig, cluster string, log *slog.Logger) (*discovery.Registry, *clientv3.Client, error) {
+	return openRegistryWith(ctx, ecfg, cluster, log, true)
+}
+
+// openRegistryWith opens the registry; with check, it fails at once when
+// etcd does not answer (a command a person waits for), without, it leaves
+// the waiting to the caller (a node agent, which retries with backoff and
+// logs what it waits for, so a cold start with a slow etcd does not
+// crash-loop).
+func openRegistryWith(ctx context.Context, ecfg discovery.EtcdConfig, cluster string, log *slog.Logger, check bool) (*discovery.Registry, *clientv3.Client, error) {
 	if err := discovery.ValidID(cluster); err != nil {
 		return nil, nil, fmt.Errorf("invalid --cluster: %w", err)
 	}
-	cli, err := discovery.Dial(ctx, ecfg)
+	dial := discovery.Dial
+	if !check {
+		dial = func(_ context.Context, cfg discovery.EtcdConfig) (*clientv3.Client, error) { return discovery.Connect(cfg) }
+	}
+	cli, err := dial(ctx, ecfg)
 	if err != nil {
 		return nil, nil, err
 	}

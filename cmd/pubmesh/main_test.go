@@ -76,9 +76,15 @@ func uniqueCluster(t *testing.T) string {
 // registry opens the test etcd's registry for cluster.
 func registry(t *testing.T, cluster string) *discovery.Registry {
 	t.Helper()
+	return registryAt(t, etcdEndpoint, cluster)
+}
+
+// registryAt opens the registry for cluster on the etcd at endpoint.
+func registryAt(t *testing.T, endpoint, cluster string) *discovery.Registry {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cli, err := discovery.Dial(ctx, discovery.EtcdConfig{Endpoints: []string{etcdEndpoint}})
+	cli, err := discovery.Dial(ctx, discovery.EtcdConfig{Endpoints: []string{endpoint}})
 	if err != nil {
 		t.Fatal(err)
 	}

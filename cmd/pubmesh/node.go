@@ -136,7 +136,12 @@ func runNode(c *cli.Context) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	reg, etcd, err := openRegistry(c, log)
+	ecfg, err := etcdConfig(c, log)
+	if err != nil {
+		return err
+	}
+	// The agent waits for etcd itself (logging "waiting for etcd").
+	reg, etcd, err := openRegistryWith(c.Context, ecfg, c.String("cluster"), log, false)
 	if err != nil {
 		return err
 	}
