@@ -214,9 +214,10 @@ func (c *Client) deliver(m *Message, pattern string) {
 	c.subs.each(m.Channel, pattern, func(s *Subscription) { s.put(m, c.cfg.Overflow, c.m) })
 }
 
-// Close unsubscribes everything, closes every Subscription's channel,
-// removes the client from etcd and waits for its goroutines. A second call
-// returns ErrClosed.
+// Close closes every Subscription's channel and every node connection
+// (which ends its subscriptions, with no UNSUBSCRIBE per channel), removes
+// the client from etcd and waits for its goroutines. A second call returns
+// ErrClosed.
 func (c *Client) Close() error {
 	err := ErrClosed
 	c.closeOnce.Do(func() {
@@ -233,7 +234,7 @@ func (c *Client) Close() error {
 		}
 		c.subs.mu.RUnlock()
 		for _, s := range all {
-			s.Close()
+			s.close(false) // the connections close below: no UNSUBSCRIBE
 		}
 		c.cancel()
 		c.wg.Wait()

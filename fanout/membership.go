@@ -96,7 +96,7 @@ func (c *Client) apply(s discovery.Snapshot) {
 		if nc == nil {
 			nc = newNodeConn(c, n)
 			c.nodes[n.ID] = nc
-			go nc.start()
+			nc.launch()
 		}
 		nc.state.Store(n.State)
 	}
@@ -163,7 +163,7 @@ func (c *Client) ackIfDue(nc *nodeConn) {
 		select {
 		case <-nc.subscribed:
 		default:
-			return // start() kicks us again once subscribed
+			return // subLoop kicks us again once subscribed
 		}
 	}
 	nc.acked.Store(tag)

@@ -66,8 +66,16 @@ func (s *Subscription) Dropped() uint64 {
 // Names are the channels or patterns of the subscription.
 func (s *Subscription) Names() []string { return append([]string(nil), s.names...) }
 
-// Close unsubscribes and closes Messages. A second call returns ErrClosed.
-func (s *Subscription) Close() error {
+// Close closes Messages and unsubscribes the names no other Subscription
+// of the client holds. It does not wait for the nodes: each node's
+// UNSUBSCRIBE is queued behind that node's earlier commands. A second call
+// returns ErrClosed.
+func (s *Subscription) Close() error { return s.close(true) }
+
+// close closes the subscription; with unsubscribe, the names it was the
+// last to hold are unsubscribed on the nodes (Client.Close closes the
+// connections instead).
+func (s *Subscription) close(unsubscribe bool) error {
 	err := ErrClosed
 	s.closeOnce.Do(func() {
 		err = nil
@@ -77,7 +85,9 @@ func (s *Subscription) Close() error {
 		s.closed = true
 		close(s.out)
 		s.mu.Unlock()
-		s.c.unsubscribe(gone, s.patterns)
+		if unsubscribe {
+			s.c.unsubscribe(gone, s.patterns)
+		}
 	})
 	return err
 }
@@ -258,7 +268,13 @@ func (c *Client) subscribe(ctx context.Context, names []string, patterns bool) (
 			if !ok {
 				return
 			}
-			if err := nc.subscribe(ctx, chans, pats); err != nil && nc.ctx.Err() == nil {
+			var err error
+			select {
+			case err = <-nc.subscribeAsync(chans, pats):
+			case <-ctx.Done():
+				return
+			}
+			if err != nil && nc.ctx.Err() == nil {
 				select {
 				case errs <- err:
 				default:
@@ -287,41 +303,17 @@ func (c *Client) subscribe(ctx context.Context, names []string, patterns bool) (
 	return s, nil
 }
 
-// unsubscribe sends UNSUBSCRIBE for names that lost their last
-// subscription. A Subscribe racing with it may have re-added a name after
-// the removal; such names are subscribed again afterwards, and the per-node
-// order of commands makes the subscription win.
+// unsubscribe queues an UNSUBSCRIBE for names that lost their last
+// subscription on every node, and returns at once: each node's
+// subscription loop sends it in order with that node's other commands,
+// and skips the names a Subscribe has taken again meanwhile (the registry
+// is the truth), so a racing Subscribe never misses messages.
 func (c *Client) unsubscribe(names []string, patterns bool) {
 	if len(names) == 0 {
 		return
 	}
-	var chans, pats []string
-	if patterns {
-		pats = names
-	} else {
-		chans = names
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.PublishTimeout)
-	defer cancel()
 	for _, nc := range c.conns() {
-		nc.unsubscribe(ctx, chans, pats)
-	}
-	var again []string
-	for _, n := range names {
-		if c.subs.has(n, patterns) {
-			again = append(again, n)
-		}
-	}
-	if len(again) == 0 {
-		return
-	}
-	if patterns {
-		pats, chans = again, nil
-	} else {
-		chans = again
-	}
-	for _, nc := range c.conns() {
-		nc.subscribe(ctx, chans, pats)
+		nc.unsubscribeAsync(names, patterns)
 	}
 }
 
