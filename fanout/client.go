@@ -79,6 +79,7 @@ type Client struct {
 	ready  atomic.Pointer[readySet]
 	readyC chan struct{} // closed and replaced when the ready set changes
 
+	stale    staleness // whether membership may be out of date (Gap)
 	presence atomic.Pointer[discovery.ClientRegistration]
 	kick     chan struct{} // asks the membership loop to re-evaluate acks
 
@@ -146,6 +147,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	case s, ok := <-snaps:
 		if ok {
 			c.apply(s)
+			c.snapshotApplied(s)
 		}
 	case <-ctx.Done():
 		c.Close()
@@ -239,6 +241,7 @@ func (c *Client) Close() error {
 			s.close(false) // the connections close below: no UNSUBSCRIBE
 		}
 		c.cancel()
+		c.stopStale()
 		c.wg.Wait()
 		c.connMu.Lock()
 		conns := c.nodes

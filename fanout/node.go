@@ -159,6 +159,12 @@ func (nc *nodeConn) getState() discovery.State { return nc.state.Load().(discove
 
 func (nc *nodeConn) suspect() bool { return time.Now().UnixNano() < nc.suspectUntil.Load() }
 
+// pubFailed records, for Health, that a publish to the node failed.
+func (nc *nodeConn) pubFailed(err error) {
+	nc.pubOK.Store(false)
+	nc.lastErr.Store(&errBox{err})
+}
+
 func (nc *nodeConn) markSuspect() {
 	nc.suspectUntil.Store(time.Now().Add(nc.c.cfg.SuspectFor).UnixNano())
 }
@@ -298,6 +304,11 @@ func (nc *nodeConn) publisher() {
 				e = nc.refusal(e)
 			} else if e != nil {
 				e = fmt.Errorf("fanout: publish to %s: %w", nc, e)
+			}
+			if e != nil {
+				nc.pubFailed(e)
+			} else {
+				nc.pubOK.Store(true)
 			}
 			r.done <- pubResult{node: nc, err: e}
 			nc.inflight.Done()

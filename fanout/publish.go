@@ -224,6 +224,7 @@ func (c *Client) publish(ctx context.Context, channel string, payload []byte, st
 		lastErr = r.err
 		if !errors.Is(r.err, errNodeGone) {
 			r.node.markSuspect()
+			r.node.pubFailed(r.err)
 			var refused *NodeError
 			if !errors.As(r.err, &refused) { // a refusal is logged once, by the node's conn
 				c.log.Warn("fanout: publish failed, trying next node", "node", r.node, "err", r.err)

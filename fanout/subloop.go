@@ -130,7 +130,9 @@ func (nc *nodeConn) subFailed(err error, first bool, failures int) {
 	if first {
 		nc.failedOnce.Do(func() { close(nc.failed) })
 	}
-	if failures%20 == 1 {
+	if nc.retired.Load() {
+		nc.c.log.Debug("fanout: node that left does not answer", "node", nc, "err", err)
+	} else if failures%20 == 1 {
 		nc.c.log.Warn("fanout: cannot confirm subscriptions on node, retrying", "node", nc, "err", err)
 	}
 }

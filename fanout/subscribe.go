@@ -44,8 +44,10 @@ type Subscription struct {
 	// under mu.
 	out     chan *Message
 	closing chan struct{} // closed first by Close, to free a blocked sender
+	// gaps is buffered (gapBuffer) and closed by Close, under mu.
+	gaps chan Gap
 
-	mu        sync.Mutex // guards closed, dropped and sends on out
+	mu        sync.Mutex // guards closed, dropped and sends on out and gaps
 	closed    bool
 	dropped   uint64
 	closeOnce sync.Once
@@ -54,6 +56,15 @@ type Subscription struct {
 // Messages returns the channel of delivered messages. It is closed by Close
 // (and by Client.Close).
 func (s *Subscription) Messages() <-chan *Message { return s.out }
+
+// Gaps returns the channel of Gap events: the client's view of the
+// cluster was stale, so messages published between a Gap's Start and End
+// may be missing (see Gap). Each gap sends two events, when it opens and
+// when it ends; a subscription made during a gap gets the open one. The
+// channel buffers 8 events and drops the oldest beyond that (counted in
+// pubmesh_fanout_gap_events_dropped_total), so not reading it costs
+// nothing. It is closed by Close.
+func (s *Subscription) Gaps() <-chan Gap { return s.gaps }
 
 // Dropped is how many messages this subscription discarded because its
 // buffer was full (Overflow DropOldest).
@@ -84,6 +95,7 @@ func (s *Subscription) close(unsubscribe bool) error {
 		s.mu.Lock()
 		s.closed = true
 		close(s.out)
+		close(s.gaps)
 		s.mu.Unlock()
 		if unsubscribe {
 			s.c.unsubscribe(gone, s.patterns)
@@ -194,6 +206,23 @@ func (r *registry) has(name string, pattern bool) bool {
 	return r.table(pattern)[name] != nil
 }
 
+// eachSub calls fn once for every subscription.
+func (r *registry) eachSub(fn func(*Subscription)) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	seen := map[*Subscription]bool{}
+	for _, t := range []map[string]map[*Subscription]struct{}{r.channels, r.patterns} {
+		for _, set := range t {
+			for s := range set {
+				if !seen[s] {
+					seen[s] = true
+					fn(s)
+				}
+			}
+		}
+	}
+}
+
 // each calls fn for every subscription of channel (or pattern, if set).
 func (r *registry) each(channel, pattern string, fn func(*Subscription)) {
 	r.mu.RLock()
@@ -237,9 +266,12 @@ func (c *Client) subscribe(ctx context.Context, names []string, patterns bool) (
 	}
 	s := &Subscription{
 		c: c, names: dedupStrings(names), patterns: patterns,
-		out: make(chan *Message, c.cfg.SubscriptionBuffer), closing: make(chan struct{}),
+		out: make(chan *Message, c.cfg.SubscriptionBuffer), closing: make(chan struct{}), gaps: make(chan Gap, gapBuffer),
 	}
 	fresh := c.subs.add(s)
+	if g, open := c.openGapFor(); open {
+		s.gap(g, c.m)
+	}
 	if len(fresh) == 0 {
 		return s, nil
 	}
