@@ -79,6 +79,7 @@ type Client struct {
 	ready  atomic.Pointer[readySet]
 	readyC chan struct{} // closed and replaced when the ready set changes
 
+	stale    staleness // whether membership may be out of date (Gap)
 	presence atomic.Pointer[discovery.ClientRegistration]
 	kick     chan struct{} // asks the membership loop to re-evaluate acks
 
@@ -99,6 +100,12 @@ type readySet struct {
 // cluster. It returns once the first membership snapshot is applied (the
 // node connections are still being made: Publish waits for a ready node,
 // Subscribe for each node's confirmation).
+//
+// While etcd does not answer, New waits for it, retrying with backoff
+// (0.2 s doubling to 5 s) and logging what it waits for, until ctx ends:
+// then it returns ctx's error, wrapped, with the last etcd error. A
+// mistake that retrying cannot fix (etcd credentials or TLS) is returned
+// at once.
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	cfg = cfg.withDefaults()
 	if err := discovery.ValidID(cfg.ID); err != nil {
@@ -108,16 +115,12 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		cfg: cfg, log: cfg.Logger.With("client", cfg.ID), m: newMetrics(cfg.Registerer),
 		pubID: rand.Uint64() | 1, prevs: newPrevTable(65536), subs: newRegistry(),
 		nodes: map[string]*nodeConn{}, readyC: make(chan struct{}), kick: make(chan struct{}, 1),
-		etcd: cfg.EtcdClient,
 	}
 	c.seqr = newSequencer(cfg.DedupWindow, cfg.ReorderWindow, c.m, c.deliver)
 	c.ready.Store(&readySet{})
-	if c.etcd == nil {
-		cli, err := discovery.Dial(ctx, cfg.Etcd)
-		if err != nil {
-			return nil, fmt.Errorf("fanout: %w", err)
-		}
-		c.etcd, c.ownEtcd = cli, true
+	var err error
+	if c.etcd, c.ownEtcd, err = c.etcdClient(ctx); err != nil {
+		return nil, err
 	}
 	reg, err := discovery.New(c.etcd, discovery.Config{Cluster: cfg.Cluster, Logger: cfg.Logger})
 	if err != nil {
@@ -134,7 +137,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	// Register before watching, so that a node joining from now on waits
 	// for this client's ack.
-	if err := c.register(ctx); err != nil {
+	if err := c.untilEtcd(ctx, "register the client", c.register); err != nil {
 		c.cancel()
 		c.closeEtcd()
 		return nil, err
@@ -144,6 +147,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	case s, ok := <-snaps:
 		if ok {
 			c.apply(s)
+			c.snapshotApplied(s)
 		}
 	case <-ctx.Done():
 		c.Close()
@@ -214,9 +218,10 @@ func (c *Client) deliver(m *Message, pattern string) {
 	c.subs.each(m.Channel, pattern, func(s *Subscription) { s.put(m, c.cfg.Overflow, c.m) })
 }
 
-// Close unsubscribes everything, closes every Subscription's channel,
-// removes the client from etcd and waits for its goroutines. A second call
-// returns ErrClosed.
+// Close closes every Subscription's channel and every node connection
+// (which ends its subscriptions, with no UNSUBSCRIBE per channel), removes
+// the client from etcd and waits for its goroutines. A second call returns
+// ErrClosed.
 func (c *Client) Close() error {
 	err := ErrClosed
 	c.closeOnce.Do(func() {
@@ -233,9 +238,10 @@ func (c *Client) Close() error {
 		}
 		c.subs.mu.RUnlock()
 		for _, s := range all {
-			s.Close()
+			s.close(false) // the connections close below: no UNSUBSCRIBE
 		}
 		c.cancel()
+		c.stopStale()
 		c.wg.Wait()
 		c.connMu.Lock()
 		conns := c.nodes

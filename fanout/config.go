@@ -75,7 +75,8 @@ type Config struct {
 	// waiting in the node's queue and a new connection's handshake; on
 	// expiry the node is marked suspect and the next node is tried (the
 	// last node a publish can try is waited for, until go-redis's own
-	// timeouts end the attempt). It is also the Redis read/write timeout.
+	// timeouts end the attempt). It is also the Redis read/write timeout,
+	// and, plus DialTimeout, how long a subscription fence waits.
 	// Default: 1s.
 	PublishTimeout time.Duration
 	// PublishQueue is how many publishes may wait for one node before
@@ -110,7 +111,9 @@ type Config struct {
 	// downgrade the client. With TLS nil, nodes registered with tls are still dialled with
 	// TLS, verified against the system's roots. Default: nil.
 	TLS *tls.Config
-	// LeaseTTL of the client's presence in etcd. Default: 5s.
+	// LeaseTTL of the client's presence in etcd. It is also how long etcd
+	// may stay unreachable before the client opens a Gap (its lease may
+	// have expired, and nodes joined without it). Default: 5s.
 	LeaseTTL time.Duration
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger

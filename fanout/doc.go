@@ -25,9 +25,25 @@
 //     client acked), and acks a draining node once nothing is in flight to
 //     it (the node leaves only after every client acked).
 //   - A node crash loses what was in flight on it; with Replicas: 2, nothing.
+//   - A client cut off from etcd but not from Redis for LeaseTTL may miss
+//     the messages of nodes that join meanwhile (its lease expires, so the
+//     join handshake stops waiting for it). It says so: every Subscription
+//     gets a Gap on Gaps() when this opens and another when the client has
+//     re-synced (subscribed on every node again), Client.Health reports
+//     Stale, and pubmesh_fanout_membership_stale is 1 meanwhile.
+//   - Subscription.Close returns at once: each node's UNSUBSCRIBE is queued
+//     in order with that node's other commands, never shares a deadline
+//     with another node, and is skipped if a newer Subscribe took the name
+//     again. Client.Close sends no UNSUBSCRIBE (it closes the connections).
 //   - Each Subscription's buffer is bounded (Config.SubscriptionBuffer); on
 //     overflow the oldest message is dropped and counted (DropOldest), or
 //     delivery waits (Block).
+//
+// Health: Client.Health reports, per registered node, whether the client
+// is subscribed there and can publish there (a registry entry that points
+// nowhere counts for nothing), and whether membership is stale; a gateway's
+// /healthz is built on it. New waits for etcd, retrying with backoff, until
+// its context ends.
 //
 // Security: Config.Username and Password authenticate the client to every
 // node, and nodes registered with tls are dialled with TLS (Config.TLS). A

@@ -60,6 +60,20 @@ func (e *env) node(id string, st discovery.State) (*testredis.Server, *discovery
 	return rs, g
 }
 
+// register registers a node at addr (a proxy, or nothing at all) in
+// state st.
+func (e *env) register(id, addr string, st discovery.State) *discovery.Registration {
+	e.t.Helper()
+	g, err := e.reg.Register(context.Background(), discovery.Node{
+		ID: id, Addr: addr, State: st, StartedAt: time.Now(), Version: "test", RunID: id,
+	}, discovery.RegisterOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { g.Close(context.Background()) })
+	return g
+}
+
 func (e *env) client(cfg fanout.Config) *fanout.Client {
 	e.t.Helper()
 	cfg.EtcdClient = e.cli

@@ -42,6 +42,7 @@ func (c *Client) keepPresence() {
 		case <-p.Done():
 		}
 		c.log.Warn("fanout: client lease lost, registering again", "err", p.Err())
+		c.leaseState(true)
 		for c.ctx.Err() == nil {
 			ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
 			err := c.register(ctx)
@@ -54,6 +55,7 @@ func (c *Client) keepPresence() {
 		for _, nc := range c.conns() {
 			nc.acked.Store("")
 		}
+		c.leaseState(false)
 		c.membershipChanged()
 	}
 }
@@ -78,11 +80,13 @@ func (c *Client) follow(snaps <-chan discovery.Snapshot) {
 				return
 			}
 			c.apply(s)
+			c.snapshotApplied(s)
 		case <-c.kick:
 			c.connMu.Lock()
 			s := c.snap
 			c.connMu.Unlock()
 			c.apply(s)
+			c.snapshotApplied(s)
 		}
 	}
 }
@@ -104,7 +108,7 @@ func (c *Client) apply(s discovery.Snapshot) {
 		if nc == nil {
 			nc = newNodeConn(c, n)
 			c.nodes[n.ID] = nc
-			go nc.start()
+			nc.launch()
 		}
 		nc.state.Store(n.State)
 	}
@@ -157,7 +161,6 @@ func (c *Client) retire(nc *nodeConn) {
 // subscribed for a joining or ready node once our subscriptions there are
 // confirmed; released for a draining node once nothing is in flight to it.
 func (c *Client) ackIfDue(nc *nodeConn) {
-	p := c.presence.Load()
 	st := nc.getState()
 	want := discovery.AckSubscribed
 	if st == discovery.StateDraining {
@@ -171,7 +174,7 @@ func (c *Client) ackIfDue(nc *nodeConn) {
 		select {
 		case <-nc.subscribed:
 		default:
-			return // start() kicks us again once subscribed
+			return // subLoop kicks us again once subscribed
 		}
 	}
 	nc.acked.Store(tag)
@@ -184,6 +187,9 @@ func (c *Client) ackIfDue(nc *nodeConn) {
 			}
 		}
 		for attempt := 0; c.ctx.Err() == nil; attempt++ {
+			// The latest registration: one lost while this retried is
+			// replaced (keepPresence), and acks under it would fail forever.
+			p := c.presence.Load()
 			ctx, cancel := context.WithTimeout(c.ctx, 2*time.Second)
 			err := p.Ack(ctx, nc.node.ID, discovery.Ack{RunID: nc.node.RunID, Incarnation: nc.node.Incarnation, State: want})
 			cancel()

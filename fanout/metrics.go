@@ -18,6 +18,9 @@ type metrics struct {
 	ackTimeouts    prometheus.Counter
 	refusals       prometheus.Counter
 	badReplies     prometheus.Counter
+	memberGaps     prometheus.Counter
+	gapDrops       prometheus.Counter
+	stale          prometheus.Gauge
 	nodes          *prometheus.GaugeVec
 	publishLatency prometheus.Histogram
 }
@@ -40,6 +43,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		ackTimeouts:   c("ack_errors_total", "Acks to etcd that failed."),
 		refusals:      c("node_refusals_total", "Connections or commands a node refused for credentials, permissions or TLS (see NodeError)."),
 		badReplies:    c("bad_replies_total", "Connections to nodes closed because the node answered something that is not a Redis reply, or beyond Redis's own limits."),
+		memberGaps:    c("membership_gaps_total", "Times the client's membership went stale long enough that nodes may have joined without it (each one a Gap on every Subscription)."),
+		gapDrops:      c("gap_events_dropped_total", "Gap events dropped from full Subscription.Gaps buffers (8 each; the oldest goes)."),
+		stale: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "membership_stale",
+			Help: "1 while a Gap is open: the client may be missing nodes that joined while it was cut off from etcd."}),
 		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "nodes",
 			Help: "Live nodes known to the client, by state."}, []string{"state"}),
 		publishLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "pubmesh", Subsystem: "fanout",
@@ -48,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.publishes, m.publishErrors, m.retries, m.deliveries, m.duplicates, m.overflowDrops,
-			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.badReplies, m.nodes, m.publishLatency)
+			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.badReplies, m.memberGaps, m.gapDrops, m.stale, m.nodes, m.publishLatency)
 	}
 	return m
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,8 +54,23 @@ type nodeConn struct {
 	suspectUntil atomic.Int64 // unix nanos
 	retired      atomic.Bool  // the node left etcd; its connection ending is expected
 
-	// subMu serialises SUBSCRIBE/UNSUBSCRIBE traffic on ps.
-	subMu      sync.Mutex
+	// subQ holds the subscription commands for subLoop, in order; subWake
+	// (capacity 1) wakes it.
+	subQMu  sync.Mutex
+	subQ    []subCmd
+	subWake chan struct{}
+	// recheck asks subLoop to confirm the connection with a fence: after
+	// it broke (go-redis makes it again and resubscribes), after a failure.
+	recheck atomic.Bool
+	// subUp is true while the subscription connection is confirmed: the
+	// last fence came back and the connection has not broken since.
+	subUp atomic.Bool
+	// lastErr is the latest failure of the subscription connection or of
+	// a publish, for Health; nil until one.
+	lastErr atomic.Pointer[errBox]
+	// pubOK is false after a publish to the node failed, until one works.
+	pubOK atomic.Bool
+
 	fenceMu    sync.Mutex // guards fences, fenceSeq
 	fences     map[string]chan struct{}
 	fenceSeq   uint64
@@ -111,7 +125,7 @@ func newNodeConn(c *Client, n discovery.Node) *nodeConn {
 	nc := &nodeConn{
 		c: c, node: n, seed: nodeSeed(n.ID),
 		queue: make(chan *pubReq, c.cfg.PublishQueue), fences: map[string]chan struct{}{},
-		subscribed: make(chan struct{}), refused: make(chan struct{}), failed: make(chan struct{}), ctx: ctx, cancel: cancel,
+		subscribed: make(chan struct{}), subWake: make(chan struct{}, 1), refused: make(chan struct{}), failed: make(chan struct{}), ctx: ctx, cancel: cancel,
 	}
 	// Whatever answers at the node's address is checked before go-redis
 	// reads it: a server that is not Redis must not make go-redis allocate
@@ -125,6 +139,7 @@ func newNodeConn(c *Client, n discovery.Node) *nodeConn {
 	nc.ps = nc.rdb.Subscribe(ctx) // connects lazily, on the first command
 	nc.state.Store(n.State)
 	nc.acked.Store("")
+	nc.pubOK.Store(true)
 	return nc
 }
 
@@ -144,99 +159,27 @@ func (nc *nodeConn) getState() discovery.State { return nc.state.Load().(discove
 
 func (nc *nodeConn) suspect() bool { return time.Now().UnixNano() < nc.suspectUntil.Load() }
 
+// pubFailed records, for Health, that a publish to the node failed.
+func (nc *nodeConn) pubFailed(err error) {
+	nc.pubOK.Store(false)
+	nc.lastErr.Store(&errBox{err})
+}
+
 func (nc *nodeConn) markSuspect() {
 	nc.suspectUntil.Store(time.Now().Add(nc.c.cfg.SuspectFor).UnixNano())
 }
 
-// start runs the publishers and the receiver, then subscribes the client's
-// current channels and patterns and waits for the fence that confirms them.
-func (nc *nodeConn) start() {
+// launch starts the publishers, the receiver and the subscription loop
+// (which subscribes the client's current channels and patterns first).
+// Every goroutine is counted in wg before launch returns, so close, which
+// waits for wg, never runs before one of them has started.
+func (nc *nodeConn) launch() {
+	nc.wg.Add(nc.c.cfg.PublishConns + 2)
 	for range nc.c.cfg.PublishConns {
-		nc.wg.Add(1)
 		go nc.publisher()
 	}
-	nc.wg.Add(1)
 	go nc.receive()
-	for attempt := 0; nc.ctx.Err() == nil; attempt++ {
-		chans, pats := nc.c.subs.names()
-		err := nc.subscribe(nc.ctx, chans, pats)
-		if err == nil {
-			close(nc.subscribed)
-			nc.c.membershipChanged()
-			return
-		}
-		if nc.ctx.Err() != nil { // closing
-			return
-		}
-		if isRefusal(err) {
-			nc.refusal(err) // logged once, as an error
-		} else {
-			nc.failedOnce.Do(func() { close(nc.failed) })
-			if attempt%20 == 0 {
-				nc.c.log.Warn("fanout: cannot subscribe on node, retrying", "node", nc, "err", err)
-			}
-		}
-		sleep(nc.ctx, min(time.Duration(attempt+1)*50*time.Millisecond, time.Second))
-	}
-}
-
-// subscribe sends SUBSCRIBE/PSUBSCRIBE for the names, then a PING fence,
-// and returns once the fence's PONG came back: Redis answers in order, so
-// every subscription before it is in place.
-func (nc *nodeConn) subscribe(ctx context.Context, chans, pats []string) error {
-	nc.subMu.Lock()
-	if len(chans) > 0 {
-		if err := nc.ps.Subscribe(ctx, chans...); err != nil {
-			nc.subMu.Unlock()
-			return fmt.Errorf("fanout: subscribe on %s: %w", nc, err)
-		}
-	}
-	if len(pats) > 0 {
-		if err := nc.ps.PSubscribe(ctx, pats...); err != nil {
-			nc.subMu.Unlock()
-			return fmt.Errorf("fanout: psubscribe on %s: %w", nc, err)
-		}
-	}
-	nc.subMu.Unlock()
-	return nc.fence(ctx)
-}
-
-func (nc *nodeConn) unsubscribe(ctx context.Context, chans, pats []string) {
-	nc.subMu.Lock()
-	defer nc.subMu.Unlock()
-	if len(chans) > 0 {
-		nc.ps.Unsubscribe(ctx, chans...)
-	}
-	if len(pats) > 0 {
-		nc.ps.PUnsubscribe(ctx, pats...)
-	}
-}
-
-func (nc *nodeConn) fence(ctx context.Context) error {
-	nc.fenceMu.Lock()
-	nc.fenceSeq++
-	token := "pubmesh-fence-" + strconv.FormatUint(nc.fenceSeq, 10)
-	ch := make(chan struct{})
-	nc.fences[token] = ch
-	nc.fenceMu.Unlock()
-	defer func() {
-		nc.fenceMu.Lock()
-		delete(nc.fences, token)
-		nc.fenceMu.Unlock()
-	}()
-	if err := nc.ps.Ping(ctx, token); err != nil {
-		return fmt.Errorf("fanout: fence on %s: %w", nc, err)
-	}
-	t := time.NewTimer(nc.c.cfg.PublishTimeout + nc.c.cfg.DialTimeout)
-	defer t.Stop()
-	select {
-	case <-ch:
-		return nil
-	case <-t.C:
-		return fmt.Errorf("fanout: fence on %s: no answer", nc)
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	go nc.subLoop()
 }
 
 // receive is the only reader of ps. It reconnects (go-redis resubscribes
@@ -251,6 +194,10 @@ func (nc *nodeConn) receive() {
 		}
 		if err != nil {
 			failures++
+			nc.subUp.Store(false)
+			nc.lastErr.Store(&errBox{err})
+			nc.recheck.Store(true)
+			nc.wakeSub()
 			refused := isRefusal(err)
 			if refused {
 				nc.refusal(err) // logged once, as an error
@@ -357,6 +304,11 @@ func (nc *nodeConn) publisher() {
 				e = nc.refusal(e)
 			} else if e != nil {
 				e = fmt.Errorf("fanout: publish to %s: %w", nc, e)
+			}
+			if e != nil {
+				nc.pubFailed(e)
+			} else {
+				nc.pubOK.Store(true)
 			}
 			r.done <- pubResult{node: nc, err: e}
 			nc.inflight.Done()

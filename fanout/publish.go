@@ -9,7 +9,9 @@ import (
 )
 
 // prevTable remembers, per channel, the seq of this client's last message
-// there, so each envelope can name its predecessor. It forgets the oldest
+// there that a node accepted, so each envelope can name its predecessor.
+// A publish that failed is never a predecessor: subscribers would hold the
+// next message ReorderWindow for it and count a gap. It forgets the oldest
 // channels beyond its size; a forgotten channel's next message names no
 // predecessor and is never held back.
 type prevTable struct {
@@ -21,12 +23,18 @@ type prevTable struct {
 
 func newPrevTable(n int) *prevTable { return &prevTable{last: map[string]uint64{}, max: n} }
 
-// next allocates seq (under the lock, so seq order matches prev links) and
-// returns the channel's previous seq.
+// next allocates seq and returns the channel's previous accepted seq.
 func (p *prevTable) next(channel string, alloc func() uint64) (seq, prev uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	seq = alloc()
+	return alloc(), p.last[channel]
+}
+
+// accepted records that a node took seq on channel. Concurrent publishes
+// may finish out of order; the link keeps the highest seq.
+func (p *prevTable) accepted(channel string, seq uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	prev, ok := p.last[channel]
 	if !ok {
 		p.fifo = append(p.fifo, channel)
@@ -35,8 +43,9 @@ func (p *prevTable) next(channel string, alloc func() uint64) (seq, prev uint64)
 			p.fifo = p.fifo[1:]
 		}
 	}
-	p.last[channel] = seq
-	return seq, prev
+	if seq > prev {
+		p.last[channel] = seq
+	}
 }
 
 // pubCall is the per-Publish state, pooled: the result channel, the
@@ -215,6 +224,7 @@ func (c *Client) publish(ctx context.Context, channel string, payload []byte, st
 		lastErr = r.err
 		if !errors.Is(r.err, errNodeGone) {
 			r.node.markSuspect()
+			r.node.pubFailed(r.err)
 			var refused *NodeError
 			if !errors.As(r.err, &refused) { // a refusal is logged once, by the node's conn
 				c.log.Warn("fanout: publish failed, trying next node", "node", r.node, "err", r.err)
@@ -224,6 +234,7 @@ func (c *Client) publish(ctx context.Context, channel string, payload []byte, st
 		send()
 	}
 	if accepted > 0 {
+		c.prevs.accepted(channel, seq)
 		return nil
 	}
 	if ctx.Err() != nil {

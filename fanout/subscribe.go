@@ -44,8 +44,10 @@ type Subscription struct {
 	// under mu.
 	out     chan *Message
 	closing chan struct{} // closed first by Close, to free a blocked sender
+	// gaps is buffered (gapBuffer) and closed by Close, under mu.
+	gaps chan Gap
 
-	mu        sync.Mutex // guards closed, dropped and sends on out
+	mu        sync.Mutex // guards closed, dropped and sends on out and gaps
 	closed    bool
 	dropped   uint64
 	closeOnce sync.Once
@@ -54,6 +56,15 @@ type Subscription struct {
 // Messages returns the channel of delivered messages. It is closed by Close
 // (and by Client.Close).
 func (s *Subscription) Messages() <-chan *Message { return s.out }
+
+// Gaps returns the channel of Gap events: the client's view of the
+// cluster was stale, so messages published between a Gap's Start and End
+// may be missing (see Gap). Each gap sends two events, when it opens and
+// when it ends; a subscription made during a gap gets the open one. The
+// channel buffers 8 events and drops the oldest beyond that (counted in
+// pubmesh_fanout_gap_events_dropped_total), so not reading it costs
+// nothing. It is closed by Close.
+func (s *Subscription) Gaps() <-chan Gap { return s.gaps }
 
 // Dropped is how many messages this subscription discarded because its
 // buffer was full (Overflow DropOldest).
@@ -66,8 +77,16 @@ func (s *Subscription) Dropped() uint64 {
 // Names are the channels or patterns of the subscription.
 func (s *Subscription) Names() []string { return append([]string(nil), s.names...) }
 
-// Close unsubscribes and closes Messages. A second call returns ErrClosed.
-func (s *Subscription) Close() error {
+// Close closes Messages and unsubscribes the names no other Subscription
+// of the client holds. It does not wait for the nodes: each node's
+// UNSUBSCRIBE is queued behind that node's earlier commands. A second call
+// returns ErrClosed.
+func (s *Subscription) Close() error { return s.close(true) }
+
+// close closes the subscription; with unsubscribe, the names it was the
+// last to hold are unsubscribed on the nodes (Client.Close closes the
+// connections instead).
+func (s *Subscription) close(unsubscribe bool) error {
 	err := ErrClosed
 	s.closeOnce.Do(func() {
 		err = nil
@@ -76,8 +95,11 @@ func (s *Subscription) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		close(s.out)
+		close(s.gaps)
 		s.mu.Unlock()
-		s.c.unsubscribe(gone, s.patterns)
+		if unsubscribe {
+			s.c.unsubscribe(gone, s.patterns)
+		}
 	})
 	return err
 }
@@ -184,6 +206,23 @@ func (r *registry) has(name string, pattern bool) bool {
 	return r.table(pattern)[name] != nil
 }
 
+// eachSub calls fn once for every subscription.
+func (r *registry) eachSub(fn func(*Subscription)) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	seen := map[*Subscription]bool{}
+	for _, t := range []map[string]map[*Subscription]struct{}{r.channels, r.patterns} {
+		for _, set := range t {
+			for s := range set {
+				if !seen[s] {
+					seen[s] = true
+					fn(s)
+				}
+			}
+		}
+	}
+}
+
 // each calls fn for every subscription of channel (or pattern, if set).
 func (r *registry) each(channel, pattern string, fn func(*Subscription)) {
 	r.mu.RLock()
@@ -227,9 +266,12 @@ func (c *Client) subscribe(ctx context.Context, names []string, patterns bool) (
 	}
 	s := &Subscription{
 		c: c, names: dedupStrings(names), patterns: patterns,
-		out: make(chan *Message, c.cfg.SubscriptionBuffer), closing: make(chan struct{}),
+		out: make(chan *Message, c.cfg.SubscriptionBuffer), closing: make(chan struct{}), gaps: make(chan Gap, gapBuffer),
 	}
 	fresh := c.subs.add(s)
+	if g, open := c.openGapFor(); open {
+		s.gap(g, c.m)
+	}
 	if len(fresh) == 0 {
 		return s, nil
 	}
@@ -258,7 +300,13 @@ func (c *Client) subscribe(ctx context.Context, names []string, patterns bool) (
 			if !ok {
 				return
 			}
-			if err := nc.subscribe(ctx, chans, pats); err != nil && nc.ctx.Err() == nil {
+			var err error
+			select {
+			case err = <-nc.subscribeAsync(chans, pats):
+			case <-ctx.Done():
+				return
+			}
+			if err != nil && nc.ctx.Err() == nil {
 				select {
 				case errs <- err:
 				default:
@@ -287,41 +335,17 @@ func (c *Client) subscribe(ctx context.Context, names []string, patterns bool) (
 	return s, nil
 }
 
-// unsubscribe sends UNSUBSCRIBE for names that lost their last
-// subscription. A Subscribe racing with it may have re-added a name after
-// the removal; such names are subscribed again afterwards, and the per-node
-// order of commands makes the subscription win.
+// unsubscribe queues an UNSUBSCRIBE for names that lost their last
+// subscription on every node, and returns at once: each node's
+// subscription loop sends it in order with that node's other commands,
+// and skips the names a Subscribe has taken again meanwhile (the registry
+// is the truth), so a racing Subscribe never misses messages.
 func (c *Client) unsubscribe(names []string, patterns bool) {
 	if len(names) == 0 {
 		return
 	}
-	var chans, pats []string
-	if patterns {
-		pats = names
-	} else {
-		chans = names
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.PublishTimeout)
-	defer cancel()
 	for _, nc := range c.conns() {
-		nc.unsubscribe(ctx, chans, pats)
-	}
-	var again []string
-	for _, n := range names {
-		if c.subs.has(n, patterns) {
-			again = append(again, n)
-		}
-	}
-	if len(again) == 0 {
-		return
-	}
-	if patterns {
-		pats, chans = again, nil
-	} else {
-		chans = again
-	}
-	for _, nc := range c.conns() {
-		nc.subscribe(ctx, chans, pats)
+		nc.unsubscribeAsync(names, patterns)
 	}
 }
 

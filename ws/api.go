@@ -102,24 +102,6 @@ func (h *Handler) serveNodes(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-// serveHealth is GET /healthz: 200 while at least one node is ready and
-// the gateway is not shutting down, 503 otherwise.
-func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) {
-	ready := len(h.client.Nodes().Ready())
-	h.mu.Lock()
-	down := h.shutdown
-	h.mu.Unlock()
-	status, code := "ok", http.StatusOK
-	switch {
-	case down:
-		status, code = "shutting down", http.StatusServiceUnavailable
-	case ready == 0:
-		status, code = "no ready node", http.StatusServiceUnavailable
-	}
-	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, code, map[string]any{"status": status, "ready_nodes": ready})
-}
-
 var httpStatus = map[string]int{
 	CodeBadRequest:   http.StatusBadRequest,
 	CodeForbidden:    http.StatusForbidden,

@@ -21,7 +21,7 @@ import (
 //	GET  /ws                       WebSocket clients (docs/protocol.md)
 //	POST /api/publish/{channel}    publish the JSON body
 //	GET  /api/nodes                the nodes as the gateway sees them
-//	GET  /healthz                  200 while at least one node is ready
+//	GET  /healthz                  200 while this gateway is subscribed on and can publish to a ready node
 //	GET  /metrics                  Prometheus metrics
 //	GET  /                         the demo page
 //	GET  /pubmesh.js               the JavaScript client

@@ -111,7 +111,9 @@ func openRegistryWith(ctx context.Context, ecfg discovery.EtcdConfig, cluster st
 	}
 	dial := discovery.Dial
 	if !check {
-		dial = func(_ context.Context, cfg discovery.EtcdConfig) (*clientv3.Client, error) { return discovery.Connect(cfg) }
+		dial = func(_ context.Context, cfg discovery.EtcdConfig) (*clientv3.Client, error) {
+			return discovery.Connect(cfg)
+		}
 	}
 	cli, err := dial(ctx, ecfg)
 	if err != nil {
