@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os/signal"
@@ -71,5 +72,14 @@ func newFanout(c *cli.Context, log *slog.Logger, overflow fanout.Overflow) (*fan
 	if err := setFanoutSecurity(c, log, &cfg); err != nil {
 		return nil, err
 	}
-	return fanout.New(c.Context, cfg)
+	// fanout.New waits for etcd until its context ends, which suits a
+	// service; a person at a terminal wants an answer: give up after
+	// --etcd-timeout.
+	ctx, cancel := context.WithTimeout(c.Context, c.Duration("etcd-timeout"))
+	defer cancel()
+	client, err := fanout.New(ctx, cfg)
+	if err != nil && ctx.Err() != nil && c.Context.Err() == nil {
+		return nil, fmt.Errorf("etcd %s unreachable after --etcd-timeout %s: %w", c.String("etcd"), c.Duration("etcd-timeout"), err)
+	}
+	return client, err
 }
