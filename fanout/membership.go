@@ -147,12 +147,12 @@ func (c *Client) retire(nc *nodeConn) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		nc.release(context.Background())
-		grace := c.cfg.RemoveGrace
-		if c.ctx.Err() != nil {
-			grace = 0
-		}
-		nc.close(grace)
+		// The grace (reading what the node still sends) ends early when
+		// the client closes: nobody reads those messages then, and Close
+		// must not wait RemoveGrace for a node that happened to leave.
+		nc.release(c.ctx)
+		sleep(c.ctx, c.cfg.RemoveGrace)
+		nc.close(0)
 	}()
 }
 

@@ -27,7 +27,7 @@ func gatewayCommand() *cli.Command {
 		UsageText: "pubmesh gateway [--listen 127.0.0.1:8080] (--jwt-secret S | --jwt-public-key FILE | --api-key K | --insecure)",
 		Description: "Clients connect to ws://HOST/ws with a JWT (from `pubmesh token`) and speak the JSON protocol of\n" +
 			"docs/protocol.md; backends POST JSON to /api/publish/CHANNEL with an API key or token. / is a demo\n" +
-			"page, /pubmesh.js the JavaScript client, /healthz is 200 while a node is ready, /metrics is\n" +
+			"page, /pubmesh.js the JavaScript client, /healthz is 200 while a ready node is subscribed and takes publishes (503 with the reason otherwise), /metrics is\n" +
 			"Prometheus. Without an auth flag the gateway refuses to start unless --insecure is given.\n" +
 			"SIGINT/SIGTERM close every client with 1001 and stop within --shutdown-timeout.",
 		Flags:  append(append(append(etcdFlags(), gatewayFlags()...), redisClientFlags()...), logLevelFlag("info")),
