@@ -206,7 +206,8 @@ func runDev(c *cli.Context) error {
 			fmt.Fprintf(out, "gateway: %s  (wss://%s/ws) with a JWT: after sourcing env.sh, `bin/pubmesh token --sub me --subscribe '*' --publish '*'`; browsers must trust %s\n",
 				url, addr, sec.certs.CA)
 		} else {
-			fmt.Fprintf(out, "gateway: %s  (ws://%s/ws) INSECURE: no authentication, for local use only\n", url, addr)
+			// No authentication: the gateway itself warns on stderr, once.
+			fmt.Fprintf(out, "gateway: %s  (ws://%s/ws)\n", url, addr)
 		}
 	}
 	if addr := c.String("metrics-listen"); addr != "" {

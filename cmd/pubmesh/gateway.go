@@ -212,9 +212,6 @@ func runGateway(c *cli.Context) error {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "gateway: %s  (cluster %q)\n", url, c.String("cluster"))
-	if cfg.Insecure && len(cfg.JWTSecret) == 0 && cfg.JWTPublicKey == nil && len(cfg.APIKeys) == 0 {
-		fmt.Fprintln(c.App.ErrWriter, "WARNING: --insecure: no authentication, anyone who reaches "+c.String("listen")+" may subscribe and publish to every channel")
-	}
 	<-ctx.Done()
 	// A second signal now ends the process at once.
 	stopSignals()
