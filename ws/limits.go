@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+	"unicode/utf8"
 
 	"golang.org/x/time/rate"
 
@@ -23,10 +24,16 @@ func (h *Handler) checkChannel(id json.RawMessage, name string) *Error {
 }
 
 // checkData validates and compacts publish data: at most MaxPublishBytes
-// (too_large), and valid JSON (bad_request). HTTP bodies come here too.
+// (too_large), valid UTF-8 and valid JSON (bad_request). HTTP bodies come
+// here too. encoding/json accepts invalid UTF-8 inside strings, but a text
+// frame carrying it makes browsers drop the connection, so it is refused
+// here rather than repaired on the way out.
 func (h *Handler) checkData(id json.RawMessage, data []byte) ([]byte, *Error) {
 	if len(data) > h.cfg.MaxPublishBytes {
 		return nil, &Error{Code: CodeTooLarge, Message: "data larger than " + byteSize(h.cfg.MaxPublishBytes), ID: id}
+	}
+	if !utf8.Valid(data) {
+		return nil, badRequest(id, "data is not valid UTF-8")
 	}
 	var buf bytes.Buffer
 	buf.Grow(len(data))
