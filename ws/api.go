@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"strconv"
 	"time"
 )
 
@@ -37,10 +36,9 @@ func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request) {
 		h.httpError(w, &Error{Code: CodeForbidden, Message: "not allowed to publish to " + channel})
 		return
 	}
-	if p.Kind == "jwt" && !h.httpPub.allow(p.Subject, time.Now()) {
+	if e := h.allowPublish(nil, p, nil); e != nil {
 		w.Header().Set("Retry-After", "1")
-		h.httpError(w, &Error{Code: CodeRateLimited, Message: "over " + strconv.FormatFloat(h.cfg.PublishRate, 'f', -1, 64) +
-			" publishes per second for subject " + strconv.Quote(p.Subject)})
+		h.httpError(w, e)
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(h.cfg.MaxPublishBytes)))

@@ -29,11 +29,11 @@ func chromiumPath() string {
 	return ""
 }
 
-// TestBrowserDemo drives the demo page in a real headless Chromium: load
-// /, subscribe, publish through the HTTP API and from the page, see the
-// messages, survive a dropped connection (reconnect and re-subscribe), and
-// take a screenshot.
-func TestBrowserDemo(t *testing.T) {
+// newBrowser starts a headless Chromium for the life of the test and
+// returns its tab, or skips the test when Chromium is not installed (and
+// fails it under CI, where the browser tests must run).
+func newBrowser(t *testing.T) context.Context {
+	t.Helper()
 	bin := chromiumPath()
 	if bin == "" {
 		if os.Getenv("CI") != "" {
@@ -41,9 +41,6 @@ func TestBrowserDemo(t *testing.T) {
 		}
 		t.Skip("chromium is not installed: skipping the browser test (apt-get install -y chromium; under CI it must run)")
 	}
-	t.Parallel()
-	g := newGW(t, Config{Insecure: true}, gwOptions{})
-
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
 		chromedp.ExecPath(bin),
 		chromedp.Headless,
@@ -63,6 +60,17 @@ func TestBrowserDemo(t *testing.T) {
 	t.Cleanup(cancelAlloc)
 	tab, cancelTab := chromedp.NewContext(allocCtx, chromedp.WithLogf(t.Logf))
 	t.Cleanup(cancelTab)
+	return tab
+}
+
+// TestBrowserDemo drives the demo page in a real headless Chromium: load
+// /, subscribe, publish through the HTTP API and from the page, see the
+// messages, survive a dropped connection (reconnect and re-subscribe), and
+// take a screenshot.
+func TestBrowserDemo(t *testing.T) {
+	tab := newBrowser(t)
+	t.Parallel()
+	g := newGW(t, Config{Insecure: true}, gwOptions{})
 
 	// The first call starts the browser, for the life of tab (no timeout on
 	// it); each step then gets its own deadline.

@@ -13,19 +13,20 @@ import (
 // Defaults of the limits, exported so documentation, flags and tests name
 // the same numbers.
 const (
-	DefaultMaxFrameBytes    = 64 << 10 // 64 KiB
-	DefaultMaxPublishBytes  = 32 << 10 // 32 KiB
-	DefaultMaxSubscriptions = 100
-	DefaultMaxChannelBytes  = 128
-	DefaultPublishRate      = 20 // per second
-	DefaultPublishBurst     = 40
-	DefaultSendQueue        = 256 // frames
-	DefaultPingInterval     = 25 * time.Second
-	DefaultPongTimeout      = 10 * time.Second
-	DefaultWriteTimeout     = 10 * time.Second
-	DefaultCloseGrace       = 2 * time.Second
-	DefaultOpTimeout        = 10 * time.Second
-	DefaultShutdownTimeout  = 10 * time.Second
+	DefaultMaxFrameBytes            = 64 << 10 // 64 KiB
+	DefaultMaxPublishBytes          = 32 << 10 // 32 KiB
+	DefaultMaxSubscriptions         = 100
+	DefaultMaxConnectionsPerSubject = 100
+	DefaultMaxChannelBytes          = 128
+	DefaultPublishRate              = 20 // per second
+	DefaultPublishBurst             = 40
+	DefaultSendQueue                = 256 // frames
+	DefaultPingInterval             = 25 * time.Second
+	DefaultPongTimeout              = 10 * time.Second
+	DefaultWriteTimeout             = 10 * time.Second
+	DefaultCloseGrace               = 2 * time.Second
+	DefaultOpTimeout                = 10 * time.Second
+	DefaultShutdownTimeout          = 10 * time.Second
 )
 
 // Config of a Handler. Zero means the default; a negative limit means no
@@ -66,11 +67,18 @@ type Config struct {
 	// MaxChannelBytes is the longest channel name (error bad_request), on
 	// top of fanout.ValidateChannel's rules. Default: 128.
 	MaxChannelBytes int
-	// PublishRate is how many publishes per second one connection may
-	// send, with bursts of PublishBurst (error rate_limited). The same
-	// limit applies to HTTP publishes made with a token, per token subject
-	// (429 rate_limited); API keys are not limited. Negative: no limit.
-	// Default: 20.
+	// MaxConnectionsPerSubject is how many WebSocket connections one token
+	// subject (sub), with any number of tokens, may hold open at once; one
+	// more is refused before the upgrade with HTTP 429 (code limit). API
+	// keys and an insecure gateway are not limited. Negative: no limit.
+	// Default: 100.
+	MaxConnectionsPerSubject int
+	// PublishRate is how many publishes per second one token subject may
+	// send, with bursts of PublishBurst (error rate_limited, HTTP 429): one
+	// bucket per subject, shared by all its WebSocket connections and its
+	// HTTP publishes. A WebSocket connection made with an API key or on an
+	// insecure gateway has a bucket of its own; their HTTP publishes are not
+	// limited. Negative: no limit. Default: 20.
 	PublishRate float64
 	// PublishBurst. Default: 40.
 	PublishBurst int
@@ -125,6 +133,7 @@ func (c *Config) setDefaults() error {
 	def(&c.MaxFrameBytes, DefaultMaxFrameBytes)
 	def(&c.MaxPublishBytes, DefaultMaxPublishBytes)
 	def(&c.MaxSubscriptions, DefaultMaxSubscriptions)
+	def(&c.MaxConnectionsPerSubject, DefaultMaxConnectionsPerSubject)
 	def(&c.MaxChannelBytes, DefaultMaxChannelBytes)
 	def(&c.PublishBurst, DefaultPublishBurst)
 	def(&c.SendQueue, DefaultSendQueue)

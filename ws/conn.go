@@ -34,7 +34,7 @@ type conn struct {
 	ws      *websocket.Conn
 	bc      *bufConn
 	p       *Principal
-	limiter *rate.Limiter // nil: no limit
+	limiter *rate.Limiter // this connection's own publish limit (not for tokens: see allowPublish); nil: none
 	log     *slog.Logger
 
 	ctx    context.Context // canceled by close: aborts a pending subscribe
@@ -60,7 +60,7 @@ func newConn(h *Handler, ws *websocket.Conn, bc *bufConn, p *Principal) *conn {
 	ctx, cancel := context.WithCancel(h.ctx)
 	return &conn{
 		h: h, ws: ws, bc: bc, p: p,
-		limiter:   h.newLimiter(),
+		limiter:   h.newLimiter(p),
 		log:       h.log.With("remote", ws.RemoteAddr().String(), "sub", p.Subject),
 		ctx:       ctx,
 		cancel:    cancel,
@@ -284,8 +284,8 @@ func (c *conn) publish(f Frame) *Error {
 	if e != nil {
 		return e
 	}
-	if c.limiter != nil && !c.limiter.Allow() {
-		return &Error{Code: CodeRateLimited, Message: "over " + strconv.FormatFloat(c.h.cfg.PublishRate, 'f', -1, 64) + " publishes per second", ID: f.ID}
+	if e := c.h.allowPublish(f.ID, c.p, c.limiter); e != nil {
+		return e
 	}
 	return c.h.publish(c.ctx, f.ID, f.Channel, data, "ws")
 }

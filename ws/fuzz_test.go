@@ -1,10 +1,12 @@
 package ws
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // FuzzDecodeFrame: any bytes decode to a well-formed Frame or to a
@@ -94,4 +96,49 @@ func TestEncodeMessageChannel(t *testing.T) {
 	if f.Channel != `we"ird\<>&` || f.TS != 1700000000000 || string(f.Data) != `{"a":1}` {
 		t.Fatalf("decoded %+v", f)
 	}
+}
+
+// FuzzEncodeMessage: whatever a node carries (any payload; any channel and
+// id, though the hub only has validated ones), the message frame is valid
+// UTF-8 and valid JSON, so no browser closes the connection over it; its
+// fields decode to what was given, and a payload that is valid UTF-8 JSON
+// is sent unchanged.
+func FuzzEncodeMessage(f *testing.F) {
+	for _, s := range []struct{ channel, payload, id string }{
+		{"news", `{"a":[1,2,{"b":null}]}`, "9f3c2a41d0e5b7c8-42"},
+		{"news", "{\"t\":\"\xff\xfe\"}", ""},
+		{"news", "[\"a\xc3\",\"\xed\xa0\x80\"]", "x"},
+		{"news", "not json \xff", ""},
+		{"we\"ird\\", `"\ud800"`, `id"1`},
+		{"a\xffb", "", "\x00"},
+		{"news", " 42 ", "1"},
+	} {
+		f.Add(s.channel, []byte(s.payload), s.id, int64(1700000000000))
+	}
+	f.Fuzz(func(t *testing.T, channel string, payload []byte, id string, ms int64) {
+		var ts time.Time
+		if ms != 0 {
+			ts = time.UnixMilli(ms)
+		}
+		out := encodeMessage(channel, payload, id, ts)
+		if !utf8.Valid(out) {
+			t.Fatalf("encodeMessage(%q, %q): frame %q is not valid UTF-8", channel, payload, out)
+		}
+		if !json.Valid(out) {
+			t.Fatalf("encodeMessage(%q, %q): frame %q is not JSON", channel, payload, out)
+		}
+		var fr frame
+		if err := json.Unmarshal(out, &fr); err != nil {
+			t.Fatalf("frame %q: %v", out, err)
+		}
+		var gotID string
+		json.Unmarshal(fr.ID, &gotID)
+		if fr.Op != OpMessage || utf8.ValidString(channel) && fr.Channel != channel ||
+			utf8.ValidString(id) && gotID != id || !ts.IsZero() && fr.TS != ts.UnixMilli() {
+			t.Fatalf("encodeMessage(%q, %q, %q, %v) decodes to %+v", channel, payload, id, ts, fr)
+		}
+		if json.Valid(payload) && utf8.Valid(payload) && string(fr.Data) != string(bytes.TrimSpace(payload)) {
+			t.Fatalf("valid payload %q sent as %s", payload, fr.Data)
+		}
+	})
 }

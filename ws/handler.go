@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,15 +32,15 @@ import (
 // closes its WebSocket connections; the fanout client is the caller's to
 // close, after Shutdown.
 type Handler struct {
-	client  *fanout.Client
-	cfg     Config
-	auth    *authenticator
-	metrics *metrics
-	hub     *hub
-	httpPub *subjectLimits // HTTP publishes per token subject; nil: no limit
-	mux     *http.ServeMux
-	up      websocket.Upgrader
-	log     *slog.Logger
+	client   *fanout.Client
+	cfg      Config
+	auth     *authenticator
+	metrics  *metrics
+	hub      *hub
+	subjects *subjects // publish buckets and connection counts per token subject
+	mux      *http.ServeMux
+	up       websocket.Upgrader
+	log      *slog.Logger
 
 	ctx    context.Context // canceled by Shutdown
 	cancel context.CancelFunc
@@ -74,8 +76,8 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Handler{
 		client: client, cfg: cfg, auth: auth, metrics: m, log: cfg.Logger,
-		httpPub: newSubjectLimits(cfg.PublishRate, cfg.PublishBurst, maxLimitedSubjects),
-		ctx:     ctx, cancel: cancel,
+		subjects: newSubjects(cfg.PublishRate, cfg.PublishBurst, cfg.MaxConnectionsPerSubject, maxLimitedSubjects),
+		ctx:      ctx, cancel: cancel,
 		conns: make(map[*conn]struct{}),
 		done:  make(chan struct{}),
 	}
@@ -130,6 +132,18 @@ func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.running.Done()
+	if p.Kind == "jwt" {
+		// The place is taken before the upgrade, so that a subject at its
+		// limit gets a status a client can read instead of a close.
+		if !h.subjects.acquire(p.Subject, time.Now()) {
+			h.metrics.subjectConnRefusals.Inc()
+			w.Header().Set("Retry-After", "1")
+			h.httpError(w, &Error{Code: CodeLimit, Message: "at most " + strconv.Itoa(h.cfg.MaxConnectionsPerSubject) +
+				" connections per subject: " + strconv.Quote(p.Subject) + " has them all open"})
+			return
+		}
+		defer h.subjects.release(p.Subject, time.Now())
+	}
 
 	hw := &hijackWriter{ResponseWriter: w}
 	wsc, err := h.up.Upgrade(hw, r, nil)

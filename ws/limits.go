@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+	"time"
+	"unicode/utf8"
 
 	"golang.org/x/time/rate"
 
@@ -23,10 +25,16 @@ func (h *Handler) checkChannel(id json.RawMessage, name string) *Error {
 }
 
 // checkData validates and compacts publish data: at most MaxPublishBytes
-// (too_large), and valid JSON (bad_request). HTTP bodies come here too.
+// (too_large), valid UTF-8 and valid JSON (bad_request). HTTP bodies come
+// here too. encoding/json accepts invalid UTF-8 inside strings, but a text
+// frame carrying it makes browsers drop the connection, so it is refused
+// here rather than repaired on the way out.
 func (h *Handler) checkData(id json.RawMessage, data []byte) ([]byte, *Error) {
 	if len(data) > h.cfg.MaxPublishBytes {
 		return nil, &Error{Code: CodeTooLarge, Message: "data larger than " + byteSize(h.cfg.MaxPublishBytes), ID: id}
+	}
+	if !utf8.Valid(data) {
+		return nil, badRequest(id, "data is not valid UTF-8")
 	}
 	var buf bytes.Buffer
 	buf.Grow(len(data))
@@ -36,13 +44,33 @@ func (h *Handler) checkData(id json.RawMessage, data []byte) ([]byte, *Error) {
 	return buf.Bytes(), nil
 }
 
-// newLimiter returns the per-connection publish limiter, or nil for no
-// limit.
-func (h *Handler) newLimiter() *rate.Limiter {
-	if h.cfg.PublishRate < 0 {
+// newLimiter returns the publish limiter of a WebSocket connection of p, or
+// nil: a token's connections share their subject's (allowPublish), and a
+// negative PublishRate means no limit.
+func (h *Handler) newLimiter(p *Principal) *rate.Limiter {
+	if h.cfg.PublishRate < 0 || p.Kind == "jwt" {
 		return nil
 	}
 	return rate.NewLimiter(rate.Limit(h.cfg.PublishRate), h.cfg.PublishBurst)
+}
+
+// allowPublish applies the publish rate limit, for both transports: a
+// token's publishes draw on its subject's bucket, shared by all its
+// WebSocket connections and its HTTP requests, so that more connections or
+// tokens for one sub do not mean more publishes. Other principals (API
+// keys, anyone on an insecure gateway) draw on their WebSocket
+// connection's own bucket, conn, and over HTTP (conn nil) are not limited.
+func (h *Handler) allowPublish(id json.RawMessage, p *Principal, conn *rate.Limiter) *Error {
+	per := "per second"
+	if p.Kind == "jwt" {
+		if h.subjects.allow(p.Subject, time.Now()) {
+			return nil
+		}
+		per += " for subject " + strconv.Quote(p.Subject)
+	} else if conn == nil || conn.Allow() {
+		return nil
+	}
+	return &Error{Code: CodeRateLimited, Message: "over " + strconv.FormatFloat(h.cfg.PublishRate, 'f', -1, 64) + " publishes " + per, ID: id}
 }
 
 func byteSize(n int) string {

@@ -21,6 +21,8 @@ type metrics struct {
 	authFailures    *prometheus.CounterVec
 	closes          *prometheus.CounterVec
 	subscribeErrors prometheus.Counter
+
+	subjectConnRefusals prometheus.Counter // upgrades refused by MaxConnectionsPerSubject
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -51,9 +53,11 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "pubmesh_ws_closes_total", Help: "Connections closed by the gateway, by close code."}, []string{"code"}),
 		subscribeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pubmesh_ws_fanout_subscribe_errors_total", Help: "Failed fanout subscriptions."}),
+		subjectConnRefusals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pubmesh_ws_subject_connection_refusals_total", Help: "WebSocket upgrades refused (429) because the token subject had MaxConnectionsPerSubject connections open."}),
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.connects, m.subscriptions, m.channels, m.messagesIn,
-		m.messagesFanout, m.messagesOut, m.writeBatches, m.slowConsumers, m.errors, m.authFailures, m.closes, m.subscribeErrors} {
+		m.messagesFanout, m.messagesOut, m.writeBatches, m.slowConsumers, m.errors, m.authFailures, m.closes, m.subscribeErrors, m.subjectConnRefusals} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ws: register metrics: %w", err)
 		}

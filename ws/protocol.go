@@ -183,16 +183,24 @@ func errorFrame(e *Error) []byte {
 //	{"op":"message","channel":"news","data":<JSON>,"id":"<message id>","ts":<ms>}
 //
 // A payload that is valid JSON is sent as is; any other payload (published
-// by a Go service) as a JSON string, with invalid UTF-8 replaced by U+FFFD.
+// by a Go service) as a JSON string. Either way each byte of invalid UTF-8
+// becomes U+FFFD: json.Valid accepts it inside strings, but browsers close
+// a connection whose text frame carries it (1006), and a node may carry
+// anything (a raw PUBLISH). The frame is always valid UTF-8 and valid JSON.
 func encodeMessage(channel string, payload []byte, id string, ts time.Time) []byte {
 	b := make([]byte, 0, 64+len(channel)+len(payload)+len(id))
 	b = append(b, `{"op":"message","channel":`...)
 	b = appendString(b, channel)
 	b = append(b, `,"data":`...)
-	if json.Valid(payload) {
-		b = append(b, payload...)
-	} else {
+	switch {
+	case !json.Valid(payload):
 		b = appendString(b, string(payload))
+	case utf8.Valid(payload):
+		b = append(b, payload...)
+	default:
+		// Outside strings json.Valid allows ASCII only, so the invalid
+		// bytes are all inside strings, where U+FFFD keeps the JSON valid.
+		b = appendValidUTF8(b, payload)
 	}
 	b = append(b, `,"id":`...)
 	b = appendString(b, id)
@@ -201,6 +209,22 @@ func encodeMessage(channel string, payload []byte, id string, ts time.Time) []by
 		b = strconv.AppendInt(b, ts.UnixMilli(), 10)
 	}
 	return append(b, '}')
+}
+
+// appendValidUTF8 appends p with each byte that is not part of a valid
+// UTF-8 sequence replaced by U+FFFD, as encoding/json does when it encodes
+// a string.
+func appendValidUTF8(b, p []byte) []byte {
+	for len(p) > 0 {
+		r, n := utf8.DecodeRune(p)
+		if r == utf8.RuneError && n == 1 {
+			b = utf8.AppendRune(b, utf8.RuneError)
+		} else {
+			b = append(b, p[:n]...)
+		}
+		p = p[n:]
+	}
+	return b
 }
 
 func appendString(b []byte, s string) []byte {

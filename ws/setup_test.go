@@ -393,6 +393,8 @@ func (g *gw) metric(name string, labels ...string) float64 {
 		c = m.messagesIn.WithLabelValues(labels...)
 	case "write_batches":
 		c = m.writeBatches
+	case "subject_connection_refusals":
+		c = m.subjectConnRefusals
 	default:
 		panic(name)
 	}

@@ -52,6 +52,7 @@ func gatewayFlags() []cli.Flag {
 		&cli.IntFlag{Name: "max-frame-bytes", Value: ws.DefaultMaxFrameBytes, Usage: "largest client frame; a larger one closes the connection (1009)", EnvVars: []string{"PUBMESH_MAX_FRAME_BYTES"}},
 		&cli.IntFlag{Name: "max-publish-bytes", Value: ws.DefaultMaxPublishBytes, Usage: "largest publish data, over WebSocket or HTTP", EnvVars: []string{"PUBMESH_MAX_PUBLISH_BYTES"}},
 		&cli.IntFlag{Name: "max-subscriptions", Value: ws.DefaultMaxSubscriptions, Usage: "subscriptions per connection (-1: no limit)", EnvVars: []string{"PUBMESH_MAX_SUBSCRIPTIONS"}},
+		&cli.IntFlag{Name: "max-connections-per-subject", Value: ws.DefaultMaxConnectionsPerSubject, Usage: "WebSocket connections one token subject (sub) may hold open; one more gets HTTP 429 (-1: no limit)", EnvVars: []string{"PUBMESH_MAX_CONNECTIONS_PER_SUBJECT"}},
 		&cli.IntFlag{Name: "max-channel-bytes", Value: ws.DefaultMaxChannelBytes, Usage: "longest channel name", EnvVars: []string{"PUBMESH_MAX_CHANNEL_BYTES"}},
 		&cli.Float64Flag{Name: "publish-rate", Value: ws.DefaultPublishRate, Usage: "publishes per second per WebSocket connection, and per token subject over HTTP (-1: no limit)", EnvVars: []string{"PUBMESH_PUBLISH_RATE"}},
 		&cli.IntFlag{Name: "publish-burst", Value: ws.DefaultPublishBurst, Usage: "publishes a connection may send at once above --publish-rate", EnvVars: []string{"PUBMESH_PUBLISH_BURST"}},
@@ -78,6 +79,7 @@ func gatewayConfig(c *cli.Context, log *slog.Logger) (ws.Config, error) {
 		ShutdownTimeout:  c.Duration("shutdown-timeout"),
 		Logger:           log,
 	}
+	cfg.MaxConnectionsPerSubject = c.Int("max-connections-per-subject")
 	for _, name := range []string{"max-frame-bytes", "max-publish-bytes", "max-channel-bytes", "publish-burst", "send-queue"} {
 		if c.Int(name) < 1 {
 			return ws.Config{}, fmt.Errorf("invalid --%s %d: must be positive", name, c.Int(name))

@@ -9,10 +9,18 @@
 //   await pm.publish('chat.room', { text: 'hi' });
 //
 // It reconnects by itself with exponential backoff and jitter, and
-// re-subscribes every channel after a reconnect. subscribe, unsubscribe,
-// publish and ping return promises settled by the gateway's reply (matched
-// by id); they reject with a PubMeshError whose code is the gateway's error
-// code, or 'timeout', 'disconnected' or 'closed'.
+// re-subscribes every channel after a reconnect. A subscribe that gets no
+// reply, or a transient error (unavailable), is tried again with backoff
+// until the gateway confirms it or unsubscribe; only a refusal (forbidden,
+// bad_request, limit) drops the channel. subscribe, unsubscribe, publish
+// and ping return promises settled by the gateway's reply (matched by id);
+// they reject with a PubMeshError whose code is the gateway's error code,
+// or 'timeout', 'disconnected', 'closed' or 'token_expired'.
+//
+// When the gateway closes with 4001 (token expired), 'tokenExpired' fires.
+// With a token function the client calls it again and reconnects; with a
+// fixed token it stops (state 'closed') rather than redial with a token the
+// gateway refuses: set pm.token to a fresh one and call pm.connect().
 
 /** An error reply, or a request that could not complete. */
 export class PubMeshError extends Error {
@@ -23,14 +31,20 @@ export class PubMeshError extends Error {
   }
 }
 
-/** Close codes the gateway sends (see docs/protocol.md). */
+/** Close codes the gateway sends (see docs/protocol.md), and NO_PONG, the
+ * client's own, for a connection it dropped because a ping got no reply. */
 export const CloseCodes = Object.freeze({
   GOING_AWAY: 1001,
   TOO_BIG: 1009,
   INTERNAL: 1011,
   TOKEN_EXPIRED: 4001,
   SLOW_CONSUMER: 4008,
+  NO_PONG: 4000,
 });
+
+// Error codes that refuse a subscription for good; any other failure of a
+// subscribe (no reply, unavailable) is tried again.
+const REFUSALS = new Set(['forbidden', 'bad_request', 'limit', 'too_large', 'unauthorized']);
 
 function defaultURL() {
   const loc = globalThis.location;
@@ -43,12 +57,15 @@ export class PubMesh {
    * @param {object} [opts]
    * @param {string} [opts.url] ws:// or wss:// URL of /ws. Default: this page's host.
    * @param {string|function():(string|Promise<string>)} [opts.token] JWT or API key,
-   *   or a function called before every (re)connect, so an expired token can be renewed.
+   *   or a function called before every (re)connect, so that an expired token is
+   *   renewed (after close 4001 too). A fixed string is used until the gateway
+   *   closes with 4001; then the client stops and emits 'tokenExpired'.
    * @param {number} [opts.minDelay=500] first reconnect delay, ms.
    * @param {number} [opts.maxDelay=15000] largest reconnect delay, ms.
    * @param {number} [opts.timeout=10000] how long a request waits for its reply, ms.
    * @param {number} [opts.idle=30000] after this long without a frame, ping; no reply
-   *   within timeout means the connection is dead and is replaced.
+   *   within timeout means the connection is dead: the socket is dropped at once
+   *   (close event code 4000) and replaced.
    * @param {boolean} [opts.connect=true] connect at once.
    * @param {typeof WebSocket} [opts.WebSocket] WebSocket implementation.
    */
@@ -61,14 +78,19 @@ export class PubMesh {
     this.idle = opts.idle ?? 30000;
     this._WS = opts.WebSocket || globalThis.WebSocket;
     this._handlers = new Map(); // event -> Set of functions
-    this._channels = new Map(); // channel -> { active, waiters: [{resolve, reject}], handlers: Set }
+    // channel -> { active, waiters: [{resolve, reject}], handlers: Set,
+    //   req (the subscribe in flight, or null), retry (timer), attempt }
+    this._channels = new Map();
     this._pending = new Map(); // request id -> { op, channel, resolve, reject, timer }
     this._openWaiters = new Set(); // requests waiting for the socket to open
     this._nextId = 1;
     this._attempt = 0;
     this._ws = null;
+    this._gen = 0; // dial generation: close() and each dial move it on, so a stale dial stops
+    this._dialing = false; // a dial is fetching its token
     this._retry = null; // reconnect timer
     this._idleTimer = null;
+    this._pinging = false;
     this._lastFrame = 0;
     this._state = 'closed';
     this._stopped = true;
@@ -93,8 +115,11 @@ export class PubMesh {
   /**
    * Listen to 'message' ({channel, data, id, ts, latency}), 'state' (state, info),
    * 'subscribed' (channel: confirmed, also after each reconnect), 'error'
-   * (PubMeshError) or 'close' ({code, reason}). Returns a function that removes
-   * the listener.
+   * (PubMeshError), 'close' ({code, reason}) or 'tokenExpired' ({renew}: the
+   * gateway closed with 4001; renew is true when a token function will be
+   * called for a fresh token, false when the client has stopped and waits for
+   * pm.token to be set and pm.connect()). Returns a function that removes the
+   * listener.
    */
   on(event, fn) {
     if (!this._handlers.has(event)) this._handlers.set(event, new Set());
@@ -125,22 +150,29 @@ export class PubMesh {
   /** Connect (again, after close). */
   connect() {
     this._stopped = false;
-    if (this._ws || this._retry) return;
+    if (this._ws || this._retry || this._dialing) return;
     this._dial();
   }
 
   async _dial() {
+    const gen = ++this._gen;
+    this._dialing = true;
     this._setState('connecting', { attempt: this._attempt });
     let url = this.url;
+    let tok;
     try {
-      const tok = typeof this.token === 'function' ? await this.token() : this.token;
-      if (tok) url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(tok);
+      tok = typeof this.token === 'function' ? await this.token() : this.token;
     } catch (e) {
+      if (gen !== this._gen) return;
+      this._dialing = false;
       this._emit('error', new PubMeshError('token', 'pubmesh: getting a token failed: ' + e));
       this._scheduleRetry();
       return;
     }
-    if (this._stopped) return;
+    // close() came during the fetch (and maybe connect(), which dials anew).
+    if (gen !== this._gen || this._stopped) return;
+    this._dialing = false;
+    if (tok) url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(tok);
     let ws;
     try {
       ws = new this._WS(url);
@@ -157,10 +189,7 @@ export class PubMesh {
       this._setState('open');
       this._startIdleCheck();
       // Re-subscribe everything, then release requests made while offline.
-      for (const [channel, ch] of this._channels) {
-        ch.active = false;
-        this._send({ op: 'subscribe', channel }, 'subscribe', channel).catch(() => {});
-      }
+      for (const channel of this._channels.keys()) this._subscribeNow(channel);
       const waiting = [...this._openWaiters];
       this._openWaiters.clear();
       for (const w of waiting) w.go();
@@ -170,26 +199,60 @@ export class PubMesh {
       this._lastFrame = Date.now();
       this._onFrame(ev.data);
     };
-    ws.onclose = (ev) => {
-      if (this._ws !== ws) return;
-      this._ws = null;
-      this._stopIdleCheck();
-      for (const ch of this._channels.values()) ch.active = false;
-      for (const [id, p] of this._pending) {
-        this._pending.delete(id);
-        clearTimeout(p.timer);
-        // A subscribe in flight is retried after the reconnect; its
-        // waiters keep waiting for that.
-        if (p.op !== 'subscribe') p.reject(new PubMeshError('disconnected', 'pubmesh: connection lost'));
-      }
-      this._emit('close', { code: ev.code, reason: ev.reason });
-      if (this._stopped) {
-        this._setState('closed', { code: ev.code, reason: ev.reason });
-      } else {
-        this._scheduleRetry(ev.code, ev.reason);
-      }
-    };
+    ws.onclose = (ev) => this._closed(ws, ev.code, ev.reason);
     ws.onerror = () => {}; // a close event follows
+  }
+
+  // _closed ends the connection ws (if still current) and decides what
+  // comes next: a reconnect, or nothing (close(), or 4001 with a fixed token).
+  _closed(ws, code, reason) {
+    if (this._ws !== ws) return;
+    this._ws = null;
+    this._stopIdleCheck();
+    for (const ch of this._channels.values()) {
+      // Subscribed again on the next open; the channel's waiters keep
+      // waiting for that.
+      ch.active = false;
+      ch.req = null;
+      clearTimeout(ch.retry);
+      ch.retry = null;
+    }
+    for (const [id, p] of this._pending) {
+      this._pending.delete(id);
+      clearTimeout(p.timer);
+      p.reject(new PubMeshError('disconnected', 'pubmesh: connection lost'));
+    }
+    this._emit('close', { code, reason });
+    if (code === CloseCodes.TOKEN_EXPIRED && !this._stopped) {
+      const renew = typeof this.token === 'function';
+      if (!renew) {
+        // Redialing with the same token would be refused (401) forever.
+        this._stopped = true;
+        this._setState('closed', { code, reason });
+        this._failWaiters(new PubMeshError('token_expired', 'pubmesh: token expired: set a fresh token and connect()'));
+      }
+      // Emitted after the state changed, so that a handler may set a token
+      // and call connect() right away.
+      this._emit('tokenExpired', { renew });
+      if (!renew) return;
+    }
+    if (this._stopped) {
+      this._setState('closed', { code, reason });
+    } else {
+      this._scheduleRetry(code, reason);
+    }
+  }
+
+  // _drop abandons ws without waiting for its close handshake, which on a
+  // half-open connection takes the browser a minute.
+  _drop(ws, code, reason) {
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    try {
+      ws.close(code, reason);
+    } catch {
+      // already closing
+    }
+    this._closed(ws, code, reason);
   }
 
   _scheduleRetry(code, reason) {
@@ -210,17 +273,23 @@ export class PubMesh {
     this._stopIdleCheck();
     if (!(this.idle > 0)) return;
     this._idleTimer = setInterval(() => {
-      if (Date.now() - this._lastFrame < this.idle) return;
+      if (this._pinging || Date.now() - this._lastFrame < this.idle) return;
       const ws = this._ws;
-      this.ping().catch(() => {
-        if (this._ws === ws && ws) ws.close(4000, 'no reply to ping');
-      });
+      this._pinging = true;
+      this.ping().then(
+        () => { this._pinging = false; },
+        (e) => {
+          this._pinging = false;
+          if (e.code === 'timeout' && ws && this._ws === ws) this._drop(ws, CloseCodes.NO_PONG, 'no reply to ping');
+        },
+      );
     }, Math.min(this.idle, 5000));
   }
 
   _stopIdleCheck() {
     clearInterval(this._idleTimer);
     this._idleTimer = null;
+    this._pinging = false;
   }
 
   _onFrame(text) {
@@ -258,7 +327,7 @@ export class PubMesh {
   }
 
   // _send sends frame with a new id once the socket is open, and settles
-  // with the reply. A subscribe reply also settles the channel's waiters.
+  // with the reply.
   _send(frame, op, channel) {
     return new Promise((resolve, reject) => {
       const waiter = {};
@@ -275,11 +344,7 @@ export class PubMesh {
       };
       waiter.go = () => {
         const id = this._nextId++;
-        const done = (err) => {
-          if (op === 'subscribe') this._settleChannel(channel, err);
-          err ? reject(err) : resolve();
-        };
-        this._pending.set(id, { op, channel, timer, resolve: () => done(null), reject: done });
+        this._pending.set(id, { op, channel, timer, resolve, reject });
         this._ws.send(JSON.stringify({ ...frame, id }));
       };
       if (this._ws && this._ws.readyState === 1) {
@@ -292,33 +357,72 @@ export class PubMesh {
     });
   }
 
-  _settleChannel(channel, err) {
+  // _subscribeNow sends channel's subscribe, unless the socket is not open
+  // (it is sent on open), the channel is confirmed, or one is in flight.
+  // No reply within timeout, or a transient error, schedules another try
+  // with backoff; a refusal drops the channel.
+  _subscribeNow(channel) {
     const ch = this._channels.get(channel);
-    if (!ch) return;
-    if (!err) {
-      ch.active = true;
-      for (const w of ch.waiters) w.resolve();
+    if (!ch || ch.active || ch.req || this._state !== 'open') return;
+    clearTimeout(ch.retry);
+    ch.retry = null;
+    const req = {};
+    ch.req = req;
+    this._send({ op: 'subscribe', channel }, 'subscribe', channel).then(
+      () => {
+        if (ch.req !== req) return; // unsubscribed, or the connection was lost
+        ch.req = null;
+        ch.active = true;
+        ch.attempt = 0;
+        for (const w of ch.waiters) w.resolve();
+        ch.waiters = [];
+        this._emit('subscribed', channel);
+      },
+      (err) => {
+        if (ch.req !== req) return;
+        ch.req = null;
+        if (REFUSALS.has(err.code)) {
+          this._channels.delete(channel);
+          for (const w of ch.waiters) w.reject(err);
+          ch.waiters = [];
+          this._emit('error', err);
+          return;
+        }
+        this._emit('error', err);
+        const step = Math.min(this.maxDelay, this.minDelay * 2 ** ch.attempt);
+        ch.attempt = Math.min(ch.attempt + 1, 30);
+        ch.retry = setTimeout(() => {
+          ch.retry = null;
+          if (this._channels.get(channel) === ch) this._subscribeNow(channel);
+        }, Math.round(step / 2 + Math.random() * (step / 2)));
+      },
+    );
+  }
+
+  // _failWaiters rejects every request waiting for the connection and every
+  // subscribe waiting for confirmation.
+  _failWaiters(err) {
+    for (const w of this._openWaiters) w.fail(err);
+    this._openWaiters.clear();
+    for (const ch of this._channels.values()) {
+      for (const w of ch.waiters) w.reject(err);
       ch.waiters = [];
-      this._emit('subscribed', channel);
-      return;
     }
-    // Refused (forbidden, bad name, limit): drop the channel for good.
-    this._channels.delete(channel);
-    for (const w of ch.waiters) w.reject(err);
-    this._emit('error', err);
   }
 
   /**
    * Subscribe to channel. Resolves once the gateway confirms (possibly after a
-   * reconnect); rejects on an error reply or timeout. The subscription is
-   * renewed after every reconnect until unsubscribe. handler, if given,
+   * reconnect); rejects on a refusal (forbidden, bad_request, limit: the
+   * channel is dropped) or, after timeout ms, with 'timeout'. A subscribe that
+   * got no reply or a transient error (unavailable, reported on 'error') stays
+   * and is tried again with backoff until confirmed ('subscribed') or
+   * unsubscribe; it is renewed after every reconnect. handler, if given,
    * receives the channel's messages (besides on('message')).
    */
   subscribe(channel, handler) {
     let ch = this._channels.get(channel);
-    const isNew = !ch;
-    if (isNew) {
-      ch = { active: false, waiters: [], handlers: new Set() };
+    if (!ch) {
+      ch = { active: false, waiters: [], handlers: new Set(), req: null, retry: null, attempt: 0 };
       this._channels.set(channel, ch);
     }
     if (handler) ch.handlers.add(handler);
@@ -332,11 +436,9 @@ export class PubMesh {
       }, this.timeout);
       w.resolve = () => { clearTimeout(timer); resolve(); };
       w.reject = (e) => { clearTimeout(timer); reject(e); };
-      // A new channel is subscribed now if open (else on open); an existing
-      // one is already on its way.
-      if (isNew && this._state === 'open') {
-        this._send({ op: 'subscribe', channel }, 'subscribe', channel).catch(() => {});
-      }
+      // Sent now if open and not already in flight (a retry waiting for its
+      // backoff goes now); else on open.
+      this._subscribeNow(channel);
     });
   }
 
@@ -345,6 +447,8 @@ export class PubMesh {
     const ch = this._channels.get(channel);
     if (!ch) return Promise.resolve();
     this._channels.delete(channel);
+    clearTimeout(ch.retry);
+    ch.req = null;
     for (const w of ch.waiters) w.reject(new PubMeshError('unsubscribed', 'pubmesh: unsubscribed'));
     if (this._state !== 'open') return Promise.resolve();
     return this._send({ op: 'unsubscribe', channel }, 'unsubscribe', channel);
@@ -363,22 +467,22 @@ export class PubMesh {
   /** Close for good (until connect() is called again). */
   close() {
     this._stopped = true;
+    this._gen++; // a dial fetching its token stops there
+    this._dialing = false;
     clearTimeout(this._retry);
     this._retry = null;
     this._stopIdleCheck();
+    for (const ch of this._channels.values()) {
+      clearTimeout(ch.retry);
+      ch.retry = null;
+    }
     const ws = this._ws;
     if (ws) {
       ws.close(1000, 'bye');
     } else {
       this._setState('closed');
     }
-    const closed = new PubMeshError('closed', 'pubmesh: client closed');
-    for (const w of this._openWaiters) w.fail(closed);
-    this._openWaiters.clear();
-    for (const ch of this._channels.values()) {
-      for (const w of ch.waiters) w.reject(closed);
-      ch.waiters = [];
-    }
+    this._failWaiters(new PubMeshError('closed', 'pubmesh: client closed'));
   }
 }
 
