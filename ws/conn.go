@@ -48,10 +48,11 @@ type conn struct {
 	closeCode   int
 	closeReason string
 
-	readDone  chan struct{} // closed when the reader returns; readErr and peerCode are set before
-	readErr   error
-	peerCode  int           // close code the client sent, 0 if none
-	writeDone chan struct{} // closed when writeLoop returns
+	readDone   chan struct{} // closed when the reader returns; readErr, peerCode and peerReason are set before
+	readErr    error
+	peerCode   int           // close code the client sent, 0 if none
+	peerReason string        // and its reason
+	writeDone  chan struct{} // closed when writeLoop returns
 
 	subs map[string]*channel // reader goroutine only
 }
@@ -180,7 +181,7 @@ func (c *conn) readLoop() {
 	})
 	// The writer echoes the close frame; gorilla's default handler would
 	// write it from this goroutine.
-	c.ws.SetCloseHandler(func(code int, _ string) error { c.peerCode = code; return nil })
+	c.ws.SetCloseHandler(func(code int, text string) error { c.peerCode, c.peerReason = code, text; return nil })
 	for {
 		alive()
 		typ, data, err := c.ws.ReadMessage()
@@ -387,11 +388,18 @@ func (c *conn) afterRead() {
 		}
 		return
 	}
-	code := c.peerCode
-	msg := websocket.FormatCloseMessage(code, "")
+	code, reason := c.peerCode, c.peerReason
+	// Echo the client's code and reason (RFC 6455 5.5.1): the client sees
+	// its own close confirmed, and the reason reaches the logs.
+	msg := websocket.FormatCloseMessage(code, reason)
 	if code == websocket.CloseNoStatusReceived {
 		msg = []byte{}
 	}
 	c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.h.cfg.CloseGrace))
-	c.ended(code, "client closed")
+	if reason == "" {
+		reason = "client closed"
+	}
+	if c.ended(code, reason) {
+		c.log.Debug("ws: client closed", "code", code, "reason", reason)
+	}
 }

@@ -54,8 +54,8 @@ func gatewayFlags() []cli.Flag {
 		&cli.IntFlag{Name: "max-subscriptions", Value: ws.DefaultMaxSubscriptions, Usage: "subscriptions per connection (-1: no limit)", EnvVars: []string{"PUBMESH_MAX_SUBSCRIPTIONS"}},
 		&cli.IntFlag{Name: "max-connections-per-subject", Value: ws.DefaultMaxConnectionsPerSubject, Usage: "WebSocket connections one token subject (sub) may hold open; one more gets HTTP 429 (-1: no limit)", EnvVars: []string{"PUBMESH_MAX_CONNECTIONS_PER_SUBJECT"}},
 		&cli.IntFlag{Name: "max-channel-bytes", Value: ws.DefaultMaxChannelBytes, Usage: "longest channel name", EnvVars: []string{"PUBMESH_MAX_CHANNEL_BYTES"}},
-		&cli.Float64Flag{Name: "publish-rate", Value: ws.DefaultPublishRate, Usage: "publishes per second per WebSocket connection, and per token subject over HTTP (-1: no limit)", EnvVars: []string{"PUBMESH_PUBLISH_RATE"}},
-		&cli.IntFlag{Name: "publish-burst", Value: ws.DefaultPublishBurst, Usage: "publishes a connection may send at once above --publish-rate", EnvVars: []string{"PUBMESH_PUBLISH_BURST"}},
+		&cli.Float64Flag{Name: "publish-rate", Value: ws.DefaultPublishRate, Usage: "publishes per second per token subject, over WebSocket and HTTP together (API-key connections: per connection; -1: no limit)", EnvVars: []string{"PUBMESH_PUBLISH_RATE"}},
+		&cli.IntFlag{Name: "publish-burst", Value: ws.DefaultPublishBurst, Usage: "publishes a token subject (or an API-key connection) may send at once above --publish-rate", EnvVars: []string{"PUBMESH_PUBLISH_BURST"}},
 		&cli.IntFlag{Name: "send-queue", Value: ws.DefaultSendQueue, Usage: "frames queued per connection; a client that lets it overflow is closed with 4008 \"slow consumer\"", EnvVars: []string{"PUBMESH_SEND_QUEUE"}},
 		&cli.DurationFlag{Name: "ping-interval", Value: ws.DefaultPingInterval, Usage: "how often idle clients are pinged; one silent for this plus 10s is closed", EnvVars: []string{"PUBMESH_PING_INTERVAL"}},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: ws.DefaultShutdownTimeout, Usage: "how long a graceful shutdown may take", EnvVars: []string{"PUBMESH_SHUTDOWN_TIMEOUT"}},
@@ -90,8 +90,8 @@ func gatewayConfig(c *cli.Context, log *slog.Logger) (ws.Config, error) {
 			return ws.Config{}, fmt.Errorf("invalid --%s %s: must be positive", name, c.Duration(name))
 		}
 	}
-	if c.Int("max-subscriptions") == 0 || c.Float64("publish-rate") == 0 {
-		return ws.Config{}, errors.New("--max-subscriptions and --publish-rate must be positive, or -1 for no limit")
+	if c.Int("max-subscriptions") == 0 || c.Float64("publish-rate") == 0 || c.Int("max-connections-per-subject") == 0 {
+		return ws.Config{}, errors.New("--max-subscriptions, --max-connections-per-subject and --publish-rate must be positive, or -1 for no limit")
 	}
 	secret, err := secretFlag(c, "jwt-secret", "jwt-secret-file")
 	if err != nil {
