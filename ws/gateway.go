@@ -52,9 +52,8 @@ type Gateway struct {
 
 // StartGateway connects a fanout client (waiting for etcd as fanout.New
 // does, until ctx ends), builds a Handler on it and serves it. The port is
-// bound first, so a taken port fails before anything else starts. The
-// gateway runs until Close, or until ctx ends (then Close still releases
-// it).
+// bound first, so a taken port fails before anything else starts. ctx
+// bounds the start only: the gateway runs until Close.
 func StartGateway(ctx context.Context, cfg GatewayConfig) (*Gateway, error) {
 	l := cfg.Listener
 	if l == nil {
@@ -94,7 +93,7 @@ func StartGateway(ctx context.Context, cfg GatewayConfig) (*Gateway, error) {
 		l = tls.NewListener(l, cfg.TLS)
 		scheme = "https"
 	}
-	sctx, cancel := context.WithCancel(ctx)
+	sctx, cancel := context.WithCancel(context.Background())
 	g := &Gateway{client: client, h: h, cancel: cancel, served: make(chan error, 1),
 		url: scheme + "://" + l.Addr().String() + "/"}
 	go func() { g.served <- h.Serve(sctx, l) }()
@@ -128,7 +127,11 @@ func (g *Gateway) Close() error {
 		start := time.Now()
 		g.cancel()
 		err := <-g.served
-		g.closeErr = errors.Join(err, g.client.Close())
+		cerr := g.client.Close()
+		if errors.Is(cerr, fanout.ErrClosed) {
+			cerr = nil // closed by its user already
+		}
+		g.closeErr = errors.Join(err, cerr)
 		g.h.log.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond))
 	})
 	return g.closeErr

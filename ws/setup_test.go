@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -107,19 +106,8 @@ func newGW(t testing.TB, cfg Config, o gwOptions) *gw {
 	fc.EtcdClient = cli
 	fc.Cluster = cluster
 	fc.Registerer = g.reg2
-	fc.Overflow = fanout.Block // as pubmesh gateway runs it
 	if fc.Logger == nil {
 		fc.Logger = quietLogger()
-	}
-	nctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	g.client, err = fanout.New(nctx, fc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.client.Close() })
-	if o.nodes > 0 {
-		waitFor(t, 20*time.Second, "the fanout client to see a ready node", func() bool { return len(g.client.Nodes().Ready()) > 0 })
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = quietLogger()
@@ -127,25 +115,24 @@ func newGW(t testing.TB, cfg Config, o gwOptions) *gw {
 	if cfg.Metrics == nil {
 		cfg.Metrics = g.reg2
 	}
-	g.h, err = NewHandler(g.client, cfg)
+	// Built as `pubmesh gateway` builds it (Overflow: Block and all).
+	nctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	gwy, err := StartGateway(nctx, GatewayConfig{Fanout: fc, Handler: cfg, Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.url = "http://" + l.Addr().String()
-	g.wsURL = "ws://" + l.Addr().String() + "/ws"
-	sctx, stop := context.WithCancel(ctx)
-	served := make(chan error, 1)
-	go func() { served <- g.h.Serve(sctx, l) }()
 	t.Cleanup(func() {
-		stop()
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
+		if err := gwy.Close(); err != nil {
+			t.Errorf("Close: %v", err)
 		}
 	})
+	g.client, g.h = gwy.Client(), gwy.Handler()
+	if o.nodes > 0 {
+		waitFor(t, 20*time.Second, "the fanout client to see a ready node", func() bool { return len(g.client.Nodes().Ready()) > 0 })
+	}
+	g.url = strings.TrimSuffix(gwy.URL(), "/")
+	g.wsURL = gwy.WebSocketURL()
 	return g
 }
 
