@@ -48,7 +48,9 @@ type Config struct {
 	// Cluster to join. Default: "default".
 	Cluster string
 	// ID names this client in etcd, where node agents wait for its acks.
-	// Default: <hostname>-<pid>-<4 random hex digits>.
+	// Default: <hostname>-<pid>-<4 random hex digits>. Two live clients
+	// cannot share an id: New waits one LeaseTTL for the id (it may be this
+	// service's previous run), then fails wrapping discovery.ErrClientIDTaken.
 	ID string
 	// Replicas is how many nodes each message is published to. With 2, a
 	// single node crash loses nothing; subscribers still deliver each message

@@ -26,8 +26,18 @@ const (
 // than fail and crash-loop. what names the step in logs and errors.
 func (c *Client) untilEtcd(ctx context.Context, what string, op func(context.Context) error) error {
 	wait := etcdRetryFirst
+	var takenSince time.Time
 	for attempt := 0; ; attempt++ {
 		err := op(ctx)
+		if errors.Is(err, discovery.ErrClientIDTaken) {
+			// Maybe our own previous run, whose lease has not expired yet:
+			// wait one lease TTL for it, then the id is really taken.
+			if takenSince.IsZero() {
+				takenSince = time.Now()
+			} else if time.Since(takenSince) > c.cfg.LeaseTTL+time.Second {
+				return err
+			}
+		}
 		if err == nil {
 			if attempt > 0 {
 				c.log.Info("fanout: etcd answers", "step", what, "attempts", attempt+1)

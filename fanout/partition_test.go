@@ -11,6 +11,7 @@ import (
 
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/fanout"
+	"github.com/pubmesh/pubmesh/internal/tcpproxy"
 )
 
 // TestEtcdPartitionOpensAGap: a client cut off from etcd but not from
@@ -23,7 +24,7 @@ func TestEtcdPartitionOpensAGap(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	waitReady(t, e.agent("n1"))
-	link := newProxy(t, strings.TrimPrefix(e.etcd.Endpoint(), "http://"))
+	link := tcpproxy.New(t, strings.TrimPrefix(e.etcd.Endpoint(), "http://"))
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/fanout"
+	"github.com/pubmesh/pubmesh/internal/tcpproxy"
 	"github.com/pubmesh/pubmesh/internal/testredis"
 )
 
@@ -101,7 +102,7 @@ func missing(t *testing.T, sub *fanout.Subscription, accepted []int, from int) [
 func TestUnsubscribeWithSilentNode(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	silent := newProxy(t, testredis.New(t).Addr)
+	silent := tcpproxy.New(t, testredis.New(t).Addr)
 	e.register("n1", silent.Addr(), discovery.StateReady)
 	e.node("n2", discovery.StateReady)
 	e.node("n3", discovery.StateReady)

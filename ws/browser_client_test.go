@@ -3,15 +3,14 @@ package ws
 import (
 	"context"
 	"fmt"
-	"net"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/pubmesh/pubmesh/internal/tcpproxy"
 )
 
 // TestBrowserClient drives the JavaScript client (/pubmesh.js) in a real
@@ -50,11 +49,11 @@ func TestBrowserClient(t *testing.T) {
 	// to gateway A.
 	c := newGW(t, Config{Insecure: true, AllowOrigins: []string{"*"}}, gwOptions{})
 	c.client.Close()
-	proxyC := newTCPProxy(t, c.url[len("http://"):])
+	proxyC := tcpproxy.New(t, c.url[len("http://"):])
 	// Gateway B: tokens.
 	secret := []byte("browser-secret")
 	b := newGW(t, Config{JWTSecret: secret, APIKeys: []string{"backend-key"}, AllowOrigins: []string{"*"}}, gwOptions{})
-	proxy := newTCPProxy(t, a.url[len("http://"):])
+	proxy := tcpproxy.New(t, a.url[len("http://"):])
 
 	if err := chromedp.Do(tab, chromedp.Navigate(a.url+"/pubmesh.js")); err != nil {
 		t.Fatalf("load the page: %v", err)
@@ -130,7 +129,7 @@ func TestBrowserClient(t *testing.T) {
 		// (here after a reconnect, to a gateway that works).
 		run(t, "connect A1 and A2", fmt.Sprintf(`
 			track('A1', new M.PubMesh({url: %q, timeout: 1000, minDelay: 200, maxDelay: 1000}));
-			track('A2', new M.PubMesh({url: 'ws://%s/ws', timeout: 10000, minDelay: 200, maxDelay: 1000}));`, a.wsURL, proxyC.addr()))
+			track('A2', new M.PubMesh({url: 'ws://%s/ws', timeout: 10000, minDelay: 200, maxDelay: 1000}));`, a.wsURL, proxyC.Addr()))
 		wait(t, "A1 and A2 open", `A1.state === 'open' && A2.state === 'open'`)
 		if err := rsA.Signal(syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
@@ -149,7 +148,7 @@ func TestBrowserClient(t *testing.T) {
 			t.Fatal(err)
 		}
 		publishUntil(t, a, "", "retry.timeout", "a subscribe that timed out", `A1.got.length > 0 && A1.isActive('retry.timeout')`)
-		proxyC.redirect(a.url[len("http://"):])
+		proxyC.Redirect(a.url[len("http://"):])
 		publishUntil(t, a, "", "retry.unavailable", "a subscribe refused with unavailable", `A2.got.length > 0 && A2.channels.includes('retry.unavailable')`)
 	})
 
@@ -182,11 +181,11 @@ func TestBrowserClient(t *testing.T) {
 		// Chromium gives a minute.
 		run(t, "connect P", fmt.Sprintf(`
 			track('P', new M.PubMesh({url: 'ws://%s/ws', idle: 1000, timeout: 1000, minDelay: 200, maxDelay: 1000}));
-			P.subscribe('half')`, proxy.addr()))
-		proxy.freeze()
+			P.subscribe('half')`, proxy.Addr()))
+		proxy.Freeze()
 		wait(t, "P to drop the silent socket", `P.events.includes('close:4000')`)
 		wait(t, "P to reconnect and re-subscribe", `P.state === 'open' && P.isActive('half')`)
-		if n := proxy.accepted.Load(); n < 2 {
+		if n := proxy.Accepted(); n < 2 {
 			t.Fatalf("proxy accepted %d connections, want a reconnect", n)
 		}
 		publishUntil(t, a, "", "half", "a message after the reconnect", `P.got.length > 0`)
@@ -240,103 +239,4 @@ func TestBrowserClient(t *testing.T) {
 		publishUntil(t, b, "backend-key", "news", "a message after the renewal", `G.got.length > 0`)
 	})
 	run(t, "close every client", `for (const name of ['A1', 'A2', 'P', 'D', 'E', 'F', 'G']) window[name]?.close()`)
-}
-
-// tcpProxy forwards loopback TCP connections to target. freeze makes the
-// connections open at the time a black hole (bytes are read and dropped
-// both ways, nothing is closed), as a half-open connection behaves;
-// connections accepted later are forwarded.
-type tcpProxy struct {
-	l        net.Listener
-	accepted atomic.Int64
-
-	mu     sync.Mutex // guards target, conns, pipes
-	target string
-	conns  []net.Conn
-	pipes  []*atomic.Bool // frozen flags of the connections so far
-	wg     sync.WaitGroup
-}
-
-func newTCPProxy(t *testing.T, target string) *tcpProxy {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &tcpProxy{l: l, target: target}
-	p.wg.Add(1)
-	go p.serve()
-	t.Cleanup(func() {
-		l.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *tcpProxy) addr() string { return p.l.Addr().String() }
-
-func (p *tcpProxy) serve() {
-	defer p.wg.Done()
-	for {
-		in, err := p.l.Accept()
-		if err != nil {
-			return
-		}
-		p.accepted.Add(1)
-		p.mu.Lock()
-		target := p.target
-		p.mu.Unlock()
-		out, err := net.Dial("tcp", target)
-		if err != nil {
-			in.Close()
-			continue
-		}
-		frozen := new(atomic.Bool)
-		p.mu.Lock()
-		p.conns = append(p.conns, in, out)
-		p.pipes = append(p.pipes, frozen)
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.pipe(in, out, frozen)
-		go p.pipe(out, in, frozen)
-	}
-}
-
-func (p *tcpProxy) pipe(src, dst net.Conn, frozen *atomic.Bool) {
-	defer p.wg.Done()
-	defer dst.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 && !frozen.Load() {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// redirect sends new connections to target and closes the current ones.
-func (p *tcpProxy) redirect(target string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.target = target
-	for _, c := range p.conns {
-		c.Close()
-	}
-}
-
-func (p *tcpProxy) freeze() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, f := range p.pipes {
-		f.Store(true)
-	}
 }
