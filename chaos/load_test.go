@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -288,8 +289,43 @@ func fanoutSink(t *testing.T, name string, c *fanout.Client, publishers, channel
 	return k
 }
 
+// gapLog collects the Gap events of one subscription. Safe for concurrent
+// use.
+type gapLog struct {
+	mu   sync.Mutex
+	gaps []fanout.Gap
+	at   []time.Time // when each event arrived
+}
+
+func (l *gapLog) all() ([]fanout.Gap, []time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.gaps), slices.Clone(l.at)
+}
+
+// fanoutSinkGaps is fanoutSink that also collects the subscription's Gap
+// events.
+func fanoutSinkGaps(t *testing.T, name string, c *fanout.Client, publishers, channels int) (*sink, *gapLog) {
+	t.Helper()
+	k := newSink(name, publishers, channels)
+	s := fanoutRecord(t, c, channels, k)
+	l := &gapLog{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for g := range s.Gaps() {
+			l.mu.Lock()
+			l.gaps = append(l.gaps, g)
+			l.at = append(l.at, time.Now())
+			l.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { s.Close(); <-done })
+	return k, l
+}
+
 // fanoutRecord subscribes c to every channel and reports to k.
-func fanoutRecord(t *testing.T, c *fanout.Client, channels int, k recorder) {
+func fanoutRecord(t *testing.T, c *fanout.Client, channels int, k recorder) *fanout.Subscription {
 	t.Helper()
 	var names []string
 	for i := range channels {
@@ -313,6 +349,7 @@ func fanoutRecord(t *testing.T, c *fanout.Client, channels int, k recorder) {
 		}
 	}()
 	t.Cleanup(func() { s.Close(); <-done })
+	return s
 }
 
 // subResult is one subscriber's account of a run.

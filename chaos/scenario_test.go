@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/fanout"
 	"github.com/pubmesh/pubmesh/internal/netns"
+	"github.com/pubmesh/pubmesh/internal/tcpproxy"
 )
 
 // scenario is one fault, injected into a cluster under load.
@@ -30,6 +32,11 @@ type scenario struct {
 	// event injects the fault, waits for the recovery, and says when
 	// things happened.
 	event func(r *run) marks
+	// cutSub: the first fanout subscriber reaches etcd through a proxy of
+	// its own (run.etcdLink), which the event cuts: a client partitioned
+	// from etcd but not from Redis. Its losses must lie inside the gaps it
+	// reports (fanout.Gap), and it must report one.
+	cutSub bool
 	// runner, if set, runs the whole scenario instead of runScenario.
 	runner func(t *testing.T, sc scenario)
 }
@@ -53,6 +60,11 @@ type run struct {
 	nodes []*node
 	pubs  *publishers
 	obs   *timeline
+	// etcdLink and gaps: the cut subscriber's path to etcd and its Gap
+	// events (scenario.cutSub).
+	etcdLink *tcpproxy.Proxy
+	gaps     *gapLog
+	cutID    string // the cut subscriber's client id
 }
 
 // within bounds every wait of a scenario: generous, the machine is shared.
@@ -95,6 +107,8 @@ func scenarios() []scenario {
 	}
 	add(scenario{num: 9, name: "gateway restarted under WebSocket clients", replicas: 1, runner: runGatewayRestart})
 	add(scenario{num: 10, name: "rolling restart of every node", replicas: 1, event: rollingRestart})
+	add(scenario{num: 11, name: "node key deleted by hand", replicas: 1, event: deleteNodeKey})
+	add(scenario{num: 12, name: "a subscriber cut off from etcd while a node joins", replicas: 1, cutSub: true, event: cutSubscriberFromEtcd})
 	slices.SortStableFunc(out, func(a, b scenario) int { return a.num - b.num })
 	return out
 }
@@ -138,9 +152,22 @@ func runScenario(t *testing.T, sc scenario) {
 	var sinks []*sink
 	var subClients []*fanout.Client
 	for i := range p.fanoutSubs {
-		fc := c.client(c.fanoutConfig(1))
+		cfg := c.fanoutConfig(1)
+		if sc.cutSub && i == 0 {
+			r.etcdLink = tcpproxy.New(t, strings.TrimPrefix(c.etcd.Endpoints()[0], "http://"))
+			cfg.EtcdClient = nil
+			cfg.Etcd = discovery.EtcdConfig{Endpoints: []string{"http://" + r.etcdLink.Addr()}}
+			cfg.LeaseTTL = p.leaseTTL
+		}
+		fc := c.client(cfg)
 		subClients = append(subClients, fc)
 		c.waitReady(within, fc)
+		if sc.cutSub && i == 0 {
+			r.cutID = fc.ID()
+			k, gaps := fanoutSinkGaps(t, "fanout0 (cut from etcd)", fc, p.publishers, p.channels)
+			sinks, r.gaps = append(sinks, k), gaps
+			continue
+		}
 		sinks = append(sinks, fanoutSink(t, fmt.Sprintf("fanout%d", i), fc, p.publishers, p.channels))
 	}
 	var wss []*rclient
@@ -202,6 +229,10 @@ func runScenario(t *testing.T, sc scenario) {
 		if sc.lossy {
 			sr.bound, sr.holes = inflightLoss(k, r.pubs, func(interval) int64 { return m.fault.UnixNano() })
 		}
+		if sc.cutSub && r.gaps != nil && strings.HasPrefix(k.name, "fanout0") {
+			gaps, _ := r.gaps.all()
+			sr.bound, sr.holes = lossInGaps(k, r.pubs, gaps)
+		}
 		res.subs = append(res.subs, sr)
 	}
 	record(res)
@@ -237,6 +268,59 @@ func runScenario(t *testing.T, sc scenario) {
 			t.Errorf("%s got %d messages out of order", s.name, s.outOfOrder)
 		}
 	}
+}
+
+// lossInGaps checks that every message subscriber k lost was published
+// while one of its reported gaps was open (from Start to End, or to now if
+// it has not ended): a client cut off from etcd may miss messages homed on
+// a node that joined meanwhile, and must say so; a loss it did not report
+// is a silent gap. It returns how many were published while a gap was open
+// (the allowance) and a line per loss outside every gap.
+func lossInGaps(k *sink, p *publishers, gaps []fanout.Gap) (inGaps int, outside []string) {
+	// A gap is reported twice: when it opens (End zero) and when it
+	// ends, with the same Start; one still open runs until now.
+	ends := map[time.Time]time.Time{}
+	for _, g := range gaps {
+		if e, ok := ends[g.Start]; !ok || e.IsZero() {
+			ends[g.Start] = g.End
+		}
+	}
+	open := func(pr pubRec) bool {
+		for start, end := range ends {
+			if end.IsZero() {
+				end = time.Now()
+			}
+			if pr.end >= start.UnixNano() && pr.start <= end.UnixNano() {
+				return true
+			}
+		}
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for pi, byCh := range p.recs {
+		for ci, rs := range byCh {
+			var got []recvRec
+			if pi < len(k.recv) && ci < len(k.recv[pi]) {
+				got = k.recv[pi][ci]
+			}
+			for s, pr := range rs {
+				if !pr.ok || !covered(k.subs[ci], pr) {
+					continue
+				}
+				inGap := open(pr)
+				if inGap {
+					inGaps++
+				}
+				if (s >= len(got) || got[s].n == 0) && !inGap {
+					outside = append(outside, fmt.Sprintf("[%d,%d,%d] lost with no gap reported", pi, ci, s))
+				}
+			}
+		}
+	}
+	return inGaps, outside
 }
 
 // inflightLoss checks that what subscriber k lost was in flight at a cut
@@ -563,5 +647,50 @@ func rollingRestart(r *run) marks {
 	}
 	m.recover = time.Now()
 	m.note = fmt.Sprintf("%d nodes, one at a time: SIGTERM (drain), then a new agent and redis-server on the same port; recover: the whole roll", len(r.nodes))
+	return m
+}
+
+// deleteNodeKey deletes the faulted node's key in etcd, as `etcdctl del`
+// would: the agent must notice and register the node again.
+func deleteNodeKey(r *run) marks {
+	n, inc := r.faulted()
+	m := marks{fault: time.Now()}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := r.c.cli.Delete(ctx, r.c.reg.NodeKey(n.id)); err != nil {
+		r.t.Fatal(err)
+	}
+	m.detect = r.mustWait(m.fault, n.id+" to be gone", notReady(n.id, inc))
+	m.recover = r.mustWait(m.fault, n.id+" to be ready again", readyAgain(n.id, inc))
+	m.note = "etcdctl del of the node's key; detect: the clients no longer see it; recover: the agent registered it again (new incarnation) and it is ready"
+	return m
+}
+
+// cutSubscriberFromEtcd cuts the first fanout subscriber's path to etcd
+// (Redis stays reachable), waits until its lease has expired so that a new
+// node can join without it, adds a node, heals the path once the node is
+// ready and the load has run on it, and waits for the subscriber to re-sync.
+func cutSubscriberFromEtcd(r *run) marks {
+	m := marks{fault: time.Now()}
+	r.etcdLink.Cut()
+	id := fmt.Sprintf("n%d", len(r.nodes)+1)
+	waitUntil(r.t, within, "the cut subscriber's lease to expire", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		clients, err := r.c.reg.Clients(ctx)
+		return err == nil && !slices.ContainsFunc(clients, func(ci discovery.ClientInfo) bool { return ci.ID == r.cutID })
+	})
+	r.c.addNode(id, nodeOpts{})
+	r.mustWait(m.fault, id+" to be ready", func(s discovery.Snapshot) bool { _, ok := readyInc(s, id); return ok })
+	time.Sleep(r.p.cutFor / 2) // messages homed on the new node, which the cut subscriber cannot see
+	m.end = time.Now()
+	r.etcdLink.Heal()
+	waitUntil(r.t, within, "the cut subscriber's gap to end", func() bool {
+		gaps, _ := r.gaps.all()
+		return len(gaps) > 0 && !gaps[len(gaps)-1].End.IsZero()
+	})
+	gaps, at := r.gaps.all()
+	m.detect, m.recover = at[0], gaps[len(gaps)-1].End
+	m.note = fmt.Sprintf("one fanout subscriber's etcd connection cut (Redis reachable), %s joins once its lease expired; detect: it reports a gap (%d Gap events); recover: the gap ends after the path heals; its losses must lie inside the gap", id, len(gaps))
 	return m
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -35,6 +36,10 @@ type Lease struct {
 	mu  sync.Mutex // guards err
 	err error
 
+	// confirmed is when etcd last said the lease was alive (unix ns): the
+	// grant, each keep-alive answer, a TimeToLive after an outage.
+	confirmed atomic.Int64
+
 	done      chan struct{} // closed by run when the lease is lost or closed
 	closeOnce sync.Once
 }
@@ -50,6 +55,7 @@ func grantLease(ctx context.Context, cli *clientv3.Client, ttl time.Duration, lo
 	}
 	kctx, cancel := context.WithCancel(context.Background())
 	l := &Lease{cli: cli, id: resp.ID, ttl: ttl, log: log, cancel: cancel, done: make(chan struct{})}
+	l.confirmed.Store(time.Now().UnixNano())
 	go l.run(kctx)
 	return l, nil
 }
@@ -62,6 +68,7 @@ func (l *Lease) run(ctx context.Context) {
 		ka, err := l.cli.KeepAlive(ctx, l.id)
 		if err == nil {
 			for range ka {
+				l.confirmed.Store(time.Now().UnixNano())
 			}
 		}
 		if ctx.Err() != nil {
@@ -77,6 +84,7 @@ func (l *Lease) run(ctx context.Context) {
 			ttl, err := l.cli.TimeToLive(tctx, l.id)
 			cancel()
 			if err == nil && ttl.TTL > 0 {
+				l.confirmed.Store(time.Now().UnixNano())
 				l.log.Info("discovery: lease survived an etcd outage, resuming keep-alive", "lease", fmt.Sprintf("%x", l.id))
 				break
 			}
@@ -96,6 +104,11 @@ func (l *Lease) setErr(err error) {
 	}
 	l.mu.Unlock()
 }
+
+// Confirmed is when etcd last said the lease was alive. The lease cannot
+// have expired before Confirmed plus its TTL, so whatever depends on it
+// (a join handshake waiting for this lease's ack) held until then at least.
+func (l *Lease) Confirmed() time.Time { return time.Unix(0, l.confirmed.Load()) }
 
 // ID of the lease.
 func (l *Lease) ID() clientv3.LeaseID { return l.id }

@@ -45,12 +45,13 @@ const gapBuffer = 8
 // client's ack while its lease lives (the join handshake waits for it).
 // So a gap opens when etcd has not answered for LeaseTTL (the lease may
 // have expired since), or at once when the lease is confirmed lost; its
-// Start is when the client first saw etcd fail. It closes once etcd
+// Start is the last time etcd confirmed the client's lease (no node could
+// join without the client before that time plus LeaseTTL). It closes once etcd
 // answers again, the client is registered, and every node of the fresh
 // snapshot has confirmed the client's subscriptions.
 type staleness struct {
 	mu        sync.Mutex // guards all fields
-	etcdSince time.Time  // first stale snapshot of the current outage; zero while etcd answers
+	etcdSince time.Time  // the current outage's start: the lease's last confirmation before the first stale snapshot; zero while etcd answers
 	etcdErr   error
 	timer     *time.Timer // opens the gap LeaseTTL after etcdSince
 	leaseLost bool        // the client's lease is gone and not yet registered again
@@ -66,9 +67,18 @@ func (c *Client) snapshotApplied(s discovery.Snapshot) {
 	defer st.mu.Unlock()
 	if s.Stale {
 		if st.etcdSince.IsZero() {
-			st.etcdSince, st.etcdErr = time.Now(), s.Err
-			since := st.etcdSince
-			st.timer = time.AfterFunc(c.cfg.LeaseTTL, func() {
+			// The watch notices an outage late (a list has to time out),
+			// while the lease runs from the last time etcd confirmed it: a
+			// node may join without this client from that time plus
+			// LeaseTTL on. So the gap starts then, and opens by then.
+			since := time.Now()
+			if p := c.presence.Load(); p != nil {
+				if t := p.Confirmed(); t.Before(since) {
+					since = t
+				}
+			}
+			st.etcdSince, st.etcdErr = since, s.Err
+			st.timer = time.AfterFunc(max(0, time.Until(since.Add(c.cfg.LeaseTTL))), func() {
 				st.mu.Lock()
 				defer st.mu.Unlock()
 				if st.etcdSince.Equal(since) && c.ctx.Err() == nil {
