@@ -13,13 +13,16 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pubmesh/pubmesh/broker"
@@ -150,6 +153,7 @@ type badEnv struct {
 	client  *fanout.Client
 	h       *ws.Handler
 	addr    string
+	redis   *testredis.Server // the first node
 }
 
 func newBadEnv(t *testing.T, cfg ws.Config) *badEnv {
@@ -172,28 +176,25 @@ func newBadEnv(t *testing.T, cfg ws.Config) *badEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.node("real1")
-	e.client = e.fanout(e.metrics, slog.New(e.logs))
-	waitUntil(t, within, "a ready node", func() bool { return len(e.client.Nodes().Ready()) > 0 })
+	e.redis = e.node("real1")
 	cfg.JWTSecret, cfg.APIKeys, cfg.Metrics, cfg.Logger = e.secret, []string{e.apiKey}, e.metrics, slog.New(e.logs)
-	e.h, err = ws.NewHandler(e.client, cfg)
+	// Built as `pubmesh gateway` builds it.
+	gw, err := ws.StartGateway(ctx, ws.GatewayConfig{
+		Fanout:  fanout.Config{EtcdClient: cli, Cluster: e.cluster},
+		Handler: cfg,
+		Listen:  "127.0.0.1:0",
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = l.Addr().String()
-	sctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- e.h.Serve(sctx, l) }()
 	t.Cleanup(func() {
-		stop()
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
+		if err := gw.Close(); err != nil {
+			t.Errorf("gateway Close: %v", err)
 		}
 	})
+	e.client, e.h = gw.Client(), gw.Handler()
+	e.addr = strings.TrimSuffix(strings.TrimPrefix(gw.URL(), "http://"), "/")
+	waitUntil(t, within, "a ready node", func() bool { return len(e.client.Nodes().Ready()) > 0 })
 	return e
 }
 
@@ -298,6 +299,7 @@ func TestBadInputWebSocket(t *testing.T) {
 		{"malformed JSON", []byte(`{"op":"subscribe","channel":`), ws.CodeBadRequest},
 		{"unknown op", []byte(`{"op":"drop_tables","id":1}`), ws.CodeBadRequest},
 		{"invalid UTF-8", []byte("{\"op\":\"subscribe\",\"channel\":\"a\xff\xfe\",\"id\":1}"), ws.CodeBadRequest},
+		{"publish data with invalid UTF-8 in a string", []byte("{\"op\":\"publish\",\"channel\":\"x\",\"data\":{\"t\":\"\xff\xfe\"},\"id\":1}"), ws.CodeBadRequest},
 		{"empty channel", []byte(`{"op":"subscribe","channel":"","id":1}`), ws.CodeBadRequest},
 		{"channel of 129 bytes", []byte(`{"op":"subscribe","channel":"` + strings.Repeat("a", 129) + `","id":1}`), ws.CodeBadRequest},
 		{"channel with a control character", []byte(`{"op":"subscribe","channel":"a\u0007b","id":1}`), ws.CodeBadRequest},
@@ -333,6 +335,73 @@ func TestBadInputWebSocket(t *testing.T) {
 	if n := metric(e.metrics, "pubmesh_ws_errors_total", "code=bad_request"); n < 9 {
 		t.Errorf("pubmesh_ws_errors_total{code=bad_request} = %v, want at least 9", n)
 	}
+
+	// Invalid UTF-8 that reaches a node anyway (a raw PUBLISH) goes out as
+	// valid UTF-8, with U+FFFD, and costs no subscriber its connection nor
+	// the next message; the HTTP publish path refuses it (400).
+	const subs = 5
+	var conns []*websocket.Conn
+	for range subs {
+		c := e.dial()
+		c.WriteMessage(websocket.TextMessage, []byte(`{"op":"subscribe","channel":"utf8","id":1}`))
+		if f := reply(c, 10*time.Second); f.Op != "ok" {
+			t.Fatalf("subscribe utf8: %+v", f)
+		}
+		conns = append(conns, c)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := e.client.Publish(ctx, "utf8", []byte(`{"n":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr})
+	defer rdb.Close()
+	if err := rdb.Publish(ctx, "utf8", "{\"t\":\"\xff\xfe\"}").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.client.Publish(ctx, "utf8", []byte(`{"n":2}`)); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+e.addr+"/api/publish/utf8", strings.NewReader("{\"t\":\"\xff\xfe\"}"))
+	req.Header.Set("Authorization", "Bearer "+e.apiKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("HTTP publish with invalid UTF-8: %s, want 400", resp.Status)
+	}
+	delivered := 0
+	for i, c := range conns {
+		var got []string
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		for len(got) < 3 {
+			_, b, err := c.ReadMessage()
+			if err != nil {
+				t.Fatalf("subscriber %d after %d messages: %v", i, len(got), err)
+			}
+			if !utf8.Valid(b) || !json.Valid(b) {
+				t.Fatalf("subscriber %d got a frame that is not valid UTF-8 JSON: %q", i, b)
+			}
+			var f struct {
+				Op   string          `json:"op"`
+				Data json.RawMessage `json:"data"`
+			}
+			json.Unmarshal(b, &f)
+			if f.Op == "message" {
+				got = append(got, string(f.Data))
+			}
+		}
+		var bad struct{ T string }
+		json.Unmarshal([]byte(got[1]), &bad)
+		if got[0] != `{"n":1}` || !strings.ContainsRune(bad.T, utf8.RuneError) || got[2] != `{"n":2}` {
+			t.Errorf("subscriber %d got %q", i, got)
+		}
+		delivered += len(got)
+	}
+	recordBad("node data", "invalid UTF-8 published raw to a node (redis-cli PUBLISH)",
+		fmt.Sprintf("%d subscribers got %d of %d messages, the bad one as valid UTF-8 with U+FFFD, and kept their connections; the same body over HTTP: 400 `bad_request`", subs, delivered, 3*subs))
 
 	// Too many subscriptions: the fourth is refused, the three stay.
 	c := e.dial()
@@ -838,4 +907,81 @@ func TestBadInputNotRedis(t *testing.T) {
 			recordBad("node that is not Redis (agent --attach)", nr.name, outcome+"; a warning")
 		}
 	})
+}
+
+// One token opening many connections gets one subject's allowance: at most
+// MaxConnectionsPerSubject connections (the next gets 429 before the
+// upgrade) and one publish bucket shared by all of them.
+func TestBadInputOneTokenManyConnections(t *testing.T) {
+	t.Parallel()
+	e := newBadEnv(t, ws.Config{MaxConnectionsPerSubject: 3})
+	claims := func(sub string) jwt.MapClaims {
+		return jwt.MapClaims{"sub": sub, "exp": time.Now().Add(time.Hour).Unix(), "subscribe": []string{"*"}, "publish": []string{"*"}}
+	}
+	alice := e.token(claims("alice"), jwt.SigningMethodHS256, e.secret)
+	bob := e.token(claims("bob"), jwt.SigningMethodHS256, e.secret)
+	dial := func(tok string) (*websocket.Conn, int) {
+		d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+		c, resp, err := d.Dial("ws://"+e.addr+"/ws?token="+tok, nil)
+		if resp != nil && resp.Body != nil {
+			resp.Body.Close()
+		}
+		if err != nil {
+			if resp == nil {
+				t.Fatal(err)
+			}
+			return nil, resp.StatusCode
+		}
+		t.Cleanup(func() { c.Close() })
+		return c, http.StatusSwitchingProtocols
+	}
+	var conns []*websocket.Conn
+	for i := range 3 {
+		c, code := dial(alice)
+		if c == nil {
+			t.Fatalf("alice's connection %d: %d", i+1, code)
+		}
+		conns = append(conns, c)
+	}
+	if _, code := dial(alice); code != http.StatusTooManyRequests {
+		t.Errorf("alice's fourth connection: %d, want 429", code)
+	}
+	if c, code := dial(bob); c == nil {
+		t.Errorf("bob's first connection: %d, want 101", code)
+	}
+
+	// 3 × 100 publishes at once: the three connections share one bucket
+	// (burst 40, 20/s), so far fewer than 3 × 40 are accepted.
+	start := time.Now()
+	var wg sync.WaitGroup
+	var accepted, limited atomic.Int64
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 100 {
+				c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+				c.WriteMessage(websocket.TextMessage, fmt.Appendf(nil, `{"op":"publish","channel":"many","data":%d,"id":%d}`, i, i))
+			}
+			for range 100 {
+				switch f := reply(c, 20*time.Second); {
+				case f.Op == "ok":
+					accepted.Add(1)
+				case f.Code == ws.CodeRateLimited:
+					limited.Add(1)
+				default:
+					t.Errorf("publish: %+v", f)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	allowance := ws.DefaultPublishBurst + int64(float64(ws.DefaultPublishRate)*time.Since(start).Seconds()) + 1
+	if accepted.Load() > allowance || accepted.Load()+limited.Load() != 300 {
+		t.Errorf("one subject on 3 connections: %d accepted, %d rate_limited; want at most %d accepted", accepted.Load(), limited.Load(), allowance)
+	}
+	recordBad("WebSocket frame", "one token on 4 connections (limit 3), 300 publishes at once over 3",
+		fmt.Sprintf("the fourth connection: 429 before the upgrade; %d accepted (one bucket for the subject: burst %d, %d/s), %d refused with `rate_limited`; another subject unaffected",
+			accepted.Load(), ws.DefaultPublishBurst, ws.DefaultPublishRate, limited.Load()))
 }
