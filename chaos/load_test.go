@@ -372,42 +372,56 @@ type subResult struct {
 // latencyBefore, if not zero, limits maxLatency to messages received
 // before it.
 func account(k *sink, p *publishers, latencyBefore time.Time) subResult {
+	var r subResult
+	eachStream(k, p, func(_, ci int, rs []pubRec, got func(seq int) recvRec) {
+		for s, pr := range rs {
+			g := got(s)
+			if g.n > 0 {
+				r.received++
+				r.dups += int(g.n - 1)
+				lat := time.Duration(g.at - pr.start)
+				if latencyBefore.IsZero() || g.at < latencyBefore.UnixNano() {
+					r.maxLatency = max(r.maxLatency, lat)
+				}
+			}
+			if !pr.ok || !covered(k.subs[ci], pr) {
+				continue
+			}
+			r.expected++
+			if g.n == 0 {
+				r.lost++
+				r.lostAcked = append(r.lostAcked, pr.end)
+			}
+		}
+	})
+	k.mu.Lock()
+	r.name, r.outOfOrder = k.name, k.outOfOrder
+	k.mu.Unlock()
+	return r
+}
+
+// eachStream calls fn, with p's and k's locks held, for every stream
+// (publisher pi, channel ci): what was published on it, by sequence number,
+// and what k received of each (zero if nothing).
+func eachStream(k *sink, p *publishers, fn func(pi, ci int, rs []pubRec, got func(seq int) recvRec)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	r := subResult{name: k.name, outOfOrder: k.outOfOrder}
 	for pi, byCh := range p.recs {
 		for ci, rs := range byCh {
-			var got []recvRec
+			var recv []recvRec
 			if pi < len(k.recv) && ci < len(k.recv[pi]) {
-				got = k.recv[pi][ci]
+				recv = k.recv[pi][ci]
 			}
-			for s, pr := range rs {
-				var g recvRec
-				if s < len(got) {
-					g = got[s]
+			fn(pi, ci, rs, func(seq int) recvRec {
+				if seq < len(recv) {
+					return recv[seq]
 				}
-				if g.n > 0 {
-					r.received++
-					r.dups += int(g.n - 1)
-					lat := time.Duration(g.at - pr.start)
-					if latencyBefore.IsZero() || g.at < latencyBefore.UnixNano() {
-						r.maxLatency = max(r.maxLatency, lat)
-					}
-				}
-				if !pr.ok || !covered(k.subs[ci], pr) {
-					continue
-				}
-				r.expected++
-				if g.n == 0 {
-					r.lost++
-					r.lostAcked = append(r.lostAcked, pr.end)
-				}
-			}
+				return recvRec{}
+			})
 		}
 	}
-	return r
 }
 
 func covered(ivs []interval, pr pubRec) bool {

@@ -296,30 +296,20 @@ func lossInGaps(k *sink, p *publishers, gaps []fanout.Gap) (inGaps int, outside 
 		}
 		return false
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	for pi, byCh := range p.recs {
-		for ci, rs := range byCh {
-			var got []recvRec
-			if pi < len(k.recv) && ci < len(k.recv[pi]) {
-				got = k.recv[pi][ci]
+	eachStream(k, p, func(pi, ci int, rs []pubRec, got func(int) recvRec) {
+		for s, pr := range rs {
+			if !pr.ok || !covered(k.subs[ci], pr) {
+				continue
 			}
-			for s, pr := range rs {
-				if !pr.ok || !covered(k.subs[ci], pr) {
-					continue
-				}
-				inGap := open(pr)
-				if inGap {
-					inGaps++
-				}
-				if (s >= len(got) || got[s].n == 0) && !inGap {
-					outside = append(outside, fmt.Sprintf("[%d,%d,%d] lost with no gap reported", pi, ci, s))
-				}
+			inGap := open(pr)
+			if inGap {
+				inGaps++
+			}
+			if got(s).n == 0 && !inGap {
+				outside = append(outside, fmt.Sprintf("[%d,%d,%d] lost with no gap reported", pi, ci, s))
 			}
 		}
-	}
+	})
 	return inGaps, outside
 }
 
@@ -336,47 +326,34 @@ func lossInGaps(k *sink, p *publishers, gaps []fanout.Gap) (inGaps int, outside 
 // Unlike a bound computed from the latency measured before the fault, this
 // does not depend on how fast the machine happens to be.
 func inflightLoss(k *sink, p *publishers, cut func(iv interval) int64) (inflight int, violations []string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	for pi, byCh := range p.recs {
-		for ci, rs := range byCh {
-			var got []recvRec
-			if pi < len(k.recv) && ci < len(k.recv[pi]) {
-				got = k.recv[pi][ci]
+	eachStream(k, p, func(pi, ci int, rs []pubRec, got func(int) recvRec) {
+		for _, iv := range k.subs[ci] {
+			c := cut(iv)
+			lastRecv, firstLost := -1, -1
+			for s, pr := range rs {
+				if !pr.ok || !covered([]interval{iv}, pr) {
+					continue
+				}
+				g := got(s)
+				if pr.start < c && (g.n == 0 || g.at >= c) {
+					inflight++
+				}
+				switch {
+				case g.n > 0 && pr.start < c:
+					lastRecv = s
+				case g.n == 0 && pr.start >= c:
+					violations = append(violations, fmt.Sprintf("[%d,%d,%d] published %s after the cut and lost",
+						pi, ci, s, time.Duration(pr.start-c).Round(time.Millisecond)))
+				case g.n == 0 && firstLost < 0:
+					firstLost = s
+				}
 			}
-			for _, iv := range k.subs[ci] {
-				c := cut(iv)
-				lastRecv, firstLost := -1, -1
-				for s, pr := range rs {
-					if !pr.ok || !covered([]interval{iv}, pr) {
-						continue
-					}
-					var g recvRec
-					if s < len(got) {
-						g = got[s]
-					}
-					if pr.start < c && (g.n == 0 || g.at >= c) {
-						inflight++
-					}
-					switch {
-					case g.n > 0 && pr.start < c:
-						lastRecv = s
-					case g.n == 0 && pr.start >= c:
-						violations = append(violations, fmt.Sprintf("[%d,%d,%d] published %s after the cut and lost",
-							pi, ci, s, time.Duration(pr.start-c).Round(time.Millisecond)))
-					case g.n == 0 && firstLost < 0:
-						firstLost = s
-					}
-				}
-				if firstLost >= 0 && firstLost < lastRecv {
-					violations = append(violations, fmt.Sprintf("[%d,%d,%d] lost, but [%d,%d,%d] after it was delivered: a hole, not an in-flight tail",
-						pi, ci, firstLost, pi, ci, lastRecv))
-				}
+			if firstLost >= 0 && firstLost < lastRecv {
+				violations = append(violations, fmt.Sprintf("[%d,%d,%d] lost, but [%d,%d,%d] after it was delivered: a hole, not an in-flight tail",
+					pi, ci, firstLost, pi, ci, lastRecv))
 			}
 		}
-	}
+	})
 	return inflight, violations
 }
 

@@ -108,6 +108,12 @@ func newNodeConn(c *Client, n discovery.Node) *nodeConn {
 		MaxRetries:      -1, // the client retries on another node instead
 		DisableIdentity: true,
 	}
+	if isRunID(n.RunID) {
+		// A crashed Redis restarted by its agent answers at the same
+		// address with nothing subscribed: publishing there would lose
+		// the message, so connections check they reach the registered run.
+		opt.OnConnect = checkRunID(n.RunID)
+	}
 	switch {
 	case c.cfg.TLS != nil && !n.TLS:
 		// A client with TLS settings never speaks plain text: a registry
