@@ -351,6 +351,10 @@ func TestKeepalive(t *testing.T) {
 	}()
 	dead := g.dial(t, "", nil) // never reads, so never answers a ping
 	_ = dead
+	// Both are counted once the gateway has served their upgrades (the
+	// dial can return first: waiting for 1 straight away passed before
+	// the silent one was counted, and the check below then saw 2).
+	waitFor(t, 20*time.Second, "both clients counted", func() bool { return g.metric("connections") == 2 })
 	waitFor(t, 20*time.Second, "the silent client to be closed", func() bool { return g.metric("connections") == 1 })
 	// The live one is still there, pinged, and answers.
 	waitFor(t, 20*time.Second, "pings", func() bool { return pings.Load() >= 3 })
