@@ -364,6 +364,13 @@ func (c *conn) writeBatch(f *outFrame) error {
 // finish sends the close frame and waits, at most CloseGrace, for the
 // client's.
 func (c *conn) finish() {
+	if c.closeCode == CloseGoingAway {
+		// A graceful shutdown: what is already queued for the client was
+		// accepted for it, so it goes out before the close frame (within
+		// CloseGrace: ended capped the socket's deadline). A slow consumer
+		// (4008) or a protocol error gets no such flush.
+		c.flushQueued()
+	}
 	msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
 	if c.closeCode != CloseTooBig { // gorilla has sent that one itself
 		err := c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.h.cfg.CloseGrace))
@@ -374,6 +381,21 @@ func (c *conn) finish() {
 	select {
 	case <-c.readDone:
 	case <-t.C:
+	}
+}
+
+// flushQueued writes the frames queued for the client, without waiting
+// for more.
+func (c *conn) flushQueued() {
+	for {
+		select {
+		case f := <-c.send:
+			if err := c.writeBatch(f); err != nil {
+				return
+			}
+		default:
+			return
+		}
 	}
 }
 
