@@ -20,6 +20,7 @@ type metrics struct {
 	badReplies     prometheus.Counter
 	memberGaps     prometheus.Counter
 	gapDrops       prometheus.Counter
+	subQueueFull   prometheus.Counter
 	stale          prometheus.Gauge
 	nodes          *prometheus.GaugeVec
 	publishLatency prometheus.Histogram
@@ -45,6 +46,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		badReplies:    c("bad_replies_total", "Connections to nodes closed because the node answered something that is not a Redis reply, or beyond Redis's own limits."),
 		memberGaps:    c("membership_gaps_total", "Times the client's membership went stale long enough that nodes may have joined without it (each one a Gap on every Subscription)."),
 		gapDrops:      c("gap_events_dropped_total", "Gap events dropped from full Subscription.Gaps buffers (8 each; the oldest goes)."),
+		subQueueFull:  c("subscribe_queue_full_total", "Subscribe commands not queued for a node whose subscription queue was full (1024 waiting); the node gets the whole set again once it catches up."),
 		stale: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "membership_stale",
 			Help: "1 while a Gap is open: the client may be missing nodes that joined while it was cut off from etcd."}),
 		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "nodes",
@@ -55,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.publishes, m.publishErrors, m.retries, m.deliveries, m.duplicates, m.overflowDrops,
-			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.badReplies, m.memberGaps, m.gapDrops, m.stale, m.nodes, m.publishLatency)
+			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.badReplies, m.memberGaps, m.gapDrops, m.subQueueFull, m.stale, m.nodes, m.publishLatency)
 	}
 	return m
 }

@@ -54,11 +54,17 @@ type nodeConn struct {
 	suspectUntil atomic.Int64 // unix nanos
 	retired      atomic.Bool  // the node left etcd; its connection ending is expected
 
-	// subQ holds the subscription commands for subLoop, in order; subWake
-	// (capacity 1) wakes it.
-	subQMu  sync.Mutex
-	subQ    []subCmd
-	subWake chan struct{}
+	// subQ holds the subscribe commands for subLoop, in order, at most
+	// maxQueuedSubs; unsubC and unsubP the names to unsubscribe, merged
+	// (the registry decides at run time, so their order against subscribes
+	// does not matter); subWake (capacity 1) wakes subLoop. resubAll asks
+	// it to subscribe the client's whole set again, after a full queue.
+	subQMu   sync.Mutex
+	subQ     []subCmd
+	unsubC   map[string]struct{}
+	unsubP   map[string]struct{}
+	subWake  chan struct{}
+	resubAll atomic.Bool
 	// recheck asks subLoop to confirm the connection with a fence: after
 	// it broke (go-redis makes it again and resubscribes), after a failure.
 	recheck atomic.Bool

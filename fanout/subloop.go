@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -22,10 +23,45 @@ type subCmd struct {
 // (a stopped process, a partition).
 const probeEvery = 5 * time.Second
 
+// maxQueuedSubs bounds the subscribe commands waiting for one node (a
+// silent node's queue would otherwise grow with every Subscribe until the
+// node is retired).
+const maxQueuedSubs = 1024
+
+// errSubQueueFull answers a subscribe that found the node's queue full.
+var errSubQueueFull = errors.New("fanout: subscription queue of the node is full; it gets the whole set once it answers")
+
 // queueSub queues cmd for the node's subscription loop; it never blocks.
+// Unsubscribes are merged into one set per kind, so they take no more room
+// than the names. A subscribe over maxQueuedSubs is answered at once with
+// errSubQueueFull, counted, and the node gets the client's whole set (this
+// subscription's names included) once the loop catches up.
 func (nc *nodeConn) queueSub(cmd subCmd) {
 	nc.subQMu.Lock()
-	nc.subQ = append(nc.subQ, cmd)
+	switch {
+	case cmd.unsub:
+		set := &nc.unsubC
+		if cmd.patterns {
+			set = &nc.unsubP
+		}
+		if *set == nil {
+			*set = map[string]struct{}{}
+		}
+		for _, n := range cmd.names {
+			(*set)[n] = struct{}{}
+		}
+	case len(nc.subQ) >= maxQueuedSubs:
+		nc.subQMu.Unlock()
+		nc.c.m.subQueueFull.Inc()
+		nc.resubAll.Store(true)
+		if cmd.done != nil {
+			cmd.done <- errSubQueueFull
+		}
+		nc.wakeSub()
+		return
+	default:
+		nc.subQ = append(nc.subQ, cmd)
+	}
 	nc.subQMu.Unlock()
 	nc.wakeSub()
 }
@@ -37,11 +73,26 @@ func (nc *nodeConn) wakeSub() {
 	}
 }
 
+// takeSub takes the queued subscribes, then the merged unsubscribes.
 func (nc *nodeConn) takeSub() []subCmd {
 	nc.subQMu.Lock()
 	defer nc.subQMu.Unlock()
 	q := nc.subQ
 	nc.subQ = nil
+	for _, u := range []struct {
+		set      *map[string]struct{}
+		patterns bool
+	}{{&nc.unsubC, false}, {&nc.unsubP, true}} {
+		if len(*u.set) == 0 {
+			continue
+		}
+		names := make([]string, 0, len(*u.set))
+		for n := range *u.set {
+			names = append(names, n)
+		}
+		*u.set = nil
+		q = append(q, subCmd{unsub: true, patterns: u.patterns, names: names})
+	}
 	return q
 }
 
@@ -83,9 +134,10 @@ func (nc *nodeConn) subLoop() {
 	defer retry.Stop()
 	for {
 		cmds := nc.takeSub()
-		check := first || nc.recheck.Swap(false)
+		all := first || nc.resubAll.Swap(false)
+		check := all || nc.recheck.Swap(false)
 		if len(cmds) > 0 || check {
-			err := nc.runSub(cmds, first)
+			err := nc.runSub(cmds, all)
 			if nc.ctx.Err() != nil {
 				return
 			}
@@ -101,6 +153,9 @@ func (nc *nodeConn) subLoop() {
 				failures++
 				nc.subFailed(err, first, failures)
 				nc.recheck.Store(true)
+				if all && !first {
+					nc.resubAll.Store(true) // the whole set is still owed
+				}
 			}
 		}
 		retry.Stop()
