@@ -227,17 +227,7 @@ func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		err = nil
 		c.closed.Store(true)
-		c.subs.mu.RLock()
-		var all []*Subscription
-		for _, t := range []map[string]map[*Subscription]struct{}{c.subs.channels, c.subs.patterns} {
-			for _, set := range t {
-				for s := range set {
-					all = append(all, s)
-				}
-			}
-		}
-		c.subs.mu.RUnlock()
-		for _, s := range all {
+		for _, s := range c.subs.all() {
 			s.close(false) // the connections close below: no UNSUBSCRIBE
 		}
 		c.cancel()

@@ -125,7 +125,9 @@ func (c *Client) openGap(reason string, since time.Time) {
 	c.m.memberGaps.Inc()
 	c.m.stale.Set(1)
 	c.log.Warn("fanout: membership may be stale; subscribers may miss messages until the client re-syncs with etcd", "reason", reason, "since", since)
-	c.subs.eachSub(func(s *Subscription) { s.gap(*st.open, c.m) })
+	for _, s := range c.subs.all() {
+		s.gap(*st.open, c.m)
+	}
 }
 
 // resync waits, in the background, until every node of the current
@@ -155,7 +157,9 @@ func (c *Client) resync(gen uint64) {
 		st.open = nil
 		c.m.stale.Set(0)
 		c.log.Info("fanout: membership re-synced with etcd", "gap", g.String())
-		c.subs.eachSub(func(s *Subscription) { s.gap(g, c.m) })
+		for _, s := range c.subs.all() {
+			s.gap(g, c.m)
+		}
 	}()
 }
 

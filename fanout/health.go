@@ -36,7 +36,8 @@ type NodeHealth struct {
 	// the client (the last check, at most 5 s old when idle, came back).
 	Subscribed bool `json:"subscribed"`
 	// Publishable is true when the node is ready, answers (Subscribed) and
-	// its last publish from this client, if any, succeeded.
+	// its last publish from this client, if any, succeeded or failed more
+	// than SuspectFor ago.
 	Publishable bool `json:"publishable"`
 	// Error is the latest failure on the node's connections, while the
 	// node is not Subscribed or not Publishable.
@@ -52,7 +53,10 @@ func (c *Client) Health() Health {
 	h.Stale, h.StaleSince, h.StaleReason = c.staleSince()
 	for _, nc := range c.conns() {
 		n := NodeHealth{ID: nc.node.ID, Addr: nc.node.Addr, State: nc.getState(), Subscribed: nc.subUp.Load()}
-		n.Publishable = n.State == discovery.StateReady && n.Subscribed && nc.pubOK.Load()
+		// A failed publish counts only while the node is suspect
+		// (SuspectFor): after that the node is tried again, and a client
+		// that seldom publishes must not stay unhealthy until it does.
+		n.Publishable = n.State == discovery.StateReady && n.Subscribed && (nc.pubOK.Load() || !nc.suspect())
 		if !n.Subscribed || !n.Publishable {
 			if ne := nc.refusedErr.Load(); ne != nil && !n.Subscribed {
 				n.Error = ne.Error()

@@ -3,6 +3,7 @@ package fanout_test
 import (
 	"context"
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
 
@@ -60,4 +61,32 @@ func TestHealthCountsOnlyWorkingNodes(t *testing.T) {
 	if h.OK {
 		t.Fatalf("OK with only a node that points nowhere: %+v", h)
 	}
+}
+
+// TestHealthRecoversWithoutTraffic: a node whose publish failed once (it
+// was stopped) is publishable again once it answers and SuspectFor has
+// passed, with no publish needed to prove it: a gateway that only
+// subscribes must not stay unhealthy for ever after one failed publish.
+func TestHealthRecoversWithoutTraffic(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	rs, _ := e.node("n1", discovery.StateReady)
+	c := e.client(fanout.Config{Logger: quietLog(), PublishTimeout: 300 * time.Millisecond, SuspectFor: 500 * time.Millisecond})
+	waitHealth(t, c, "n1 publishable", func(h fanout.Health) bool { return h.OK })
+	if err := rs.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	err := c.Publish(ctx, "a", []byte("x"))
+	cancel()
+	if err == nil {
+		t.Fatal("a publish to the only node, stopped, succeeded")
+	}
+	if n, _ := nodeHealth(c.Health(), "n1"); n.Publishable {
+		t.Errorf("n1 publishable right after its publish failed: %+v", n)
+	}
+	if err := rs.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitHealth(t, c, "n1 publishable again, with no publish", func(h fanout.Health) bool { return h.OK })
 }

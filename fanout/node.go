@@ -74,7 +74,8 @@ type nodeConn struct {
 	// lastErr is the latest failure of the subscription connection or of
 	// a publish, for Health; nil until one.
 	lastErr atomic.Pointer[errBox]
-	// pubOK is false after a publish to the node failed, until one works.
+	// pubOK is false after a publish to the node failed, until one works;
+	// Health ignores it once the node is no longer suspect.
 	pubOK atomic.Bool
 
 	fenceMu    sync.Mutex // guards fences, fenceSeq

@@ -206,21 +206,24 @@ func (r *registry) has(name string, pattern bool) bool {
 	return r.table(pattern)[name] != nil
 }
 
-// eachSub calls fn once for every subscription.
-func (r *registry) eachSub(fn func(*Subscription)) {
+// all returns every subscription once. It is a copy: a caller may close
+// them (which takes the registry's lock) as it goes.
+func (r *registry) all() []*Subscription {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	seen := map[*Subscription]bool{}
+	var out []*Subscription
 	for _, t := range []map[string]map[*Subscription]struct{}{r.channels, r.patterns} {
 		for _, set := range t {
 			for s := range set {
 				if !seen[s] {
 					seen[s] = true
-					fn(s)
+					out = append(out, s)
 				}
 			}
 		}
 	}
+	return out
 }
 
 // each calls fn for every subscription of channel (or pattern, if set).
