@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pubmesh/pubmesh/clusterconfig"
 	"github.com/pubmesh/pubmesh/discovery"
 )
 
@@ -144,12 +145,9 @@ type Config struct {
 
 // BufferLimit is a redis client-output-buffer-limit: a client is
 // disconnected when its pending output reaches Hard, or stays above Soft for
-// SoftFor.
-type BufferLimit struct {
-	Hard    int64         // bytes
-	Soft    int64         // bytes
-	SoftFor time.Duration // whole seconds
-}
+// SoftFor. The same type is the cluster configuration's
+// node.output_buffer_limit.
+type BufferLimit = clusterconfig.BufferLimit
 
 // DefaultOutputBufferLimit is the pub/sub limit of the child redis-server:
 // hard 64 MiB, soft 16 MiB for 60s, twice Redis's own 32mb/8mb/60. A pubmesh
@@ -159,46 +157,16 @@ type BufferLimit struct {
 // one stuck consumer cannot take all of the node's memory: the worst case is
 // 64 MiB per subscribed connection, and the client that is cut off
 // resubscribes.
-var DefaultOutputBufferLimit = BufferLimit{Hard: 64 << 20, Soft: 16 << 20, SoftFor: 60 * time.Second}
-
-// String renders the limit as redis.conf wants it after "pubsub".
-func (b BufferLimit) String() string {
-	return fmt.Sprintf("%d %d %d", b.Hard, b.Soft, int64(b.SoftFor/time.Second))
-}
+var DefaultOutputBufferLimit = clusterconfig.DefaultNode.OutputBufferLimit
 
 // ParseBufferLimit parses "HARD SOFT SECONDS" as in redis.conf, with sizes
 // in bytes or with a kb/mb/gb suffix (1024-based), e.g. "64mb 16mb 60".
 func ParseBufferLimit(s string) (BufferLimit, error) {
-	f := strings.Fields(s)
-	if len(f) != 3 {
-		return BufferLimit{}, fmt.Errorf("broker: buffer limit %q: want \"HARD SOFT SECONDS\", e.g. \"64mb 16mb 60\"", s)
+	b, err := clusterconfig.ParseBufferLimit(s)
+	if err != nil {
+		return b, fmt.Errorf("broker: %w", err)
 	}
-	hard, err1 := parseSize(f[0])
-	soft, err2 := parseSize(f[1])
-	secs, err3 := strconv.ParseInt(f[2], 10, 64)
-	if err := errors.Join(err1, err2, err3); err != nil || secs < 0 {
-		return BufferLimit{}, fmt.Errorf("broker: buffer limit %q: want \"HARD SOFT SECONDS\", e.g. \"64mb 16mb 60\"", s)
-	}
-	return BufferLimit{Hard: hard, Soft: soft, SoftFor: time.Duration(secs) * time.Second}, nil
-}
-
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	ls := strings.ToLower(s)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"gb", 1 << 30}, {"mb", 1 << 20}, {"kb", 1 << 10}, {"b", 1}} {
-		if strings.HasSuffix(ls, u.suffix) {
-			ls, mult = strings.TrimSuffix(ls, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(ls, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	return n * mult, nil
+	return b, nil
 }
 
 // withDefaults returns a copy of c with every zero field set to its default.
