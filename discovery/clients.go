@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -20,6 +21,12 @@ type ClientInfo struct {
 	PID       int       `json:"pid,omitempty"`
 	StartedAt time.Time `json:"started_at"`
 	Version   string    `json:"version"`
+	// Role says what embeds the client: "gateway", or what the service set
+	// in fanout.Config.Role. Default: empty.
+	Role string `json:"role,omitempty"`
+	// ConfigRevision is the cluster configuration revision the client runs
+	// (0: the defaults), kept current while it runs.
+	ConfigRevision int64 `json:"config_revision"`
 }
 
 // AckState is what a client acknowledges about a node.
@@ -57,6 +64,8 @@ var ErrClientIDTaken = errors.New("discovery: a live client already has this id"
 type ClientRegistration struct {
 	*Lease
 	r    *Registry
+	id   string
+	mu   sync.Mutex // guards info
 	info ClientInfo
 }
 
@@ -85,7 +94,38 @@ func (r *Registry) RegisterClient(ctx context.Context, info ClientInfo, ttl time
 		lease.Close(ctx)
 		return nil, fmt.Errorf("discovery: register client %s: %w", info.ID, err)
 	}
-	return &ClientRegistration{Lease: lease, r: r, info: info}, nil
+	return &ClientRegistration{Lease: lease, r: r, id: info.ID, info: info}, nil
+}
+
+// Update changes the client's value with fn and writes it under the same
+// lease, only while the key still belongs to this lease.
+func (c *ClientRegistration) Update(ctx context.Context, fn func(*ClientInfo)) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	info := c.info
+	fn(&info)
+	info.ID = c.id
+	key := c.r.keys.client(info.ID)
+	val, _ := json.Marshal(info)
+	txn, err := c.r.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.LeaseValue(key), "=", c.ID())).
+		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(c.ID()))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("discovery: update client %s: %w", info.ID, err)
+	}
+	if !txn.Succeeded {
+		return fmt.Errorf("discovery: update client %s: %w", info.ID, ErrLeaseLost)
+	}
+	c.info = info
+	return nil
+}
+
+// Info returns the client's value as last written.
+func (c *ClientRegistration) Info() ClientInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.info
 }
 
 // Ack records what the client confirms about node nodeID.
@@ -94,7 +134,7 @@ func (c *ClientRegistration) Ack(ctx context.Context, nodeID string, a Ack) erro
 		a.At = time.Now().UTC()
 	}
 	val, _ := json.Marshal(a)
-	if _, err := c.r.cli.Put(ctx, c.r.keys.ack(nodeID, c.info.ID), string(val), clientv3.WithLease(c.ID())); err != nil {
+	if _, err := c.r.cli.Put(ctx, c.r.keys.ack(nodeID, c.id), string(val), clientv3.WithLease(c.ID())); err != nil {
 		return fmt.Errorf("discovery: ack %s %s: %w", nodeID, a.State, err)
 	}
 	return nil

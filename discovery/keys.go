@@ -13,6 +13,10 @@ import (
 //	<prefix>/<cluster>/clients/<client-id>        ClientInfo JSON, under the client's lease
 //	<prefix>/<cluster>/acks/<node-id>/<client-id> Ack JSON, under the client's lease;
 //	                                              ClearAcks deletes a node's acks once it left
+//	<prefix>/<cluster>/config                     cluster configuration (clusterconfig), JSON as written
+//	<prefix>/<cluster>/config-history/<nanos>     ConfigRevision JSON, one per write by PutConfig,
+//	                                              the newest MaxConfigHistory kept; its key's
+//	                                              CreateRevision is the config revision it wrote
 //
 // A node that is gone has no key under nodes/.
 
@@ -44,5 +48,7 @@ func (k keys) drains() string             { return k.root + "drain/" }
 func (k keys) drain(id string) string     { return k.drains() + id }
 func (k keys) clients() string            { return k.root + "clients/" }
 func (k keys) client(id string) string    { return k.clients() + id }
+func (k keys) config() string             { return k.root + "config" }
+func (k keys) configHistory() string      { return k.root + "config-history/" }
 func (k keys) acks(node string) string    { return k.root + "acks/" + node + "/" }
 func (k keys) ack(node, cl string) string { return k.acks(node) + cl }

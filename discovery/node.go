@@ -40,6 +40,9 @@ type Node struct {
 	RunID string `json:"run_id,omitempty"`
 	// Attached is true when the agent watches a Redis it did not start.
 	Attached bool `json:"attached,omitempty"`
+	// ConfigRevision is the cluster configuration revision the agent has
+	// applied to its Redis (0: the defaults).
+	ConfigRevision int64 `json:"config_revision,omitempty"`
 	// TLS is true when clients must connect with TLS.
 	TLS bool `json:"tls,omitempty"`
 	// Incarnation is the etcd revision that created this registration. It

@@ -81,6 +81,7 @@ type Client struct {
 
 	stale    staleness // whether membership may be out of date (Gap)
 	presence atomic.Pointer[discovery.ClientRegistration]
+	conf     *discovery.ConfigWatcher
 	kick     chan struct{} // asks the membership loop to re-evaluate acks
 
 	closed    atomic.Bool
@@ -135,10 +136,16 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		}, func() float64 { return float64(reg.BadValues()) }))
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	if err := c.untilEtcd(ctx, "read the cluster configuration", c.startConfig); err != nil {
+		c.cancel()
+		c.closeEtcd()
+		return nil, err
+	}
 	// Register before watching, so that a node joining from now on waits
 	// for this client's ack.
 	if err := c.untilEtcd(ctx, "register the client", c.register); err != nil {
 		c.cancel()
+		c.conf.Close()
 		c.closeEtcd()
 		return nil, err
 	}
@@ -241,6 +248,7 @@ func (c *Client) Close() error {
 			nc.close(0)
 		}
 		c.seqr.stop()
+		c.conf.Close()
 		if p := c.presence.Load(); p != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			p.Close(ctx)

@@ -52,6 +52,10 @@ type Config struct {
 	// cannot share an id: New waits one LeaseTTL for the id (it may be this
 	// service's previous run), then fails wrapping discovery.ErrClientIDTaken.
 	ID string
+	// Role says what the client is part of, for pubmesh clients and the
+	// admin views: "gateway" for a pubmesh gateway, anything short for a
+	// service. Default: empty.
+	Role string
 	// Replicas is how many nodes each message is published to. With 2, a
 	// single node crash loses nothing; subscribers still deliver each message
 	// once. Default: 1.

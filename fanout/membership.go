@@ -19,6 +19,7 @@ func (c *Client) register(ctx context.Context) error {
 	host, _ := os.Hostname()
 	p, err := c.reg.RegisterClient(ctx, discovery.ClientInfo{
 		ID: c.cfg.ID, Host: host, PID: os.Getpid(), StartedAt: time.Now().UTC(), Version: version.Version,
+		Role: c.cfg.Role, ConfigRevision: c.conf.Current().Revision,
 	}, c.cfg.LeaseTTL)
 	if errors.Is(err, discovery.ErrClientIDTaken) {
 		return fmt.Errorf("fanout: client id %q is used by another live client (give each client its own Config.ID): %w", c.cfg.ID, err)
@@ -27,6 +28,9 @@ func (c *Client) register(ctx context.Context) error {
 		return fmt.Errorf("fanout: %w", err)
 	}
 	c.presence.Store(p)
+	if rev := c.conf.Current().Revision; rev != p.Info().ConfigRevision { // changed meanwhile
+		c.publishConfigRevision(rev)
+	}
 	return nil
 }
 
