@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -20,6 +21,15 @@ func hoistFlags(app *cli.App, args []string) []string {
 	if cmd == nil {
 		return args
 	}
+	head := 2 // args[:head] is the program and the command path
+	// Walk down subcommands (pubmesh config set ...).
+	for head < len(args) {
+		sub := cmd.Command(args[head])
+		if sub == nil {
+			break
+		}
+		cmd, head = sub, head+1
+	}
 	takesValue := map[string]bool{}
 	for _, f := range cmd.Flags {
 		tv := true
@@ -31,13 +41,13 @@ func hoistFlags(app *cli.App, args []string) []string {
 		}
 	}
 	var flags, rest []string
-	for i := 2; i < len(args); i++ {
+	for i := head; i < len(args); i++ {
 		a := args[i]
 		switch {
 		case a == "--":
 			rest = append(rest, args[i+1:]...)
 			i = len(args)
-		case len(a) > 1 && a[0] == '-':
+		case len(a) > 1 && a[0] == '-' && !isNumber(a):
 			flags = append(flags, a)
 			name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
 			if !hasValue && takesValue[name] && i+1 < len(args) {
@@ -53,6 +63,13 @@ func hoistFlags(app *cli.App, args []string) []string {
 		// "-" (only possible after a "--" of the user's) from being parsed.
 		rest = append([]string{"--"}, rest...)
 	}
-	out := append([]string{args[0], args[1]}, flags...)
+	out := append(append([]string{}, args[:head]...), flags...)
 	return append(out, rest...)
+}
+
+// isNumber: "-1" is a value (pubmesh config set gateway.publish_rate -1 is
+// then refused by validation, with a reason), not an unknown flag.
+func isNumber(s string) bool {
+	_, err := strconv.ParseFloat(s, 64)
+	return err == nil
 }

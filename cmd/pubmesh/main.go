@@ -52,6 +52,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			subscribeCommand(),
 			gatewayCommand(),
 			tokenCommand(),
+			configCommand(),
 			benchCommand(),
 		},
 		Writer:    stdout,
