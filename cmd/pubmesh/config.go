@@ -58,7 +58,7 @@ func configCommand() *cli.Command {
 			},
 			{
 				Name: "apply", Usage: "replace the document with a YAML or JSON file", UsageText: "pubmesh config apply -f FILE [--dry-run]   (FILE - is stdin)",
-				Flags: write(&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the document, YAML or JSON (- for stdin)", Required: true}),
+				Flags:  write(&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the document, YAML or JSON (- for stdin)", Required: true}),
 				Action: runConfigApply,
 			},
 			{
