@@ -58,6 +58,7 @@ type run struct {
 	c     *cluster
 	gw    *gateway
 	nodes []*node
+	wss   []*rclient // the WebSocket subscribers
 	pubs  *publishers
 	obs   *timeline
 	// etcdLink and gaps: the cut subscriber's path to etcd and its Gap
@@ -109,6 +110,7 @@ func scenarios() []scenario {
 	add(scenario{num: 10, name: "rolling restart of every node", replicas: 1, event: rollingRestart})
 	add(scenario{num: 11, name: "node key deleted by hand", replicas: 1, event: deleteNodeKey})
 	add(scenario{num: 12, name: "a subscriber cut off from etcd while a node joins", replicas: 1, cutSub: true, event: cutSubscriberFromEtcd})
+	add(scenario{num: 13, name: "cluster configuration changed under load", replicas: 1, event: changeConfig})
 	slices.SortStableFunc(out, func(a, b scenario) int { return a.num - b.num })
 	return out
 }
@@ -183,6 +185,7 @@ func runScenario(t *testing.T, sc scenario) {
 		wss = append(wss, rc)
 		sinks = append(sinks, k)
 	}
+	r.wss = wss
 	waitUntil(t, within, "the WebSocket subscribers to subscribe", func() bool {
 		for _, rc := range wss {
 			if !rc.subscribedNow() {
