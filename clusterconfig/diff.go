@@ -48,21 +48,39 @@ func Diff(a, b *Document) []Change {
 	return out
 }
 
-// Summary is a one-line account of changes: "gateway.max_subscriptions,
-// namespaces[0].history_size" (at most max paths, then "and N more").
+// Summary is a one-line account of changes, one item per key, except that
+// the keys of one namespace count as one item ("namespaces[0] (8 keys)"):
+// at most max items, then "and N more".
 func Summary(changes []Change, max int) string {
 	if len(changes) == 0 {
 		return "no change"
 	}
-	var names []string
-	for i, c := range changes {
+	var items []string
+	count := map[string]int{}
+	for _, c := range changes {
+		item := c.Path
+		if strings.HasPrefix(item, "namespaces[") {
+			if i := strings.IndexByte(item, ']'); i > 0 {
+				item = item[:i+1]
+			}
+		}
+		if count[item] == 0 {
+			items = append(items, item)
+		}
+		count[item]++
+	}
+	var out []string
+	for i, item := range items {
 		if i == max {
-			names = append(names, fmt.Sprintf("and %d more", len(changes)-max))
+			out = append(out, fmt.Sprintf("and %d more", len(items)-max))
 			break
 		}
-		names = append(names, c.Path)
+		if n := count[item]; n > 1 {
+			item = fmt.Sprintf("%s (%d keys)", item, n)
+		}
+		out = append(out, item)
 	}
-	return strings.Join(names, ", ")
+	return strings.Join(out, ", ")
 }
 
 // flatten maps every leaf of the document's JSON to its path.
@@ -78,9 +96,6 @@ func flatten(d *Document) map[string]string {
 				walk(join(p, k), c)
 			}
 		case []any:
-			if len(x) == 0 {
-				out[p] = "[]"
-			}
 			for i, c := range x {
 				walk(fmt.Sprintf("%s[%d]", p, i), c)
 			}

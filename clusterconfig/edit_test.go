@@ -86,7 +86,10 @@ func TestDiff(t *testing.T) {
 	if n := len(clusterconfig.Diff(b, b)); n != 0 {
 		t.Errorf("a document differs from itself in %d keys", n)
 	}
-	if s := clusterconfig.Summary(got, 1); !strings.Contains(s, "more") {
-		t.Errorf("Summary = %q", s)
+	if s := clusterconfig.Summary(got, 2); s != "gateway.max_subscriptions, gateway.publish_rate, and 1 more" {
+		t.Errorf("Summary(2) = %q", s)
+	}
+	if s := clusterconfig.Summary(got, 5); !strings.Contains(s, "namespaces[0] (8 keys)") {
+		t.Errorf("Summary(5) = %q", s)
 	}
 }

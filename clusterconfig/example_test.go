@@ -31,7 +31,6 @@ gateway:
 	// 100 0
 	// 500 256
 	// ~ gateway.max_subscriptions: 100 -> 500
-	// - namespaces: []
 	// + namespaces[0].allow_publish: "token"
 	// + namespaces[0].allow_subscribe: "token"
 	// + namespaces[0].history_size: 100

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/user"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -137,8 +136,10 @@ func runConfigGet(c *cli.Context) error {
 		if m, ok := doc.(map[string]any); ok && len(m) == 0 {
 			fmt.Fprintln(out, "{}")
 		} else {
-			b, _ := yaml.Marshal(doc)
-			out.Write(b)
+			enc := yaml.NewEncoder(out)
+			enc.SetIndent(2)
+			enc.Encode(doc)
+			enc.Close()
 		}
 	}
 	if cur.Err != nil {
@@ -345,7 +346,8 @@ func runConfigHistory(c *cli.Context) error {
 		Comment    string    `json:"comment,omitempty"`
 		RollbackOf int64     `json:"rollback_of,omitempty"`
 		Changes    []string  `json:"changes"`
-		Current    bool      `json:"current"`
+		summary    string
+		Current    bool `json:"current"`
 	}
 	rows := make([]row, 0, len(hist)+1)
 	var prev *clusterconfig.Document
@@ -355,8 +357,13 @@ func runConfigHistory(c *cli.Context) error {
 		if err != nil {
 			r.Changes = []string{"(does not validate: " + oneLine(err.Error()) + ")"}
 		} else {
-			for _, ch := range clusterconfig.Diff(prev, doc) {
+			diff := clusterconfig.Diff(prev, doc)
+			for _, ch := range diff {
 				r.Changes = append(r.Changes, ch.String())
+			}
+			r.summary = clusterconfig.Summary(diff, 4)
+			if len(diff) == 1 {
+				r.summary = diff[0].String()
 			}
 			prev = doc
 		}
@@ -389,11 +396,9 @@ func runConfigHistory(c *cli.Context) error {
 		if !r.At.IsZero() {
 			when = r.At.Local().Format("2006-01-02 15:04:05")
 		}
-		summary := fmt.Sprintf("%d change(s)", len(r.Changes))
-		if len(r.Changes) == 1 || (len(r.Changes) > 0 && strings.HasPrefix(r.Changes[0], "(")) {
+		summary := r.summary
+		if summary == "" && len(r.Changes) > 0 {
 			summary = r.Changes[0]
-		} else if len(r.Changes) > 0 && len(r.Changes) <= 3 {
-			summary = strings.Join(r.Changes, "; ")
 		}
 		if r.RollbackOf != 0 {
 			summary = fmt.Sprintf("rollback to %d: %s", r.RollbackOf, summary)
