@@ -3,12 +3,14 @@ package discovery_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/pubmesh/pubmesh/clusterconfig"
 	"github.com/pubmesh/pubmesh/discovery"
+	"github.com/pubmesh/pubmesh/internal/tcpproxy"
 )
 
 func tree(t *testing.T, yaml string) map[string]any {
@@ -134,4 +136,51 @@ func TestConfigWatcher(t *testing.T) {
 	}
 	w.Close()
 	w2.Close()
+}
+
+// While etcd cannot be reached the watcher keeps the last good
+// configuration; once it can, it catches up with what was written
+// meanwhile.
+func TestConfigWatcherOutage(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rev1, err := f.reg.PutConfig(ctx, tree(t, "gateway: {send_queue: 100}"), 0, discovery.ConfigChange{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := tcpproxy.New(t, strings.TrimPrefix(f.srv.Endpoint(), "http://"))
+	cli, err := discovery.Dial(ctx, discovery.EtcdConfig{Endpoints: []string{"http://" + link.Addr()}, DialTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	reg, err := discovery.New(cli, discovery.Config{Cluster: f.reg.Cluster()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := reg.WatchConfig(ctx, discovery.ConfigWatchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	link.Cut()
+	rev2, err := f.reg.PutConfig(ctx, tree(t, "gateway: {send_queue: 200}"), rev1, discovery.ConfigChange{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	if c := w.Current(); c.Revision != rev1 || c.Doc.Gateway.SendQueue != 100 {
+		t.Fatalf("during the outage: %+v", c)
+	}
+	link.Heal()
+	deadline := time.Now().Add(10 * time.Second)
+	for w.Current().Revision != rev2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("revision %d not applied 10s after etcd came back: %+v", rev2, w.Current())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if w.Current().Doc.Gateway.SendQueue != 200 {
+		t.Errorf("after the outage: %+v", w.Current().Doc.Gateway)
+	}
 }
