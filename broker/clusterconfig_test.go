@@ -272,3 +272,59 @@ func TestAgentFollowsClusterConfig(t *testing.T) {
 		})
 	}
 }
+
+// A CONFIG SET that fails (here: an attached Redis whose user may not use
+// CONFIG) does not stop the node; it is logged, counted and retried until
+// it works, and only then is the revision recorded.
+func TestAgentRetriesFailedConfigApply(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := testredis.New(t)
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DisableIdentity: true})
+	defer admin.Close()
+	if err := admin.Do(ctx, "ACL", "SETUSER", "watcher", "on", ">watcher-pw", "~*", "&*", "+@all", "-config").Err(); err != nil {
+		t.Fatal(err)
+	}
+	reg := newRegistry(t)
+	metrics := prometheus.NewRegistry()
+	cfg := fastConfig(t, reg)
+	cfg.Attach, cfg.Username, cfg.Password = srv.Addr, "watcher", "watcher-pw"
+	cfg.Registerer = metrics
+	var logs *syncBuffer
+	cfg.Logger, logs = testLogs(t)
+	a := start(t, cfg)
+	select {
+	case <-a.Ready():
+	case <-time.After(20 * time.Second):
+		t.Fatal("a node whose limits cannot be set must still turn ready")
+	}
+	rev := putConfig(t, reg, "node: {maxmemory: 300mb}")
+	t0 := time.Now()
+	for gathered(t, metrics, "pubmesh_node_config_apply_errors_total") < 2 {
+		if time.Since(t0) > 5*time.Second {
+			t.Fatalf("apply errors = %v, want the failure at start and the one of revision %d", gathered(t, metrics, "pubmesh_node_config_apply_errors_total"), rev)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), `msg="cannot apply the cluster configuration to redis; retrying"`) {
+		t.Error("the failure is not logged")
+	}
+	if got := registeredRevision(t, reg, cfg.ID); got == rev {
+		t.Errorf("revision %d registered although the Redis does not run it", rev)
+	}
+
+	if err := admin.Do(ctx, "ACL", "SETUSER", "watcher", "+config").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t0 = time.Now()
+	for registeredRevision(t, reg, cfg.ID) != rev {
+		// The retry backoff is 1s doubling; two or three of them.
+		if time.Since(t0) > 10*time.Second {
+			t.Fatalf("revision %d not applied after CONFIG was allowed; registered %d", rev, registeredRevision(t, reg, cfg.ID))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if mm, err := admin.ConfigGet(ctx, "maxmemory").Result(); err != nil || mm["maxmemory"] != "314572800" {
+		t.Errorf("maxmemory = %v (%v), want 314572800", mm, err)
+	}
+}

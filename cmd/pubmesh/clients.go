@@ -26,8 +26,8 @@ func clientsCommand() *cli.Command {
 			"set, or -). CONFIG is the cluster configuration revision the client runs (0: the defaults);\n" +
 			"STARTED is how long ago it started. A last line compares every node and client with the\n" +
 			"cluster's current configuration revision, so you see when the whole cluster has caught up.\n" +
-			"--json prints a JSON array of client objects (id, role, host, pid, version, config_revision,\n" +
-			"started_at) instead, and the last line on stderr.",
+			"With --json it prints a JSON array of client objects (id, role, host, pid, version,\n" +
+			"config_revision, started_at) instead, and the last line on stderr.",
 		Flags: append(etcdFlags(),
 			&cli.BoolFlag{
 				Name:    "json",
@@ -122,23 +122,32 @@ func configSummary(conf discovery.StoredConfig, nodes []discovery.Node, clients 
 			behind++
 		}
 	}
-	what := fmt.Sprintf("revision %d", conf.Revision)
-	if conf.Revision == 0 {
-		what = "revision 0 (no configuration in etcd: the defaults)"
+	parts := fmt.Sprintf("%s, %s", plural(len(nodes), "node"), plural(len(clients), "client"))
+	verb := "run"
+	if behind == 1 {
+		verb = "runs"
 	}
 	switch {
 	case conf.Err != nil:
 		// Every part ignores it and keeps its last good revision.
-		return fmt.Sprintf("config: revision %d in etcd is invalid and ignored by every part (%s); %d parts (%d nodes, %d clients) keep their last good revision: fix it with pubmesh config",
-			conf.Revision, oneLine(conf.Err.Error()), len(revs), len(nodes), len(clients))
+		return fmt.Sprintf("config: revision %d in etcd is invalid, so every part (%s) ignores it and keeps its last good revision (%s); fix it with pubmesh config",
+			conf.Revision, parts, oneLine(conf.Err.Error()))
 	case len(revs) == 0:
-		return fmt.Sprintf("config: cluster at %s; no node or client is running", what)
+		return fmt.Sprintf("config: the cluster is at revision %d; no node or client is running", conf.Revision)
 	case behind == 0:
-		return fmt.Sprintf("config: all %d parts (%d nodes, %d clients) run %s", len(revs), len(nodes), len(clients), what)
+		return fmt.Sprintf("config: every part (%s) runs revision %d", parts, conf.Revision)
 	case conf.Revision == 0:
-		return fmt.Sprintf("config: %d of %d parts still run another revision than %s", behind, len(revs), what)
+		return fmt.Sprintf("config: %d of %d parts %s another revision than 0 (no configuration in etcd: the defaults)", behind, len(revs), verb)
 	}
-	return fmt.Sprintf("config: %d of %d parts run an older revision than %d", behind, len(revs), conf.Revision)
+	return fmt.Sprintf("config: %d of %d parts %s an older revision than %d", behind, len(revs), verb, conf.Revision)
+}
+
+// plural is "1 node", "2 nodes".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func orDash(s string) string {
