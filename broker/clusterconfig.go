@@ -114,11 +114,11 @@ func (a *Agent) openConfig(ctx context.Context, c *configState) bool {
 	c.w, c.changed = w, w.Changed()
 	a.m.configWatcher.Store(w)
 	cur := w.Current()
-	a.log.Info("cluster configuration", "revision", cur.Revision)
+	a.log.Info("following the cluster configuration", "revision", cur.Revision)
 	return true
 }
 
-// closeConfig stops the watcher.
+// close stops the watcher and the agent user's connection.
 func (c *configState) close() {
 	if c.w != nil {
 		c.w.Close()
