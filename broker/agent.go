@@ -203,6 +203,8 @@ type runState struct {
 
 	health health
 	probe  *probe
+
+	conf configState
 }
 
 func (a *Agent) run(ctx context.Context) error {
@@ -214,6 +216,18 @@ func (a *Agent) run(ctx context.Context) error {
 		probe:      newProbe(a.addr, cfg.HealthTimeout, cfg.Username, cfg.Password),
 	}
 	defer s.probe.close()
+	s.conf.admin = s.probe
+	s.conf.applied.unknown = cfg.Attach != ""
+	if cfg.Attach == "" && cfg.Username != "" {
+		// The clients' user may not use CONFIG SET: the agent has its own.
+		pass, err := agentPassword()
+		if err != nil {
+			return err
+		}
+		s.conf.agentPass = pass
+		s.conf.admin = newProbe(a.addr, cfg.HealthTimeout, agentUser, pass)
+	}
+	defer s.conf.close()
 	defer s.gates.Wait() // runs after rcancel, below
 	rctx, rcancel := context.WithCancel(ctx)
 	defer rcancel()
@@ -244,6 +258,8 @@ func (a *Agent) run(ctx context.Context) error {
 		a.log.Warn("cannot clear an old drain request", "err", err)
 	}
 	ccancel()
+	a.logOverrides()
+	a.openConfig(rctx, &s.conf)
 
 	defer func() {
 		a.leave(s, leaveStop)
@@ -298,6 +314,8 @@ func (a *Agent) run(ctx context.Context) error {
 			a.joinGateDone(rctx, s, gerr)
 		case <-tick.C:
 			err = a.checkHealth(rctx, s)
+		case <-s.conf.changed:
+			a.syncConfig(rctx, s)
 		}
 		if err != nil {
 			return err
@@ -344,7 +362,7 @@ func (a *Agent) waitEtcd(ctx context.Context) (bool, error) {
 
 // startChild starts the redis-server child and records it.
 func (a *Agent) startChild(ctx context.Context, s *runState) error {
-	conf, err := writeConf(s.dir, a.cfg)
+	conf, err := writeConf(s.dir, a.cfg, a.childStarting(&s.conf), s.conf.agentPass)
 	if err != nil {
 		return err
 	}
@@ -356,6 +374,9 @@ func (a *Agent) startChild(ctx context.Context, s *runState) error {
 			return fmt.Errorf("broker: TLS certificate: %w", err)
 		}
 		s.probe.setTLS(a.cfg.clientTLS(leaf))
+		if s.conf.admin != s.probe {
+			s.conf.admin.setTLS(a.cfg.clientTLS(leaf))
+		}
 	}
 	p, _, err := startProcess(ctx, a.cfg, conf, s.probe, a.log)
 	if err != nil {

@@ -22,7 +22,8 @@ import (
 // Config of an Agent. The zero value of every field means its default, and
 // New copies the Config, so the caller may reuse or change it afterwards.
 type Config struct {
-	// Registry is where the node registers. Required.
+	// Registry is where the node registers, and where it reads the cluster
+	// configuration it applies to its Redis. Required.
 	Registry *discovery.Registry
 
 	// ID names the node in the cluster: 1-128 of [A-Za-z0-9._:-].
@@ -51,10 +52,17 @@ type Config struct {
 	// no AOF). It is created with mode 0700 if missing and kept at exit.
 	// Default: a new temporary directory, removed when Run returns.
 	DataDir string
-	// OutputBufferLimit is the child's client-output-buffer-limit for pub/sub
-	// clients. Default: hard 64 MiB, soft 16 MiB for 60s (see
-	// DefaultOutputBufferLimit for why).
+	// OutputBufferLimit, when set, is the Redis's client-output-buffer-limit
+	// for pub/sub clients, whatever the cluster configuration says: it
+	// overrides node.output_buffer_limit for this node. Default: zero, follow
+	// the cluster configuration (whose default is hard 64 MiB, soft 16 MiB
+	// for 60s; see DefaultOutputBufferLimit for why).
 	OutputBufferLimit BufferLimit
+	// MaxMemory, when set, is the Redis's maxmemory in bytes, whatever the
+	// cluster configuration says: it overrides node.maxmemory for this node.
+	// A negative value forces "no limit" (maxmemory 0). Default: 0, follow the
+	// cluster configuration (whose default is no limit).
+	MaxMemory int64
 	// StartTimeout bounds how long a starting redis-server may take to
 	// answer PING. Default: 10s.
 	StartTimeout time.Duration
@@ -149,7 +157,8 @@ type Config struct {
 // node.output_buffer_limit.
 type BufferLimit = clusterconfig.BufferLimit
 
-// DefaultOutputBufferLimit is the pub/sub limit of the child redis-server:
+// DefaultOutputBufferLimit is the default pub/sub limit of a node's Redis
+// (the cluster configuration's node.output_buffer_limit when not set):
 // hard 64 MiB, soft 16 MiB for 60s, twice Redis's own 32mb/8mb/60. A pubmesh
 // subscriber is one connection per service instance carrying all of its
 // channels, so it is busier than a typical Redis subscriber and should ride
@@ -192,9 +201,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RedisServer == "" {
 		c.RedisServer = "redis-server"
-	}
-	if c.OutputBufferLimit == (BufferLimit{}) {
-		c.OutputBufferLimit = DefaultOutputBufferLimit
 	}
 	if c.StartTimeout == 0 {
 		c.StartTimeout = 10 * time.Second

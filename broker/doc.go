@@ -30,9 +30,17 @@
 // registration (incarnation) of the node id: one left from an earlier agent
 // with the same id never drains a new one.
 //
+// From start to stop the agent follows the cluster configuration in etcd
+// (discovery.Registry.WatchConfig) and applies its node section
+// (output_buffer_limit, maxmemory) to the Redis with CONFIG SET within a
+// second of a change, with no restart; the node's registration records the
+// revision applied (Node.ConfigRevision). Config.OutputBufferLimit and
+// Config.MaxMemory, when set, override it. See clusterconfig.go.
+//
 // Security (see docs/security.md): with Config.Password the child requires
 // it (redis.conf holds only its hash), with Config.Username as a
-// pub/sub-only ACL user; with Config.TLSCertFile it serves TLS only and the
+// pub/sub-only ACL user (and a second user, pubmesh-agent, that may only
+// CONFIG SET, whose random password only the agent knows); with Config.TLSCertFile it serves TLS only and the
 // node is registered with tls. The agent's own health checks and drain
 // handshake authenticate and speak TLS too. A non-loopback Bind without a
 // password is refused unless Config.Insecure.

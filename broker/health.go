@@ -257,8 +257,15 @@ func (a *Agent) checkHealth(ctx context.Context, s *runState) error {
 			a.log.Info("redis answers PING again", "after_misses", missed)
 		}
 		if s.reg == nil && !time.Now().Before(s.nextReg) {
+			if a.cfg.Attach != "" {
+				// It may have restarted with its own configuration while
+				// the node was away.
+				s.conf.applied.unknown = true
+			}
+			a.syncConfig(ctx, s)
 			return a.register(ctx, s)
 		}
+		a.syncConfig(ctx, s)
 		return nil
 	}
 	if s.health.failures == s.health.limit {

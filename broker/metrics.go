@@ -2,8 +2,11 @@ package broker
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pubmesh/pubmesh/discovery"
 )
 
 // Metric names; docs/operations.md describes each. The CLI adds a "node"
@@ -19,6 +22,15 @@ const (
 	metricRestarts       = "pubmesh_node_redis_restarts_total"
 	metricLeaves         = "pubmesh_node_leaves_total"
 	metricRegisterErrors = "pubmesh_node_register_errors_total"
+	metricConfigApply    = "pubmesh_node_config_apply_errors_total"
+
+	// The cluster configuration metrics have the names and help of the
+	// fanout client's, so that a process running both (pubmesh dev) exports
+	// one family of each; see configCollector.
+	metricConfigRevision = "pubmesh_config_revision"
+	helpConfigRevision   = "Revision of the cluster configuration this process runs (0: none in etcd, the defaults)."
+	metricConfigInvalid  = "pubmesh_config_invalid_total"
+	helpConfigInvalid    = "Cluster configuration revisions ignored because they did not parse or validate (the last good one stays in force)."
 )
 
 // StateGone is the value of the state metric while the node has no key in
@@ -54,6 +66,12 @@ type metrics struct {
 	restarts       prometheus.Counter
 	leaves         *prometheus.CounterVec
 	registerErrors prometheus.Counter
+	configApply    prometheus.Counter
+
+	// configRevision is the revision applied to the Redis; configWatcher
+	// is nil until the configuration was first read.
+	configRevision atomic.Int64
+	configWatcher  atomic.Pointer[discovery.ConfigWatcher]
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -95,6 +113,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: metricRegisterErrors,
 			Help: "Registrations that failed and are retried: etcd unreachable, the id held by another agent, INFO that does not look like Redis, or a failed join gate.",
 		}),
+		configApply: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: metricConfigApply,
+			Help: "Attempts to apply the cluster configuration's node limits to the Redis (CONFIG SET) that failed; each is retried, with a backoff, until it works.",
+		}),
 		leaves: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricLeaves,
 			Help: "Times the node left the registry (its key was deleted), by reason.",
@@ -103,6 +125,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.state, m.redisUp, m.ping, m.pingFailures, m.clients,
 		m.pubsubChannels, m.pubsubPatterns, m.restarts, m.leaves, m.registerErrors,
+		m.configApply, configCollector{m},
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("broker: register metrics: %w", err)
@@ -124,4 +147,29 @@ func (m *metrics) setState(state string) {
 		}
 		m.state.WithLabelValues(s).Set(v)
 	}
+}
+
+var (
+	descConfigRevision = prometheus.NewDesc(metricConfigRevision, helpConfigRevision, nil, nil)
+	descConfigInvalid  = prometheus.NewDesc(metricConfigInvalid, helpConfigInvalid, nil, nil)
+)
+
+// configCollector exports pubmesh_config_revision (the revision applied to
+// the Redis) and pubmesh_config_invalid_total. It is an unchecked
+// collector (Describe sends nothing): the fanout client registers the same
+// names without labels, while an agent's Registerer adds a node label, and
+// a registry refuses to register one name with two label sets. Unchecked,
+// the two meet only when gathered, which allows it (same help and type),
+// so pubmesh dev serves the gateway's and every node's in one family.
+type configCollector struct{ m *metrics }
+
+func (configCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (c configCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(descConfigRevision, prometheus.GaugeValue, float64(c.m.configRevision.Load()))
+	bad := 0.0
+	if w := c.m.configWatcher.Load(); w != nil {
+		bad = float64(w.BadRevisions())
+	}
+	ch <- prometheus.MustNewConstMetric(descConfigInvalid, prometheus.CounterValue, bad)
 }

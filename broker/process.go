@@ -32,7 +32,10 @@ const confName = "redis.conf"
 
 // writeConf writes the child's redis.conf into dir (mode 0600) and returns
 // its path. The file is rewritten at every start, so edits to it are lost.
-func writeConf(dir string, cfg Config) (string, error) {
+// rs are the limits of the cluster configuration in force (with cfg's
+// overrides), so a restarted child starts with them; agentPass, if set, is
+// the password of the agent's own ACL user (see agentUser).
+func writeConf(dir string, cfg Config, rs redisSettings, agentPass string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("broker: data dir: %w", err)
 	}
@@ -44,7 +47,7 @@ func writeConf(dir string, cfg Config) (string, error) {
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# Written by the pubmesh node agent for node %s; rewritten at every start.\n", cfg.ID)
-	if err := writeSecurityConf(&b, cfg); err != nil {
+	if err := writeSecurityConf(&b, cfg, agentPass); err != nil {
 		return "", err
 	}
 	fmt.Fprintf(&b, "bind %s\n", cfg.Bind)
@@ -56,8 +59,10 @@ func writeConf(dir string, cfg Config) (string, error) {
 	b.WriteString("# A pub/sub node keeps no data: no RDB snapshots, no AOF.\n")
 	b.WriteString("save \"\"\n")
 	b.WriteString("appendonly no\n")
-	b.WriteString("# Subscribers that fall this far behind are disconnected (and resubscribe).\n")
-	fmt.Fprintf(&b, "client-output-buffer-limit pubsub %s\n", cfg.OutputBufferLimit)
+	b.WriteString("# Subscribers that fall this far behind (client-output-buffer-limit) are disconnected (and resubscribe).\n")
+	b.WriteString("# From the cluster configuration (node.*) or the agent's flags; the agent changes them live with CONFIG SET.\n")
+	fmt.Fprintf(&b, "client-output-buffer-limit pubsub %s\n", rs.limit)
+	fmt.Fprintf(&b, "maxmemory %d\n", rs.maxMemory)
 	path := filepath.Join(dir, confName)
 	if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil {
 		return "", fmt.Errorf("broker: write %s: %w", path, err)

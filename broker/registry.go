@@ -58,6 +58,8 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 		RunID:        in.runID,
 		Attached:     a.cfg.Attach != "",
 		TLS:          a.cfg.tls(),
+		// What the Redis runs; kept current by syncConfig.
+		ConfigRevision: s.conf.applied.rev,
 	}
 	reg, err := a.reg.Register(octx, node, discovery.RegisterOptions{TTL: a.cfg.LeaseTTL})
 	if err != nil {

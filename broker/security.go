@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -32,6 +33,16 @@ const pubsubOnly = "resetchannels &* resetkeys -@all +@pubsub +ping +echo +hello
 
 var userPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
+// agentUser is the ACL user through which the agent sets the cluster
+// configuration's limits (CONFIG SET) on a child whose clients use a named
+// user (Config.Username), who may not. Its password is made at random by
+// each Run and lives only in the agent's memory (redis.conf holds its hash).
+const agentUser = "pubmesh-agent"
+
+// agentOnly are agentUser's permissions: CONFIG SET and the connection
+// commands, no keys, no channels.
+const agentOnly = "resetchannels resetkeys -@all +config|set +ping +auth +hello +quit"
+
 // tls reports whether the node serves TLS.
 func (c Config) tls() bool { return c.TLSCertFile != "" }
 
@@ -44,6 +55,9 @@ func (c Config) validateSecurity() error {
 		}
 		if c.Password == "" {
 			return fmt.Errorf("broker: Redis user %q needs a password", c.Username)
+		}
+		if c.Username == agentUser && c.Attach == "" {
+			return fmt.Errorf("broker: Redis user %q is the agent's own; pick another", c.Username)
 		}
 	}
 	for _, p := range append([]string{c.Password}, c.ExtraPasswords...) {
@@ -116,13 +130,12 @@ func loadCAs(path string) (*x509.CertPool, error) {
 
 // writeSecurityConf writes the ACL and TLS lines of redis.conf. Passwords
 // appear only as SHA-256 hashes (#<hex>), so the file holds no secret but
-// the TLS key's path.
-func writeSecurityConf(b *bytes.Buffer, c Config) error {
+// the TLS key's path. agentPass, if set, is agentUser's password.
+func writeSecurityConf(b *bytes.Buffer, c Config, agentPass string) error {
 	if c.Password != "" {
 		var hashes []string
 		for _, p := range append([]string{c.Password}, c.ExtraPasswords...) {
-			sum := sha256.Sum256([]byte(p))
-			hashes = append(hashes, "#"+hex.EncodeToString(sum[:]))
+			hashes = append(hashes, passwordHash(p))
 		}
 		hashes = slices.Compact(hashes)
 		b.WriteString("# Clients authenticate (AUTH/HELLO); only password hashes are stored here.\n")
@@ -132,6 +145,10 @@ func writeSecurityConf(b *bytes.Buffer, c Config) error {
 			b.WriteString("user default off resetpass\n")
 			fmt.Fprintf(b, "user %s on resetpass %s %s\n", c.Username, strings.Join(hashes, " "), pubsubOnly)
 		}
+	}
+	if agentPass != "" {
+		b.WriteString("# The agent applies the cluster configuration's limits as this user; its password lives only in the agent's memory.\n")
+		fmt.Fprintf(b, "user %s on resetpass %s %s\n", agentUser, passwordHash(agentPass), agentOnly)
 	}
 	if !c.tls() {
 		fmt.Fprintf(b, "port %d\n", c.Port)
@@ -200,6 +217,21 @@ func (c Config) clientTLS(started []byte) *tls.Config {
 		}
 	}
 	return tc
+}
+
+// passwordHash is how redis.conf holds a password: #<hex SHA-256>.
+func passwordHash(p string) string {
+	sum := sha256.Sum256([]byte(p))
+	return "#" + hex.EncodeToString(sum[:])
+}
+
+// agentPassword is a new random password for agentUser.
+func agentPassword() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("broker: agent password: %w", err)
+	}
+	return hex.EncodeToString(b), nil
 }
 
 // leafDER reads the first certificate of a PEM file.

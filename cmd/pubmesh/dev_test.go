@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"syscall"
@@ -19,8 +20,10 @@ func TestDevStartsAndStopsCleanly(t *testing.T) {
 	base := freePorts(t, n)
 	etcdAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	gwAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := startPubmesh(t, "dev", "--nodes", fmt.Sprint(n), "--etcd-listen", etcdAddr,
-		"--base-port", fmt.Sprint(base), "--data-dir", t.TempDir(), "--cluster", "devtest", "--gateway-listen", gwAddr)
+		"--base-port", fmt.Sprint(base), "--data-dir", t.TempDir(), "--cluster", "devtest", "--gateway-listen", gwAddr,
+		"--metrics-listen", metricsAddr)
 	p.out.wait(t, `^etcd: http://`+etcdAddr, 30*time.Second)
 	p.out.wait(t, `^gateway: http://`+gwAddr+`/ `, 30*time.Second)
 	for i := range n {
@@ -36,6 +39,30 @@ func TestDevStartsAndStopsCleanly(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
 			t.Errorf("GET %s: %s", path, resp.Status)
+		}
+	}
+	// The gateway's fanout client and every node export the cluster
+	// configuration metrics under the same names in one registry: the
+	// gateway's without a label, the nodes' with their node label.
+	for _, url := range []string{"http://" + metricsAddr + "/metrics", "http://" + gwAddr + "/metrics"} {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s\n%s", url, resp.Status, body)
+		}
+		want := []string{"\npubmesh_config_revision 0\n", "\npubmesh_config_invalid_total 0\n"}
+		for i := range n {
+			want = append(want, fmt.Sprintf("\npubmesh_config_revision{node=\"dev-%d\"} 0\n", base+i),
+				fmt.Sprintf("\npubmesh_node_config_apply_errors_total{node=\"dev-%d\"} 0\n", base+i))
+		}
+		for _, w := range want {
+			if !strings.Contains(string(body), w) {
+				t.Errorf("GET %s lacks %q", url, strings.TrimSpace(w))
+			}
 		}
 	}
 	children := waitRedisChildren(t, p.cmd.Process.Pid, n, 5*time.Second)

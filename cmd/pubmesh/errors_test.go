@@ -69,7 +69,7 @@ func TestBadInput(t *testing.T) {
 
 func TestHelpListsEnvAndDefaults(t *testing.T) {
 	t.Parallel()
-	for _, cmd := range []string{"dev", "node", "nodes", "drain", "publish", "subscribe", "gateway", "token", "bench"} {
+	for _, cmd := range []string{"dev", "node", "nodes", "clients", "drain", "publish", "subscribe", "gateway", "token", "bench"} {
 		r := runPubmesh(t, 30*time.Second, cmd, "--help")
 		if r.code != 0 {
 			t.Fatalf("%s --help: exit %d", cmd, r.code)

@@ -63,8 +63,10 @@ func newFanout(c *cli.Context, log *slog.Logger, overflow fanout.Overflow) (*fan
 		return nil, usageError{fmt.Errorf("invalid --replicas %d: want 1-8", r)}
 	}
 	cfg := fanout.Config{
-		Cluster:  c.String("cluster"),
-		ID:       "cli-" + hostPID(),
+		Cluster: c.String("cluster"),
+		ID:      "cli-" + hostPID(),
+		// "subscribe" or "publish": what pubmesh clients shows.
+		Role:     c.Command.Name,
 		Replicas: c.Int("replicas"),
 		Overflow: overflow,
 		Logger:   log,

@@ -20,6 +20,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pubmesh/pubmesh/broker"
+	"github.com/pubmesh/pubmesh/clusterconfig"
 	"github.com/pubmesh/pubmesh/discovery"
 )
 
@@ -174,10 +175,16 @@ func agentFlags(drainDefault time.Duration) []cli.Flag {
 			EnvVars: []string{"PUBMESH_REDIS_SERVER"},
 		},
 		&cli.StringFlag{
-			Name:    "pubsub-buffer-limit",
-			Value:   "64mb 16mb 60",
-			Usage:   "client-output-buffer-limit for pub/sub clients: \"HARD SOFT SECONDS\"; a subscriber this far behind is disconnected",
-			EnvVars: []string{"PUBMESH_PUBSUB_BUFFER_LIMIT"},
+			Name:        "pubsub-buffer-limit",
+			Usage:       "client-output-buffer-limit for pub/sub clients: \"HARD SOFT SECONDS\"; a subscriber this far behind is disconnected. Overrides the cluster configuration's node.output_buffer_limit",
+			DefaultText: "the cluster configuration's, 64mb 16mb 60 unless set there",
+			EnvVars:     []string{"PUBMESH_PUBSUB_BUFFER_LIMIT"},
+		},
+		&cli.StringFlag{
+			Name:        "maxmemory",
+			Usage:       "Redis maxmemory: bytes, or a size such as 512mb; 0 for no limit. Overrides the cluster configuration's node.maxmemory",
+			DefaultText: "the cluster configuration's, no limit unless set there",
+			EnvVars:     []string{"PUBMESH_MAXMEMORY"},
 		},
 		&cli.StringFlag{
 			Name:        "metrics-listen",
@@ -190,20 +197,34 @@ func agentFlags(drainDefault time.Duration) []cli.Flag {
 
 // agentConfig reads the agentFlags into a broker.Config.
 func agentConfig(c *cli.Context, log *slog.Logger) (broker.Config, error) {
-	limit, err := broker.ParseBufferLimit(c.String("pubsub-buffer-limit"))
-	if err != nil {
-		return broker.Config{}, fmt.Errorf("invalid --pubsub-buffer-limit: %w", err)
-	}
 	cfg := broker.Config{
-		HealthInterval:    c.Duration("health-interval"),
-		HealthTimeout:     c.Duration("health-timeout"),
-		HealthFailures:    c.Int("health-failures"),
-		JoinTimeout:       c.Duration("join-timeout"),
-		DrainTimeout:      c.Duration("drain-timeout"),
-		LeaseTTL:          c.Duration("lease-ttl"),
-		RedisServer:       c.String("redis-server"),
-		OutputBufferLimit: limit,
-		Logger:            log,
+		HealthInterval: c.Duration("health-interval"),
+		HealthTimeout:  c.Duration("health-timeout"),
+		HealthFailures: c.Int("health-failures"),
+		JoinTimeout:    c.Duration("join-timeout"),
+		DrainTimeout:   c.Duration("drain-timeout"),
+		LeaseTTL:       c.Duration("lease-ttl"),
+		RedisServer:    c.String("redis-server"),
+		Logger:         log,
+	}
+	// Only a flag given on the command line (or in its environment
+	// variable) overrides the cluster configuration.
+	if c.IsSet("pubsub-buffer-limit") {
+		limit, err := broker.ParseBufferLimit(c.String("pubsub-buffer-limit"))
+		if err != nil {
+			return broker.Config{}, fmt.Errorf("invalid --pubsub-buffer-limit: %w", err)
+		}
+		cfg.OutputBufferLimit = limit
+	}
+	if c.IsSet("maxmemory") {
+		n, err := clusterconfig.ParseSize(c.String("maxmemory"))
+		if err != nil {
+			return broker.Config{}, fmt.Errorf("invalid --maxmemory: %w", err)
+		}
+		cfg.MaxMemory = n
+		if n == 0 {
+			cfg.MaxMemory = -1 // broker.Config's "no limit, whatever the cluster says"
+		}
 	}
 	for _, d := range []string{"health-interval", "join-timeout", "drain-timeout", "lease-ttl"} {
 		if c.Duration(d) <= 0 {

@@ -47,6 +47,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			devCommand(),
 			nodeCommand(),
 			nodesCommand(),
+			clientsCommand(),
 			drainCommand(),
 			publishCommand(),
 			subscribeCommand(),

@@ -30,6 +30,9 @@ func nodeCommand() *cli.Command {
 			"until every client acked it no longer publishes there and Redis flushed its output buffers\n" +
 			"(--drain-timeout is the fallback), then its key is deleted and the child is stopped.\n" +
 			"A second signal stops at once.\n\n" +
+			"The node applies the cluster configuration's node.output_buffer_limit and node.maxmemory to its\n" +
+			"Redis live (CONFIG SET, within a second, no restart); --pubsub-buffer-limit and --maxmemory, when\n" +
+			"given, override them for this node (see pubmesh config and docs/operations.md).\n\n" +
 			"Security: --redis-password-file (or PUBMESH_REDIS_PASSWORD) makes Redis require a password; the\n" +
 			"child's redis.conf (mode 0600) holds only its hash. --tls-cert/--tls-key serve TLS only. A --bind\n" +
 			"other than loopback is refused without a password unless --insecure. See docs/security.md.",

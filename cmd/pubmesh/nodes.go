@@ -20,9 +20,11 @@ func nodesCommand() *cli.Command {
 		Name:      "nodes",
 		Usage:     "list the cluster's nodes",
 		UsageText: "pubmesh nodes [--etcd ENDPOINTS] [--cluster NAME] [--json] [--watch]",
-		Description: "Prints a table (ID, ADDR, STATE, UPTIME, VERSION, REDIS) of the live nodes. A node that is\n" +
-			"gone has no entry. --json prints a JSON array of node objects (id, addr, state, started_at,\n" +
-			"version, redis_version, run_id, attached); with --watch, one array per line on every change.",
+		Description: "Prints a table (ID, ADDR, STATE, UPTIME, VERSION, REDIS, CONFIG, REACHABLE) of the live nodes.\n" +
+			"A node that is gone has no entry. CONFIG is the cluster configuration revision its agent has applied\n" +
+			"to its Redis (0: the defaults; see pubmesh clients for the whole cluster). --json prints a JSON array\n" +
+			"of node objects (id, addr, state, started_at, version, redis_version, run_id, attached,\n" +
+			"config_revision, reachable); with --watch, one array per line on every change.",
 		Flags: append(etcdFlags(),
 			&cli.BoolFlag{
 				Name:    "json",
@@ -92,8 +94,10 @@ func runNodes(c *cli.Context) error {
 // whether it answered from here.
 type nodeView struct {
 	discovery.Node
-	Reachable bool   `json:"reachable"`
-	ReachErr  string `json:"unreachable_error,omitempty"`
+	// ConfigRevision shadows the Node's, which is left out when 0.
+	ConfigRevision int64  `json:"config_revision"`
+	Reachable      bool   `json:"reachable"`
+	ReachErr       string `json:"unreachable_error,omitempty"`
 }
 
 // printNodes writes nodes as a table, or as one line of JSON. unreachable
@@ -103,7 +107,7 @@ func printNodes(w, errw io.Writer, nodes []discovery.Node, unreachable map[strin
 	if asJSON {
 		views := make([]nodeView, 0, len(nodes))
 		for _, n := range nodes {
-			v := nodeView{Node: n, Reachable: unreachable[n.ID] == nil}
+			v := nodeView{Node: n, ConfigRevision: n.ConfigRevision, Reachable: unreachable[n.ID] == nil}
 			if err := unreachable[n.ID]; err != nil {
 				v.ReachErr = err.Error()
 			}
@@ -117,7 +121,7 @@ func printNodes(w, errw io.Writer, nodes []discovery.Node, unreachable map[strin
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tADDR\tSTATE\tUPTIME\tVERSION\tREDIS\tREACHABLE")
+	fmt.Fprintln(tw, "ID\tADDR\tSTATE\tUPTIME\tVERSION\tREDIS\tCONFIG\tREACHABLE")
 	for _, n := range nodes {
 		redis := n.RedisVersion
 		if redis == "" {
@@ -130,7 +134,7 @@ func printNodes(w, errw io.Writer, nodes []discovery.Node, unreachable map[strin
 		if unreachable[n.ID] != nil {
 			reach = "NO"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, n.Addr, n.State, uptime(now.Sub(n.StartedAt)), n.Version, redis, reach)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", n.ID, n.Addr, n.State, uptime(now.Sub(n.StartedAt)), n.Version, redis, n.ConfigRevision, reach)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

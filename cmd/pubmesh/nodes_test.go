@@ -41,14 +41,17 @@ func TestNodesTableAndJSON(t *testing.T) {
 	srv := testredis.New(t)
 	register(t, reg, "b", "127.0.0.1:2", discovery.StateJoining)
 	register(t, reg, "a", "127.0.0.1:1", discovery.StateReady)
-	register(t, reg, "c", srv.Addr, discovery.StateReady)
+	c := register(t, reg, "c", srv.Addr, discovery.StateReady)
+	if err := c.Update(context.Background(), func(n *discovery.Node) { n.ConfigRevision = 42 }); err != nil {
+		t.Fatal(err)
+	}
 
 	r = runPubmesh(t, 30*time.Second, "nodes", "--etcd", etcdEndpoint, "--cluster", cluster)
 	want := [][]string{
-		{"ID", "ADDR", "STATE", "UPTIME", "VERSION", "REDIS", "REACHABLE"},
-		{"a", "127.0.0.1:1", "ready", "1m3?s", "test", "7.0.0", "NO"},
-		{"b", "127.0.0.1:2", "joining", "1m3?s", "test", "7.0.0", "NO"},
-		{"c", srv.Addr, "ready", "1m3?s", "test", "7.0.0", "yes"},
+		{"ID", "ADDR", "STATE", "UPTIME", "VERSION", "REDIS", "CONFIG", "REACHABLE"},
+		{"a", "127.0.0.1:1", "ready", "1m3?s", "test", "7.0.0", "0", "NO"},
+		{"b", "127.0.0.1:2", "joining", "1m3?s", "test", "7.0.0", "0", "NO"},
+		{"c", srv.Addr, "ready", "1m3?s", "test", "7.0.0", "42", "yes"},
 	}
 	for _, id := range []string{"a", "b"} {
 		if !strings.Contains(r.stderr, "node "+id+" is registered at") || !strings.Contains(r.stderr, "does not answer") {
@@ -81,7 +84,8 @@ func TestNodesTableAndJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(objs) != 3 || objs[0]["id"] != "a" || objs[0]["addr"] != "127.0.0.1:1" || objs[0]["state"] != "ready" || objs[1]["state"] != "joining" ||
-		objs[0]["reachable"] != false || objs[0]["unreachable_error"] == nil || objs[2]["reachable"] != true {
+		objs[0]["reachable"] != false || objs[0]["unreachable_error"] == nil || objs[2]["reachable"] != true ||
+		objs[0]["config_revision"] != float64(0) || objs[2]["config_revision"] != float64(42) {
 		t.Errorf("--json = %s", r.stdout)
 	}
 }
