@@ -65,7 +65,7 @@ func newConn(h *Handler, ws *websocket.Conn, bc *bufConn, p *Principal, l *limit
 	ctx, cancel := context.WithCancel(h.ctx)
 	var lim *connLimiter
 	if p.Kind != "jwt" { // a token's connections share their subject's bucket
-		lim = &connLimiter{}
+		lim = newConnLimiter(l)
 	}
 	return &conn{
 		h: h, ws: ws, bc: bc, p: p,

@@ -61,7 +61,9 @@ type Handler struct {
 var _ http.Handler = (*Handler)(nil)
 
 // NewHandler returns a gateway on client. It fails with ErrNoAuth when cfg
-// configures no credential and is not Insecure. cfg is copied.
+// configures no credential and is not Insecure. cfg is copied. The handler
+// follows client's cluster configuration (fanout.Client.ClusterConfig)
+// from a goroutine of its own until Shutdown.
 func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 	if client == nil {
 		return nil, errors.New("ws: nil fanout client")
@@ -90,6 +92,8 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 		done:  make(chan struct{}),
 	}
 	h.live.cur.Store(l)
+	h.live.followed = make(chan struct{})
+	go h.followConfig()
 	if auth.open {
 		h.log.Warn("ws: INSECURE: no authentication, every client may subscribe and publish to every channel")
 	}
@@ -252,6 +256,7 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 	}
 	defer close(h.done)
 	h.cancel()
+	<-h.live.followed
 	for _, c := range conns {
 		c.close(CloseGoingAway, "gateway shutting down")
 	}

@@ -27,6 +27,7 @@ import (
 type limits struct {
 	rev int64
 	doc *clusterconfig.Document // the cluster's, as the fanout client runs it
+	seq uint64                  // counts the switches: orders limits, unlike rev (0 again after a deletion)
 
 	maxSubscriptions   int     // per connection; negative: no limit
 	maxConnsPerSubject int     // negative: no limit
@@ -97,8 +98,9 @@ func orDefault[T int | time.Duration](override, doc T) T {
 
 // liveConfig holds the limits in force.
 type liveConfig struct {
-	cur atomic.Pointer[limits]
-	mu  sync.Mutex // serialises the switch to a new revision and its side effects
+	cur      atomic.Pointer[limits]
+	mu       sync.Mutex    // serialises the switch to a new revision and its side effects
+	followed chan struct{} // closed when followConfig returns
 }
 
 // limits returns the limits of the configuration the fanout client runs:
@@ -124,14 +126,44 @@ func (h *Handler) switchConfig() *limits {
 		return old
 	}
 	l := effectiveLimits(&h.cfg, ac)
+	l.seq = old.seq + 1
 	now := time.Now()
 	h.subjects.setLimits(l.publishRate, l.publishBurst, l.maxConnsPerSubject, now)
 	h.anonPublishers.setLimits(l.publishRate, l.publishBurst, -1, now)
 	h.live.cur.Store(l)
+	h.mu.Lock()
+	for c := range h.conns {
+		if c.limiter != nil {
+			c.limiter.update(l, now)
+		}
+	}
+	h.mu.Unlock()
 	if old != nil {
 		h.log.Info("ws: applying the cluster configuration", "revision", l.rev, "from", old.rev)
 	}
 	return l
+}
+
+// followConfig applies each new configuration as soon as the fanout
+// client has it, rather than at the next request that needs it: a publish
+// bucket then refills at the new rate from the change on (not at the old
+// one until its next publish), and the log says when the gateway switched.
+// It returns when Shutdown cancels h.ctx.
+func (h *Handler) followConfig() {
+	defer close(h.live.followed)
+	// The signal has one slot: if someone else sharing the fanout client
+	// takes it, the tick catches the change.
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-h.ctx.Done():
+			return
+		case <-h.client.ClusterConfigChanged():
+		case <-tick.C:
+		}
+		h.limits()
+	}
 }
 
 // checkAccess applies the namespace rule of channel for op (OpSubscribe or
@@ -201,26 +233,47 @@ func clientAddr(r *http.Request) string {
 }
 
 // connLimiter is a WebSocket connection's own publish bucket (API keys,
-// clients without a credential, an insecure gateway), moved to the limits
-// of each new revision at its next publish. Only the connection's reader
-// uses it.
+// clients without a credential, an insecure gateway). switchConfig moves
+// it to the limits of each new revision; a publish that raced with the
+// switch moves it too (the connection may have opened meanwhile).
 type connLimiter struct {
+	mu   sync.Mutex
 	lim  *rate.Limiter // nil: no limit
 	from *limits       // the limits lim was set from
 }
 
-func (c *connLimiter) allow(l *limits, now time.Time) bool {
-	if c.from != l {
-		c.from = l
-		switch {
-		case l.publishRate < 0:
-			c.lim = nil // see subjects.setLimits: never rate.Inf
-		case c.lim == nil:
-			c.lim = rate.NewLimiter(rate.Limit(l.publishRate), l.publishBurst)
-		default:
-			setRate(c.lim, rate.Limit(l.publishRate), l.publishBurst, now)
-		}
+func newConnLimiter(l *limits) *connLimiter {
+	c := &connLimiter{}
+	c.updateLocked(l, time.Now())
+	return c
+}
+
+func (c *connLimiter) update(l *limits, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.updateLocked(l, now)
+}
+
+// updateLocked applies l unless the bucket follows newer limits already.
+func (c *connLimiter) updateLocked(l *limits, now time.Time) {
+	if c.from != nil && l.seq <= c.from.seq {
+		return
 	}
+	c.from = l
+	switch {
+	case l.publishRate < 0:
+		c.lim = nil // see subjects.setLimits: never rate.Inf
+	case c.lim == nil:
+		c.lim = rate.NewLimiter(rate.Limit(l.publishRate), l.publishBurst)
+	default:
+		setRate(c.lim, rate.Limit(l.publishRate), l.publishBurst, now)
+	}
+}
+
+func (c *connLimiter) allow(l *limits, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.updateLocked(l, now)
 	return c.lim == nil || c.lim.AllowN(now, 1)
 }
 
