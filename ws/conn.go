@@ -33,7 +33,7 @@ type conn struct {
 	ws      *websocket.Conn
 	bc      *bufConn
 	p       *Principal
-	limiter *connLimiter // this connection's own publish limit (not for tokens: see allowPublish); nil: none
+	limiter *connLimiter // this connection's own publish limit; nil for a token (see allowPublish)
 	log     *slog.Logger
 
 	// Taken from the cluster configuration when the connection opens: a

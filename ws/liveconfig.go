@@ -2,6 +2,7 @@ package ws
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -96,7 +97,7 @@ func orDefault[T int | time.Duration](override, doc T) T {
 	return doc
 }
 
-// liveConfig holds the limits in force.
+// liveConfig holds the limits in force; NewHandler stores the first.
 type liveConfig struct {
 	cur      atomic.Pointer[limits]
 	mu       sync.Mutex    // serialises the switch to a new revision and its side effects
@@ -107,7 +108,7 @@ type liveConfig struct {
 // a pointer comparison per call, a new computation once per revision.
 func (h *Handler) limits() *limits {
 	ac := h.client.ClusterConfig()
-	if l := h.live.cur.Load(); l != nil && l.doc == ac.Doc && l.rev == ac.Revision {
+	if l := h.live.cur.Load(); l.doc == ac.Doc && l.rev == ac.Revision {
 		return l
 	}
 	return h.switchConfig()
@@ -122,7 +123,7 @@ func (h *Handler) switchConfig() *limits {
 	defer h.live.mu.Unlock()
 	ac := h.client.ClusterConfig()
 	old := h.live.cur.Load()
-	if old != nil && old.doc == ac.Doc && old.rev == ac.Revision {
+	if old.doc == ac.Doc && old.rev == ac.Revision {
 		return old
 	}
 	l := effectiveLimits(&h.cfg, ac)
@@ -138,9 +139,7 @@ func (h *Handler) switchConfig() *limits {
 		}
 	}
 	h.mu.Unlock()
-	if old != nil {
-		h.log.Info("ws: applying the cluster configuration", "revision", l.rev, "from", old.rev)
-	}
+	h.log.Info("ws: applying the cluster configuration", "revision", l.rev, "from", old.rev)
 	return l
 }
 
@@ -211,7 +210,8 @@ func (l *limits) anonymousPublish(channel string) bool {
 // that is present but invalid is always refused.
 func (h *Handler) authenticate(r *http.Request, anonymousOK bool, transport string) (*Principal, error) {
 	p, err := h.auth.authenticate(r)
-	if err == nil || !anonymousOK || hasCredential(r) {
+	var ae *authError
+	if err == nil || !anonymousOK || hasCredential(r) || !errors.As(err, &ae) || ae.reason != "missing" {
 		return p, err
 	}
 	h.metrics.anonymous.WithLabelValues(transport).Inc()
