@@ -92,8 +92,6 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 		done:  make(chan struct{}),
 	}
 	h.live.cur.Store(l)
-	h.live.followed = make(chan struct{})
-	go h.followConfig()
 	if auth.open {
 		h.log.Warn("ws: INSECURE: no authentication, every client may subscribe and publish to every channel")
 	}
@@ -119,6 +117,8 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 	h.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{Registry: cfg.Metrics}))
 	h.mux.HandleFunc("GET /{$}", serveStatic("index.html", "text/html; charset=utf-8"))
 	h.mux.HandleFunc("GET /pubmesh.js", serveStatic("pubmesh.js", "text/javascript; charset=utf-8"))
+	h.live.followed = make(chan struct{})
+	go h.followConfig()
 	return h, nil
 }
 
