@@ -20,6 +20,11 @@ func (c *Client) ClusterConfig() discovery.AppliedConfig { return c.conf.Current
 // configuration.
 func (c *Client) ClusterConfigChanged() <-chan struct{} { return c.conf.Changed() }
 
+// ClusterConfigInvalid is how many configuration revisions the client
+// ignored because they did not parse or validate (the metric
+// pubmesh_config_invalid_total).
+func (c *Client) ClusterConfigInvalid() uint64 { return c.conf.BadRevisions() }
+
 // startConfig reads the configuration and follows it; each new revision
 // is written to the client's registration, so pubmesh clients shows who
 // caught up.

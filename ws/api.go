@@ -21,37 +21,42 @@ func (h *Handler) publish(ctx context.Context, id json.RawMessage, channel strin
 }
 
 // servePublish is POST /api/publish/{channel}: the body is the data.
+// Without a credential it is accepted only for a channel whose namespace
+// allows anonymous publishes (otherwise 401, as without such a namespace).
 func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request) {
-	p, err := h.auth.authenticate(r)
+	l := h.limits()
+	channel := r.PathValue("channel")
+	p, err := h.authenticate(r, l.anonymousPublish(channel), "http")
 	if err != nil {
 		h.refuse(w, err)
 		return
 	}
-	channel := r.PathValue("channel")
 	if e := h.checkChannel(nil, channel); e != nil {
 		h.httpError(w, e)
 		return
 	}
-	if !p.CanPublish(channel) {
-		h.httpError(w, &Error{Code: CodeForbidden, Message: "not allowed to publish to " + channel})
+	ns, e := h.checkAccess(l, nil, p, OpPublish, channel)
+	if e != nil {
+		h.httpError(w, e)
 		return
 	}
-	if e := h.allowPublish(nil, p, nil); e != nil {
+	if e := h.allowPublish(l, nil, p, nil, clientAddr(r)); e != nil {
 		w.Header().Set("Retry-After", "1")
 		h.httpError(w, e)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(h.cfg.MaxPublishBytes)))
+	max := l.maxPublishBytes(ns)
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(max)))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			h.httpError(w, &Error{Code: CodeTooLarge, Message: "body larger than " + byteSize(h.cfg.MaxPublishBytes)})
+			h.httpError(w, &Error{Code: CodeTooLarge, Message: "body larger than " + byteSize(max)})
 		} else {
 			h.httpError(w, badRequest(nil, "read body: %v", err))
 		}
 		return
 	}
-	data, e := h.checkData(nil, body)
+	data, e := h.checkData(nil, body, max)
 	if e == nil {
 		e = h.publish(r.Context(), nil, channel, data, "http")
 	}

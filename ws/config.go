@@ -11,7 +11,9 @@ import (
 )
 
 // Defaults of the limits, exported so documentation, flags and tests name
-// the same numbers.
+// the same numbers. Those that are cluster configuration keys equal its
+// defaults (clusterconfig.DefaultGateway, DefaultNamespace; a test checks),
+// which is where a gateway without overrides takes them from.
 const (
 	DefaultMaxFrameBytes            = 64 << 10 // 64 KiB
 	DefaultMaxPublishBytes          = 32 << 10 // 32 KiB
@@ -29,8 +31,9 @@ const (
 	DefaultShutdownTimeout          = 10 * time.Second
 )
 
-// Config of a Handler. Zero means the default; a negative limit means no
-// limit where the field says so.
+// Config of a Handler. Zero means the default (for the limits the cluster
+// configuration says: see below); a negative limit means no limit where the
+// field says so.
 type Config struct {
 	// JWTSecret verifies HS256 tokens. A non-nil secret must not be empty
 	// or blank (NewHandler returns ErrEmptyJWTSecret). Default: nil, no
@@ -55,40 +58,63 @@ type Config struct {
 	// only the gateway's own origin (the Origin's host equals Host).
 	AllowOrigins []string
 
+	// The limits below are also keys of the cluster configuration in etcd
+	// (clusterconfig, `pubmesh config`), which the gateway follows live
+	// through its fanout client. Zero, the default, follows the cluster
+	// configuration (whose defaults are the Default* constants); a value
+	// set here overrides it for this gateway, whatever the cluster says
+	// (NewHandler logs each override, GET /api/config lists them).
+
 	// MaxFrameBytes is the largest frame a client may send; a larger one
-	// closes the connection with 1009. Default: 64 KiB.
+	// closes the connection with 1009. Overrides gateway.max_frame_bytes.
+	// Applies to connections opened after a change. Default: the cluster
+	// configuration's (64 KiB).
 	MaxFrameBytes int
-	// MaxPublishBytes is the largest publish data, over WebSocket
-	// (error too_large) or as an HTTP body (413). Default: 32 KiB.
+	// MaxPublishBytes is the largest publish data, over WebSocket (error
+	// too_large) or as an HTTP body (413). Overrides the max_publish_bytes
+	// of every namespace. Default: the namespace's (32 KiB).
 	MaxPublishBytes int
 	// MaxSubscriptions per connection (error limit). Negative: no limit.
-	// Default: 100.
+	// Overrides gateway.max_subscriptions. A change applies to the next
+	// subscribe; existing subscriptions stay, even above a lowered limit.
+	// Default: the cluster configuration's (100).
 	MaxSubscriptions int
 	// MaxChannelBytes is the longest channel name (error bad_request), on
-	// top of fanout.ValidateChannel's rules. Default: 128.
+	// top of fanout.ValidateChannel's rules. Not in the cluster
+	// configuration. Default: 128.
 	MaxChannelBytes int
 	// MaxConnectionsPerSubject is how many WebSocket connections one token
 	// subject (sub), with any number of tokens, may hold open at once; one
 	// more is refused before the upgrade with HTTP 429 (code limit). API
-	// keys and an insecure gateway are not limited. Negative: no limit.
-	// Default: 100.
+	// keys, clients without a credential and an insecure gateway are not
+	// limited. Negative: no limit. Overrides
+	// gateway.max_connections_per_subject; a change applies to the next
+	// connection (open ones stay). Default: the cluster configuration's
+	// (100).
 	MaxConnectionsPerSubject int
 	// PublishRate is how many publishes per second one token subject may
 	// send, with bursts of PublishBurst (error rate_limited, HTTP 429): one
 	// bucket per subject, shared by all its WebSocket connections and its
-	// HTTP publishes. A WebSocket connection made with an API key or on an
-	// insecure gateway has a bucket of its own; their HTTP publishes are not
-	// limited. Negative: no limit. Default: 20.
+	// HTTP publishes. A WebSocket connection made with an API key, without
+	// a credential or on an insecure gateway has a bucket of its own; HTTP
+	// publishes without a credential share one bucket per client address;
+	// those with an API key or on an insecure gateway are not limited.
+	// Negative: no limit. Overrides gateway.publish_rate; a change applies
+	// to the existing buckets too, at the next publish. Default: the
+	// cluster configuration's (20).
 	PublishRate float64
-	// PublishBurst. Default: 40.
+	// PublishBurst. Overrides gateway.publish_burst, like PublishRate.
+	// Default: the cluster configuration's (40).
 	PublishBurst int
 	// SendQueue is how many frames may wait for one connection's writer.
 	// When it is full the connection is closed with 4008 "slow consumer".
-	// Default: 256.
+	// Overrides gateway.send_queue. Applies to connections opened after a
+	// change. Default: the cluster configuration's (256).
 	SendQueue int
 
-	// PingInterval is how often the gateway pings an idle client. Default:
-	// 25s.
+	// PingInterval is how often the gateway pings an idle client.
+	// Overrides gateway.ping_interval. Applies to connections opened after
+	// a change. Default: the cluster configuration's (25s).
 	PingInterval time.Duration
 	// PongTimeout: a client that sends nothing, not even a pong, for
 	// PingInterval + PongTimeout is dead and closed. Default: 10s.
@@ -130,17 +156,9 @@ func (c *Config) setDefaults() error {
 			*p = d
 		}
 	}
-	def(&c.MaxFrameBytes, DefaultMaxFrameBytes)
-	def(&c.MaxPublishBytes, DefaultMaxPublishBytes)
-	def(&c.MaxSubscriptions, DefaultMaxSubscriptions)
-	def(&c.MaxConnectionsPerSubject, DefaultMaxConnectionsPerSubject)
+	// The limits of the cluster configuration keep their zero: it means
+	// "follow the cluster" (see liveconfig.go).
 	def(&c.MaxChannelBytes, DefaultMaxChannelBytes)
-	def(&c.PublishBurst, DefaultPublishBurst)
-	def(&c.SendQueue, DefaultSendQueue)
-	if c.PublishRate == 0 {
-		c.PublishRate = DefaultPublishRate
-	}
-	defDur(&c.PingInterval, DefaultPingInterval)
 	defDur(&c.PongTimeout, DefaultPongTimeout)
 	defDur(&c.WriteTimeout, DefaultWriteTimeout)
 	defDur(&c.CloseGrace, DefaultCloseGrace)

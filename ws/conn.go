@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"golang.org/x/time/rate"
 )
 
 // maxBatch bounds how many queued frames one flush may carry, so a ping or
@@ -34,8 +33,13 @@ type conn struct {
 	ws      *websocket.Conn
 	bc      *bufConn
 	p       *Principal
-	limiter *rate.Limiter // this connection's own publish limit (not for tokens: see allowPublish); nil: none
+	limiter *connLimiter // this connection's own publish limit; nil for a token (see allowPublish)
 	log     *slog.Logger
+
+	// Taken from the cluster configuration when the connection opens: a
+	// change applies to the connections opened after it.
+	maxFrameBytes int
+	pingInterval  time.Duration
 
 	ctx    context.Context // canceled by close: aborts a pending subscribe
 	cancel context.CancelFunc
@@ -57,20 +61,26 @@ type conn struct {
 	subs map[string]*channel // reader goroutine only
 }
 
-func newConn(h *Handler, ws *websocket.Conn, bc *bufConn, p *Principal) *conn {
+func newConn(h *Handler, ws *websocket.Conn, bc *bufConn, p *Principal, l *limits) *conn {
 	ctx, cancel := context.WithCancel(h.ctx)
+	var lim *connLimiter
+	if p.Kind != "jwt" { // a token's connections share their subject's bucket
+		lim = newConnLimiter(l)
+	}
 	return &conn{
 		h: h, ws: ws, bc: bc, p: p,
-		limiter:   h.newLimiter(p),
-		log:       h.log.With("remote", ws.RemoteAddr().String(), "sub", p.Subject),
-		ctx:       ctx,
-		cancel:    cancel,
-		send:      make(chan *outFrame, h.cfg.SendQueue),
-		pings:     make(chan string, 1),
-		closing:   make(chan struct{}),
-		readDone:  make(chan struct{}),
-		writeDone: make(chan struct{}),
-		subs:      make(map[string]*channel),
+		limiter:       lim,
+		log:           h.log.With("remote", ws.RemoteAddr().String(), "sub", p.Subject),
+		maxFrameBytes: l.maxFrameBytes,
+		pingInterval:  l.pingInterval,
+		ctx:           ctx,
+		cancel:        cancel,
+		send:          make(chan *outFrame, l.sendQueue),
+		pings:         make(chan string, 1),
+		closing:       make(chan struct{}),
+		readDone:      make(chan struct{}),
+		writeDone:     make(chan struct{}),
+		subs:          make(map[string]*channel),
 	}
 }
 
@@ -168,8 +178,8 @@ func (c *conn) run() {
 }
 
 func (c *conn) readLoop() {
-	c.ws.SetReadLimit(int64(c.h.cfg.MaxFrameBytes))
-	alive := func() { c.ws.SetReadDeadline(time.Now().Add(c.h.cfg.PingInterval + c.h.cfg.PongTimeout)) }
+	c.ws.SetReadLimit(int64(c.maxFrameBytes))
+	alive := func() { c.ws.SetReadDeadline(time.Now().Add(c.pingInterval + c.h.cfg.PongTimeout)) }
 	c.ws.SetPongHandler(func(string) error { alive(); return nil })
 	c.ws.SetPingHandler(func(data string) error {
 		alive()
@@ -236,18 +246,22 @@ func (c *conn) replyError(e *Error) {
 	c.reply(&outFrame{b: errorFrame(e)})
 }
 
+// subscribe applies the configuration in force now: a subscription made
+// under an earlier one stays, even above a lowered limit or in a namespace
+// closed since.
 func (c *conn) subscribe(f Frame) *Error {
+	l := c.h.limits()
 	if e := c.h.checkChannel(f.ID, f.Channel); e != nil {
 		return e
 	}
-	if !c.p.CanSubscribe(f.Channel) {
-		return &Error{Code: CodeForbidden, Message: "not allowed to subscribe to " + f.Channel, ID: f.ID}
+	if _, e := c.h.checkAccess(l, f.ID, c.p, OpSubscribe, f.Channel); e != nil {
+		return e
 	}
 	if _, ok := c.subs[f.Channel]; ok {
 		c.reply(&outFrame{b: okFrame(f.ID)})
 		return nil
 	}
-	if max := c.h.cfg.MaxSubscriptions; max >= 0 && len(c.subs) >= max {
+	if max := l.maxSubscriptions; max >= 0 && len(c.subs) >= max {
 		return &Error{Code: CodeLimit, Message: "at most " + strconv.Itoa(max) + " subscriptions per connection", ID: f.ID}
 	}
 	ch, err := c.h.hub.subscribe(c.ctx, c, f.Channel, &outFrame{b: okFrame(f.ID)})
@@ -275,17 +289,19 @@ func (c *conn) unsubscribe(f Frame) *Error {
 }
 
 func (c *conn) publish(f Frame) *Error {
+	l := c.h.limits()
 	if e := c.h.checkChannel(f.ID, f.Channel); e != nil {
 		return e
 	}
-	if !c.p.CanPublish(f.Channel) {
-		return &Error{Code: CodeForbidden, Message: "not allowed to publish to " + f.Channel, ID: f.ID}
-	}
-	data, e := c.h.checkData(f.ID, f.Data)
+	ns, e := c.h.checkAccess(l, f.ID, c.p, OpPublish, f.Channel)
 	if e != nil {
 		return e
 	}
-	if e := c.h.allowPublish(f.ID, c.p, c.limiter); e != nil {
+	data, e := c.h.checkData(f.ID, f.Data, l.maxPublishBytes(ns))
+	if e != nil {
+		return e
+	}
+	if e := c.h.allowPublish(l, f.ID, c.p, c.limiter, ""); e != nil {
 		return e
 	}
 	return c.h.publish(c.ctx, f.ID, f.Channel, data, "ws")
@@ -296,7 +312,7 @@ func (c *conn) publish(f Frame) *Error {
 func (c *conn) writeLoop() {
 	defer close(c.writeDone)
 	defer c.ws.Close()
-	ping := time.NewTicker(c.h.cfg.PingInterval)
+	ping := time.NewTicker(c.pingInterval)
 	defer ping.Stop()
 	for {
 		select {

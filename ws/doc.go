@@ -12,6 +12,14 @@
 // close codes, limits and their defaults, and authentication (JWT with
 // subscribe/publish channel globs, or API keys).
 //
+// Configuration: the limits and the channel namespaces' rules come from
+// the cluster configuration in etcd, which the fanout client watches; the
+// handler applies each new revision within a second, to the next
+// subscribe, publish or connection, without closing anything. Config
+// fields that are set override the cluster's values for this gateway.
+// A namespace that allows anonymous clients lets clients without a
+// credential connect (see Handler and docs/protocol.md).
+//
 // Efficiency: the gateway holds one fanout subscription per channel,
 // however many clients want it (reference counted), encodes each message
 // once and queues the same bytes to every subscriber, and writes a

@@ -23,12 +23,14 @@ import (
 //	GET  /ws                       WebSocket clients (docs/protocol.md)
 //	POST /api/publish/{channel}    publish the JSON body
 //	GET  /api/nodes                the nodes as the gateway sees them
+//	GET  /api/config               the cluster configuration the gateway runs, and its overrides
 //	GET  /healthz                  200 while this gateway is subscribed on and can publish to a ready node
 //	GET  /metrics                  Prometheus metrics
 //	GET  /                         the demo page
 //	GET  /pubmesh.js               the JavaScript client
 //
-// on top of one fanout client. It is safe for concurrent use. Shutdown
+// on top of one fanout client, whose cluster configuration it follows (see
+// Config). It is safe for concurrent use. Shutdown
 // closes its WebSocket connections; the fanout client is the caller's to
 // close, after Shutdown.
 type Handler struct {
@@ -38,9 +40,13 @@ type Handler struct {
 	metrics  *metrics
 	hub      *hub
 	subjects *subjects // publish buckets and connection counts per token subject
-	mux      *http.ServeMux
-	up       websocket.Upgrader
-	log      *slog.Logger
+	// anonPublishers are the publish buckets of HTTP publishes without a
+	// credential, per client address.
+	anonPublishers *subjects
+	live           liveConfig
+	mux            *http.ServeMux
+	up             websocket.Upgrader
+	log            *slog.Logger
 
 	ctx    context.Context // canceled by Shutdown
 	cancel context.CancelFunc
@@ -55,7 +61,9 @@ type Handler struct {
 var _ http.Handler = (*Handler)(nil)
 
 // NewHandler returns a gateway on client. It fails with ErrNoAuth when cfg
-// configures no credential and is not Insecure. cfg is copied.
+// configures no credential and is not Insecure. cfg is copied. The handler
+// follows client's cluster configuration (fanout.Client.ClusterConfig)
+// from a goroutine of its own until Shutdown.
 func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 	if client == nil {
 		return nil, errors.New("ws: nil fanout client")
@@ -74,16 +82,24 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	l := effectiveLimits(&cfg, client.ClusterConfig())
 	h := &Handler{
 		client: client, cfg: cfg, auth: auth, metrics: m, log: cfg.Logger,
-		subjects: newSubjects(cfg.PublishRate, cfg.PublishBurst, cfg.MaxConnectionsPerSubject, maxLimitedSubjects),
-		ctx:      ctx, cancel: cancel,
+		subjects:       newSubjects(l.publishRate, l.publishBurst, l.maxConnsPerSubject, maxLimitedSubjects),
+		anonPublishers: newSubjects(l.publishRate, l.publishBurst, -1, maxLimitedSubjects),
+		ctx:            ctx, cancel: cancel,
 		conns: make(map[*conn]struct{}),
 		done:  make(chan struct{}),
 	}
+	h.live.cur.Store(l)
 	if auth.open {
 		h.log.Warn("ws: INSECURE: no authentication, every client may subscribe and publish to every channel")
 	}
+	overrides := cfg.overrides()
+	for _, o := range overrides {
+		h.log.Info("config: flag overrides the cluster configuration", "key", o.key, "value", o.value)
+	}
+	m.overrides.Set(float64(len(overrides)))
 	h.hub = newHub(h, ctx)
 	h.up = websocket.Upgrader{
 		// Origin is checked before Upgrade (checkOrigin), to count it.
@@ -96,10 +112,13 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 	h.mux.HandleFunc("GET /ws", h.serveWS)
 	h.mux.HandleFunc("POST /api/publish/{channel...}", h.servePublish)
 	h.mux.HandleFunc("GET /api/nodes", h.serveNodes)
+	h.mux.HandleFunc("GET /api/config", h.serveConfig)
 	h.mux.HandleFunc("GET /healthz", h.serveHealth)
 	h.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{Registry: cfg.Metrics}))
 	h.mux.HandleFunc("GET /{$}", serveStatic("index.html", "text/html; charset=utf-8"))
 	h.mux.HandleFunc("GET /pubmesh.js", serveStatic("pubmesh.js", "text/javascript; charset=utf-8"))
+	h.live.followed = make(chan struct{})
+	go h.followConfig()
 	return h, nil
 }
 
@@ -112,7 +131,11 @@ func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, &Error{Code: CodeForbidden, Message: "origin not allowed"})
 		return
 	}
-	p, err := h.auth.authenticate(r)
+	// Without a credential a client may connect while a namespace allows
+	// anonymous clients; each subscribe and publish then checks its
+	// channel's namespace.
+	l := h.limits()
+	p, err := h.authenticate(r, l.anonymous, "ws")
 	if err != nil {
 		h.refuse(w, err)
 		return
@@ -138,7 +161,7 @@ func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
 		if !h.subjects.acquire(p.Subject, time.Now()) {
 			h.metrics.subjectConnRefusals.Inc()
 			w.Header().Set("Retry-After", "1")
-			h.httpError(w, &Error{Code: CodeLimit, Message: "at most " + strconv.Itoa(h.cfg.MaxConnectionsPerSubject) +
+			h.httpError(w, &Error{Code: CodeLimit, Message: "at most " + strconv.Itoa(l.maxConnsPerSubject) +
 				" connections per subject: " + strconv.Quote(p.Subject) + " has them all open"})
 			return
 		}
@@ -150,7 +173,7 @@ func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // Upgrade has answered
 	}
-	c := newConn(h, wsc, hw.conn, p)
+	c := newConn(h, wsc, hw.conn, p, l)
 	h.mu.Lock()
 	h.conns[c] = struct{}{}
 	down = h.shutdown
@@ -233,6 +256,7 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 	}
 	defer close(h.done)
 	h.cancel()
+	<-h.live.followed
 	for _, c := range conns {
 		c.close(CloseGoingAway, "gateway shutting down")
 	}

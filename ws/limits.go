@@ -7,8 +7,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"golang.org/x/time/rate"
-
 	"github.com/pubmesh/pubmesh/fanout"
 )
 
@@ -24,14 +22,15 @@ func (h *Handler) checkChannel(id json.RawMessage, name string) *Error {
 	return nil
 }
 
-// checkData validates and compacts publish data: at most MaxPublishBytes
-// (too_large), valid UTF-8 and valid JSON (bad_request). HTTP bodies come
+// checkData validates and compacts publish data: at most max bytes
+// (too_large; the namespace's max_publish_bytes or the MaxPublishBytes
+// override), valid UTF-8 and valid JSON (bad_request). HTTP bodies come
 // here too. encoding/json accepts invalid UTF-8 inside strings, but a text
 // frame carrying it makes browsers drop the connection, so it is refused
 // here rather than repaired on the way out.
-func (h *Handler) checkData(id json.RawMessage, data []byte) ([]byte, *Error) {
-	if len(data) > h.cfg.MaxPublishBytes {
-		return nil, &Error{Code: CodeTooLarge, Message: "data larger than " + byteSize(h.cfg.MaxPublishBytes), ID: id}
+func (h *Handler) checkData(id json.RawMessage, data []byte, max int) ([]byte, *Error) {
+	if len(data) > max {
+		return nil, &Error{Code: CodeTooLarge, Message: "data larger than " + byteSize(max), ID: id}
 	}
 	if !utf8.Valid(data) {
 		return nil, badRequest(id, "data is not valid UTF-8")
@@ -44,33 +43,36 @@ func (h *Handler) checkData(id json.RawMessage, data []byte) ([]byte, *Error) {
 	return buf.Bytes(), nil
 }
 
-// newLimiter returns the publish limiter of a WebSocket connection of p, or
-// nil: a token's connections share their subject's (allowPublish), and a
-// negative PublishRate means no limit.
-func (h *Handler) newLimiter(p *Principal) *rate.Limiter {
-	if h.cfg.PublishRate < 0 || p.Kind == "jwt" {
-		return nil
-	}
-	return rate.NewLimiter(rate.Limit(h.cfg.PublishRate), h.cfg.PublishBurst)
-}
-
-// allowPublish applies the publish rate limit, for both transports: a
+// allowPublish applies the publish rate limit of l, for both transports: a
 // token's publishes draw on its subject's bucket, shared by all its
 // WebSocket connections and its HTTP requests, so that more connections or
 // tokens for one sub do not mean more publishes. Other principals (API
-// keys, anyone on an insecure gateway) draw on their WebSocket
-// connection's own bucket, conn, and over HTTP (conn nil) are not limited.
-func (h *Handler) allowPublish(id json.RawMessage, p *Principal, conn *rate.Limiter) *Error {
+// keys, clients without a credential, anyone on an insecure gateway) draw
+// on their WebSocket connection's own bucket, conn. Over HTTP (conn nil)
+// a client without a credential draws on the bucket of its address, addr;
+// the others are not limited.
+func (h *Handler) allowPublish(l *limits, id json.RawMessage, p *Principal, conn *connLimiter, addr string) *Error {
+	now := time.Now()
 	per := "per second"
-	if p.Kind == "jwt" {
-		if h.subjects.allow(p.Subject, time.Now()) {
+	switch {
+	case p.Kind == "jwt":
+		if h.subjects.allow(p.Subject, now) {
 			return nil
 		}
 		per += " for subject " + strconv.Quote(p.Subject)
-	} else if conn == nil || conn.Allow() {
+	case conn != nil:
+		if conn.allow(l, now) {
+			return nil
+		}
+	case p.Kind == "anonymous" && !p.All:
+		if h.anonPublishers.allow(addr, now) {
+			return nil
+		}
+		per += " for address " + addr + " without a credential"
+	default:
 		return nil
 	}
-	return &Error{Code: CodeRateLimited, Message: "over " + strconv.FormatFloat(h.cfg.PublishRate, 'f', -1, 64) + " publishes " + per, ID: id}
+	return &Error{Code: CodeRateLimited, Message: "over " + strconv.FormatFloat(l.publishRate, 'f', -1, 64) + " publishes " + per, ID: id}
 }
 
 func byteSize(n int) string {

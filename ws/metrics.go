@@ -23,6 +23,10 @@ type metrics struct {
 	subscribeErrors prometheus.Counter
 
 	subjectConnRefusals prometheus.Counter // upgrades refused by MaxConnectionsPerSubject
+
+	namespaceRefusals *prometheus.CounterVec // by op: a namespace allows it to no client
+	anonymous         *prometheus.CounterVec // requests let in without a credential, by transport
+	overrides         prometheus.Gauge       // Config fields that win over the cluster configuration
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -55,9 +59,16 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "pubmesh_ws_fanout_subscribe_errors_total", Help: "Failed fanout subscriptions."}),
 		subjectConnRefusals: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pubmesh_ws_subject_connection_refusals_total", Help: "WebSocket upgrades refused (429) because the token subject had MaxConnectionsPerSubject connections open."}),
+		namespaceRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pubmesh_ws_namespace_refusals_total", Help: "Subscribes and publishes refused (forbidden) because the channel's namespace allows them to no client (allow_subscribe or allow_publish none), by op."}, []string{"op"}),
+		anonymous: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pubmesh_ws_anonymous_requests_total", Help: "WebSocket connections (transport ws) and HTTP publishes (http) let in without a credential because a namespace allows anonymous clients."}, []string{"transport"}),
+		overrides: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pubmesh_ws_config_overrides", Help: "Limits set on this gateway (flags, ws.Config) that win over the cluster configuration."}),
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.connects, m.subscriptions, m.channels, m.messagesIn,
-		m.messagesFanout, m.messagesOut, m.writeBatches, m.slowConsumers, m.errors, m.authFailures, m.closes, m.subscribeErrors, m.subjectConnRefusals} {
+		m.messagesFanout, m.messagesOut, m.writeBatches, m.slowConsumers, m.errors, m.authFailures, m.closes, m.subscribeErrors, m.subjectConnRefusals,
+		m.namespaceRefusals, m.anonymous, m.overrides} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ws: register metrics: %w", err)
 		}
@@ -69,7 +80,11 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	for _, r := range []string{"missing", "invalid", "expired", "origin"} {
 		m.authFailures.WithLabelValues(r)
 	}
-	m.messagesIn.WithLabelValues("ws")
-	m.messagesIn.WithLabelValues("http")
+	for _, t := range []string{"ws", "http"} {
+		m.messagesIn.WithLabelValues(t)
+		m.anonymous.WithLabelValues(t)
+	}
+	m.namespaceRefusals.WithLabelValues(OpSubscribe)
+	m.namespaceRefusals.WithLabelValues(OpPublish)
 	return m, nil
 }

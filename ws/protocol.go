@@ -26,10 +26,10 @@ const (
 // Error codes of error frames and HTTP error bodies.
 const (
 	CodeBadRequest   = "bad_request"  // malformed frame, unknown op, bad channel name, data that is not JSON
-	CodeForbidden    = "forbidden"    // the credential does not cover the channel
-	CodeTooLarge     = "too_large"    // publish data over MaxPublishBytes
-	CodeRateLimited  = "rate_limited" // over PublishRate
-	CodeLimit        = "limit"        // over MaxSubscriptions
+	CodeForbidden    = "forbidden"    // the credential or the channel's namespace rule does not allow it
+	CodeTooLarge     = "too_large"    // publish data over the namespace's max_publish_bytes (or MaxPublishBytes)
+	CodeRateLimited  = "rate_limited" // over the publish rate
+	CodeLimit        = "limit"        // over the subscriptions per connection
 	CodeUnavailable  = "unavailable"  // the fanout client failed (no ready node, timeout)
 	CodeUnauthorized = "unauthorized" // HTTP only: missing, invalid or expired credential
 )

@@ -382,6 +382,10 @@ func (g *gw) metric(name string, labels ...string) float64 {
 		c = m.writeBatches
 	case "subject_connection_refusals":
 		c = m.subjectConnRefusals
+	case "namespace_refusals":
+		c = m.namespaceRefusals.WithLabelValues(labels...)
+	case "anonymous":
+		c = m.anonymous.WithLabelValues(labels...)
 	default:
 		panic(name)
 	}

@@ -14,13 +14,16 @@ const maxLimitedSubjects = 10000
 // subjects is what the gateway limits per token subject (the JWT's sub),
 // whatever the number of tokens, connections and requests it uses:
 //
-//   - one publish token bucket (Config.PublishRate, PublishBurst), shared
-//     by all the subject's WebSocket connections and its HTTP publishes, so
-//     that N connections, or POSTs beside them, do not multiply the rate;
+//   - one publish token bucket (gateway.publish_rate, publish_burst),
+//     shared by all the subject's WebSocket connections and its HTTP
+//     publishes, so that N connections, or POSTs beside them, do not
+//     multiply the rate;
 //   - a count of its open WebSocket connections, capped at
-//     Config.MaxConnectionsPerSubject.
+//     gateway.max_connections_per_subject.
 //
-// API keys (backends) and an insecure gateway are not tracked here.
+// API keys (backends) and an insecure gateway are not tracked here. The
+// limits follow the cluster configuration: setLimits changes them, for the
+// buckets that exist too.
 //
 // The table is bounded for subjects without an open connection: when it
 // holds maxLimitedSubjects, those idle long enough for their bucket to have
@@ -30,18 +33,18 @@ const maxLimitedSubjects = 10000
 // the table may exceed the bound by the subjects connected at the moment.
 // subjects is safe for concurrent use.
 type subjects struct {
+	max int
+
+	mu       sync.Mutex // guards the limits, m and its entries
 	limit    rate.Limit
 	burst    int
-	limited  bool // false: PublishRate is negative, no publish limit
+	limited  bool // false: the publish rate is negative, no publish limit
 	maxConns int  // negative: no limit
-	max      int
-
-	mu sync.Mutex // guards m and its entries
-	m  map[string]*subject
+	m        map[string]*subject
 }
 
 type subject struct {
-	lim   *rate.Limiter // nil when !limited
+	lim   *rate.Limiter // nil when !limited (never rate.Inf: see setLimits)
 	last  time.Time     // last publish or connection change
 	conns int           // open WebSocket connections
 }
@@ -50,8 +53,49 @@ type subject struct {
 // burst and connection cap (negative: no limit), remembering at most max
 // idle subjects.
 func newSubjects(perSecond float64, burst, maxConns, max int) *subjects {
-	return &subjects{limit: rate.Limit(perSecond), burst: burst, limited: perSecond >= 0, maxConns: maxConns, max: max,
-		m: make(map[string]*subject)}
+	s := &subjects{max: max, m: make(map[string]*subject)}
+	s.setLimits(perSecond, burst, maxConns, time.Now())
+	return s
+}
+
+// setLimits changes the publish rate (negative: no limit), burst and
+// connection cap (negative: no limit). The buckets that exist take the new
+// rate and burst at once, keeping their tokens (at most the new burst);
+// open connections stay, even above a lowered cap. An unlimited rate drops
+// the buckets rather than using rate.Inf: a limiter moved from Inf to a
+// finite rate can compute NaN tokens, which then allow everything.
+func (s *subjects) setLimits(perSecond float64, burst, maxConns int, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	limit, limited := rate.Limit(perSecond), perSecond >= 0
+	changed := limit != s.limit || burst != s.burst || limited != s.limited
+	s.limit, s.burst, s.limited, s.maxConns = limit, burst, limited, maxConns
+	if !changed {
+		return
+	}
+	for name, e := range s.m {
+		switch {
+		case !limited && e.conns <= 0:
+			delete(s.m, name) // nothing left to remember
+		case !limited:
+			e.lim = nil
+		case e.lim == nil:
+			e.lim = rate.NewLimiter(limit, burst)
+		default:
+			setRate(e.lim, limit, burst, now)
+		}
+	}
+}
+
+// setRate gives lim a new rate and burst, if they differ, keeping its
+// tokens.
+func setRate(lim *rate.Limiter, limit rate.Limit, burst int, now time.Time) {
+	if lim.Limit() != limit {
+		lim.SetLimitAt(now, limit)
+	}
+	if lim.Burst() != burst {
+		lim.SetBurstAt(now, burst)
+	}
 }
 
 // get returns name's entry, creating it. s.mu must be held.
@@ -73,11 +117,11 @@ func (s *subjects) get(name string, now time.Time) *subject {
 
 // allow takes one publish from name's bucket.
 func (s *subjects) allow(name string, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if !s.limited {
 		return true
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	return s.get(name, now).lim.AllowN(now, 1)
 }
 

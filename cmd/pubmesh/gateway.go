@@ -49,49 +49,77 @@ func gatewayFlags() []cli.Flag {
 		&cli.StringFlag{Name: "api-key-file", Usage: "file with one API key per line", DefaultText: "none", EnvVars: []string{"PUBMESH_API_KEY_FILE"}},
 		&cli.BoolFlag{Name: "insecure", Usage: "run without authentication: anyone who reaches the port may subscribe and publish to every channel", EnvVars: []string{"PUBMESH_INSECURE"}},
 		&cli.StringSliceFlag{Name: "allow-origin", Usage: "browser origins allowed to connect: https://app.example.com, https://*.example.com or *", DefaultText: "the gateway's own origin", EnvVars: []string{"PUBMESH_ALLOW_ORIGIN"}},
-		&cli.IntFlag{Name: "max-frame-bytes", Value: ws.DefaultMaxFrameBytes, Usage: "largest client frame; a larger one closes the connection (1009)", EnvVars: []string{"PUBMESH_MAX_FRAME_BYTES"}},
-		&cli.IntFlag{Name: "max-publish-bytes", Value: ws.DefaultMaxPublishBytes, Usage: "largest publish data, over WebSocket or HTTP", EnvVars: []string{"PUBMESH_MAX_PUBLISH_BYTES"}},
-		&cli.IntFlag{Name: "max-subscriptions", Value: ws.DefaultMaxSubscriptions, Usage: "subscriptions per connection (-1: no limit)", EnvVars: []string{"PUBMESH_MAX_SUBSCRIPTIONS"}},
-		&cli.IntFlag{Name: "max-connections-per-subject", Value: ws.DefaultMaxConnectionsPerSubject, Usage: "WebSocket connections one token subject (sub) may hold open; one more gets HTTP 429 (-1: no limit)", EnvVars: []string{"PUBMESH_MAX_CONNECTIONS_PER_SUBJECT"}},
+		// The limits that are cluster configuration keys have no Value: unset,
+		// the gateway follows the cluster configuration (live); set, the flag
+		// wins for this gateway (see gatewayConfig).
+		&cli.IntFlag{Name: "max-frame-bytes", Usage: "largest client frame; a larger one closes the connection (1009); overrides gateway.max_frame_bytes", DefaultText: clusterDefault(ws.DefaultMaxFrameBytes), EnvVars: []string{"PUBMESH_MAX_FRAME_BYTES"}},
+		&cli.IntFlag{Name: "max-publish-bytes", Usage: "largest publish data, over WebSocket or HTTP; overrides every namespace's max_publish_bytes", DefaultText: clusterDefault(ws.DefaultMaxPublishBytes), EnvVars: []string{"PUBMESH_MAX_PUBLISH_BYTES"}},
+		&cli.IntFlag{Name: "max-subscriptions", Usage: "subscriptions per connection (-1: no limit); overrides gateway.max_subscriptions", DefaultText: clusterDefault(ws.DefaultMaxSubscriptions), EnvVars: []string{"PUBMESH_MAX_SUBSCRIPTIONS"}},
+		&cli.IntFlag{Name: "max-connections-per-subject", Usage: "WebSocket connections one token subject (sub) may hold open; one more gets HTTP 429 (-1: no limit); overrides gateway.max_connections_per_subject", DefaultText: clusterDefault(ws.DefaultMaxConnectionsPerSubject), EnvVars: []string{"PUBMESH_MAX_CONNECTIONS_PER_SUBJECT"}},
 		&cli.IntFlag{Name: "max-channel-bytes", Value: ws.DefaultMaxChannelBytes, Usage: "longest channel name", EnvVars: []string{"PUBMESH_MAX_CHANNEL_BYTES"}},
-		&cli.Float64Flag{Name: "publish-rate", Value: ws.DefaultPublishRate, Usage: "publishes per second per token subject, over WebSocket and HTTP together (API-key connections: per connection; -1: no limit)", EnvVars: []string{"PUBMESH_PUBLISH_RATE"}},
-		&cli.IntFlag{Name: "publish-burst", Value: ws.DefaultPublishBurst, Usage: "publishes a token subject (or an API-key connection) may send at once above --publish-rate", EnvVars: []string{"PUBMESH_PUBLISH_BURST"}},
-		&cli.IntFlag{Name: "send-queue", Value: ws.DefaultSendQueue, Usage: "frames queued per connection; a client that lets it overflow is closed with 4008 \"slow consumer\"", EnvVars: []string{"PUBMESH_SEND_QUEUE"}},
-		&cli.DurationFlag{Name: "ping-interval", Value: ws.DefaultPingInterval, Usage: "how often idle clients are pinged; one silent for this plus 10s is closed", EnvVars: []string{"PUBMESH_PING_INTERVAL"}},
+		&cli.Float64Flag{Name: "publish-rate", Usage: "publishes per second per token subject, over WebSocket and HTTP together (API-key connections: per connection; -1: no limit); overrides gateway.publish_rate", DefaultText: clusterDefault(ws.DefaultPublishRate), EnvVars: []string{"PUBMESH_PUBLISH_RATE"}},
+		&cli.IntFlag{Name: "publish-burst", Usage: "publishes a token subject (or an API-key connection) may send at once above --publish-rate; overrides gateway.publish_burst", DefaultText: clusterDefault(ws.DefaultPublishBurst), EnvVars: []string{"PUBMESH_PUBLISH_BURST"}},
+		&cli.IntFlag{Name: "send-queue", Usage: "frames queued per connection; a client that lets it overflow is closed with 4008 \"slow consumer\"; overrides gateway.send_queue", DefaultText: clusterDefault(ws.DefaultSendQueue), EnvVars: []string{"PUBMESH_SEND_QUEUE"}},
+		&cli.DurationFlag{Name: "ping-interval", Usage: "how often idle clients are pinged; one silent for this plus 10s is closed; overrides gateway.ping_interval", DefaultText: clusterDefault(ws.DefaultPingInterval), EnvVars: []string{"PUBMESH_PING_INTERVAL"}},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: ws.DefaultShutdownTimeout, Usage: "how long a graceful shutdown may take", EnvVars: []string{"PUBMESH_SHUTDOWN_TIMEOUT"}},
 		&cli.IntFlag{Name: "replicas", Value: 1, Usage: "nodes each message is published to (2: a single node crash loses nothing)", EnvVars: []string{"PUBMESH_REPLICAS"}},
 	}
 }
 
-// gatewayConfig reads the auth and limit flags.
+// clusterDefault is the --help default of a limit that follows the cluster
+// configuration unless given.
+func clusterDefault(v any) string { return fmt.Sprintf("cluster configuration (default %v)", v) }
+
+// gatewayConfig reads the auth and limit flags. A limit flag that is not
+// set (on the command line or in its environment variable) stays zero in
+// ws.Config: the gateway then follows the cluster configuration.
 func gatewayConfig(c *cli.Context, log *slog.Logger) (ws.Config, error) {
 	cfg := ws.Config{
-		Insecure:         c.Bool("insecure"),
-		AllowOrigins:     c.StringSlice("allow-origin"),
-		MaxFrameBytes:    c.Int("max-frame-bytes"),
-		MaxPublishBytes:  c.Int("max-publish-bytes"),
-		MaxSubscriptions: c.Int("max-subscriptions"),
-		MaxChannelBytes:  c.Int("max-channel-bytes"),
-		PublishRate:      c.Float64("publish-rate"),
-		PublishBurst:     c.Int("publish-burst"),
-		SendQueue:        c.Int("send-queue"),
-		PingInterval:     c.Duration("ping-interval"),
-		ShutdownTimeout:  c.Duration("shutdown-timeout"),
-		Logger:           log,
+		Insecure:        c.Bool("insecure"),
+		AllowOrigins:    c.StringSlice("allow-origin"),
+		MaxChannelBytes: c.Int("max-channel-bytes"),
+		ShutdownTimeout: c.Duration("shutdown-timeout"),
+		Logger:          log,
 	}
-	cfg.MaxConnectionsPerSubject = c.Int("max-connections-per-subject")
-	for _, name := range []string{"max-frame-bytes", "max-publish-bytes", "max-channel-bytes", "publish-burst", "send-queue"} {
-		if c.Int(name) < 1 {
-			return ws.Config{}, fmt.Errorf("invalid --%s %d: must be positive", name, c.Int(name))
+	for _, f := range []struct {
+		name    string
+		to      *int
+		noLimit bool // -1 allowed
+	}{
+		{"max-frame-bytes", &cfg.MaxFrameBytes, false},
+		{"max-publish-bytes", &cfg.MaxPublishBytes, false},
+		{"publish-burst", &cfg.PublishBurst, false},
+		{"send-queue", &cfg.SendQueue, false},
+		{"max-subscriptions", &cfg.MaxSubscriptions, true},
+		{"max-connections-per-subject", &cfg.MaxConnectionsPerSubject, true},
+	} {
+		if !c.IsSet(f.name) {
+			continue
+		}
+		v := c.Int(f.name)
+		if v == 0 || v < 0 && !f.noLimit {
+			if f.noLimit {
+				return ws.Config{}, fmt.Errorf("invalid --%s %d: must be positive, or -1 for no limit", f.name, v)
+			}
+			return ws.Config{}, fmt.Errorf("invalid --%s %d: must be positive", f.name, v)
+		}
+		*f.to = v
+	}
+	if c.IsSet("publish-rate") {
+		if cfg.PublishRate = c.Float64("publish-rate"); cfg.PublishRate == 0 {
+			return ws.Config{}, errors.New("invalid --publish-rate 0: must be positive, or -1 for no limit")
 		}
 	}
-	for _, name := range []string{"ping-interval", "shutdown-timeout"} {
-		if c.Duration(name) <= 0 {
-			return ws.Config{}, fmt.Errorf("invalid --%s %s: must be positive", name, c.Duration(name))
+	if c.IsSet("ping-interval") {
+		if cfg.PingInterval = c.Duration("ping-interval"); cfg.PingInterval <= 0 {
+			return ws.Config{}, fmt.Errorf("invalid --ping-interval %s: must be positive", cfg.PingInterval)
 		}
 	}
-	if c.Int("max-subscriptions") == 0 || c.Float64("publish-rate") == 0 || c.Int("max-connections-per-subject") == 0 {
-		return ws.Config{}, errors.New("--max-subscriptions, --max-connections-per-subject and --publish-rate must be positive, or -1 for no limit")
+	if c.Int("max-channel-bytes") < 1 {
+		return ws.Config{}, fmt.Errorf("invalid --max-channel-bytes %d: must be positive", c.Int("max-channel-bytes"))
+	}
+	if c.Duration("shutdown-timeout") <= 0 {
+		return ws.Config{}, fmt.Errorf("invalid --shutdown-timeout %s: must be positive", c.Duration("shutdown-timeout"))
 	}
 	secret, err := secretFlag(c, "jwt-secret", "jwt-secret-file")
 	if err != nil {
@@ -267,6 +295,7 @@ func startGateway(ctx context.Context, s gatewaySetup) (url string, stop func() 
 			EtcdClient: s.EtcdClient,
 			Cluster:    s.Cluster,
 			ID:         "gateway-" + hostPID(),
+			Role:       "gateway",
 			Replicas:   s.Replicas,
 			Username:   s.RedisUser,
 			Password:   s.RedisPassword,
