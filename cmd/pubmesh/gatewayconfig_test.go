@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -18,27 +17,6 @@ import (
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/testredis"
 )
-
-// putConfig writes doc (YAML) as cluster's configuration, compare-and-swap
-// as `pubmesh config` does, and returns the new revision.
-func putConfig(t *testing.T, reg *discovery.Registry, doc string) int64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	tree, err := clusterconfig.Decode([]byte(doc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur, err := reg.Config(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rev, err := reg.PutConfig(ctx, tree, cur.Revision, discovery.ConfigChange{Author: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rev
-}
 
 // gatewayConfigAt is GET /api/config of the gateway at addr.
 func gatewayConfigAt(t *testing.T, addr string) (rev int64, doc *clusterconfig.Document, overrides map[string]any) {
