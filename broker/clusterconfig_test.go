@@ -12,7 +12,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pubmesh/pubmesh/broker"
-	"github.com/pubmesh/pubmesh/clusterconfig"
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/testredis"
 )
@@ -53,17 +52,9 @@ func putConfig(t *testing.T, reg *discovery.Registry, yaml string) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cur, err := reg.Config(ctx)
+	rev, err := reg.ApplyConfig(ctx, []byte(yaml), discovery.ConfigChange{Author: "test"})
 	if err != nil {
-		t.Fatal(err)
-	}
-	tree, err := clusterconfig.Decode([]byte(yaml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rev, err := reg.PutConfig(ctx, tree, cur.Revision, discovery.ConfigChange{Author: "test"})
-	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("config %q: %v", yaml, err)
 	}
 	return rev
 }

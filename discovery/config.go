@@ -122,6 +122,22 @@ func (r *Registry) PutConfig(ctx context.Context, tree map[string]any, expect in
 	return txn.Header.Revision, nil
 }
 
+// ApplyConfig replaces the configuration with doc (YAML or JSON) if it did
+// not change between its read and its write (else a *ConflictError), as
+// pubmesh config apply does without --if-revision. It returns the new
+// revision.
+func (r *Registry) ApplyConfig(ctx context.Context, doc []byte, ch ConfigChange) (int64, error) {
+	tree, err := clusterconfig.Decode(doc)
+	if err != nil {
+		return 0, err
+	}
+	cur, err := r.Config(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return r.PutConfig(ctx, tree, cur.Revision, ch)
+}
+
 // pruneConfigHistory deletes the oldest entries past MaxConfigHistory. A
 // failure only leaves more history.
 func (r *Registry) pruneConfigHistory(ctx context.Context) {

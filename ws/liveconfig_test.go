@@ -25,17 +25,9 @@ func (g *gw) setConfig(t testing.TB, doc string) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	tree, err := clusterconfig.Decode([]byte(doc))
+	rev, err := g.reg.ApplyConfig(ctx, []byte(doc), discovery.ConfigChange{Author: "test"})
 	if err != nil {
-		t.Fatal(err)
-	}
-	cur, err := g.reg.Config(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rev, err := g.reg.PutConfig(ctx, tree, cur.Revision, discovery.ConfigChange{Author: "test"})
-	if err != nil {
-		t.Fatalf("PutConfig %q: %v", doc, err)
+		t.Fatalf("config %q: %v", doc, err)
 	}
 	return rev
 }

@@ -29,11 +29,7 @@ func clientsCommand() *cli.Command {
 			"With --json it prints a JSON array of client objects (id, role, host, pid, version,\n" +
 			"config_revision, started_at) instead, and the last line on stderr.",
 		Flags: append(etcdFlags(),
-			&cli.BoolFlag{
-				Name:    "json",
-				Usage:   "print a JSON array instead of a table",
-				EnvVars: []string{"PUBMESH_JSON"},
-			},
+			jsonFlag("print a JSON array instead of a table"),
 			logLevelFlag("warn"),
 		),
 		Action: runClients,
@@ -44,16 +40,9 @@ func runClients(c *cli.Context) error {
 	if c.Args().Present() {
 		return usageError{fmt.Errorf("unexpected argument %q (see pubmesh clients --help)", c.Args().First())}
 	}
-	log, err := newLogger(c)
+	reg, etcd, err := openClusterRegistry(c)
 	if err != nil {
-		return usageError{err}
-	}
-	if err := discovery.ValidID(c.String("cluster")); err != nil {
-		return fmt.Errorf("invalid --cluster: %w", err)
-	}
-	reg, etcd, err := openRegistry(c, log)
-	if err != nil {
-		return fmt.Errorf("%w: is a cluster running there? Start one with `pubmesh dev` (or `make run`), or point --etcd at yours", err)
+		return err
 	}
 	defer etcd.Close()
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("etcd-timeout"))

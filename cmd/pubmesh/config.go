@@ -42,7 +42,7 @@ func configCommand() *cli.Command {
 			{
 				Name: "get", Usage: "print the document and its revision", UsageText: "pubmesh config get [--json] [--defaults]",
 				Flags: common(
-					&cli.BoolFlag{Name: "json", Usage: `print {"revision": N, "document": {...}} instead of YAML`},
+					jsonFlag(`print {"revision": N, "document": {...}} instead of YAML`),
 					&cli.BoolFlag{Name: "defaults", Usage: "print every key, with the defaults of those left out"},
 				),
 				Action: runConfigGet,
@@ -62,7 +62,7 @@ func configCommand() *cli.Command {
 			},
 			{
 				Name: "history", Usage: "list past revisions: who, when, what changed", UsageText: "pubmesh config history [--json]",
-				Flags:  common(&cli.BoolFlag{Name: "json", Usage: "print a JSON array of revisions"}),
+				Flags:  common(jsonFlag("print a JSON array of revisions")),
 				Action: runConfigHistory,
 			},
 			{
@@ -81,13 +81,9 @@ type configSession struct {
 }
 
 func openConfig(c *cli.Context) (*configSession, func(), error) {
-	log, err := newLogger(c)
+	reg, etcd, err := openClusterRegistry(c)
 	if err != nil {
-		return nil, nil, usageError{err}
-	}
-	reg, etcd, err := openRegistry(c, log)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: is a cluster running there? Start one with `pubmesh dev` (or `make run`), or point --etcd at yours", err)
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("etcd-timeout"))
 	return &configSession{c: c, reg: reg, ctx: ctx}, func() { cancel(); etcd.Close() }, nil

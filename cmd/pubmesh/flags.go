@@ -97,6 +97,29 @@ func openRegistry(c *cli.Context, log *slog.Logger) (*discovery.Registry, *clien
 	return openRegistryAt(c.Context, ecfg, c.String("cluster"), log)
 }
 
+// openClusterRegistry opens the registry for a command a person waits for
+// (nodes, clients, config): it fails at once, with a hint, when etcd does
+// not answer.
+func openClusterRegistry(c *cli.Context) (*discovery.Registry, *clientv3.Client, error) {
+	log, err := newLogger(c)
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	if err := discovery.ValidID(c.String("cluster")); err != nil {
+		return nil, nil, fmt.Errorf("invalid --cluster: %w", err)
+	}
+	reg, etcd, err := openRegistry(c, log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: is a cluster running there? Start one with `pubmesh dev` (or `make run`), or point --etcd at yours", err)
+	}
+	return reg, etcd, nil
+}
+
+// jsonFlag is --json of the listing commands.
+func jsonFlag(usage string) cli.Flag {
+	return &cli.BoolFlag{Name: "json", Usage: usage, EnvVars: []string{"PUBMESH_JSON"}}
+}
+
 func openRegistryAt(ctx context.Context, ecfg discovery.EtcdConfig, cluster string, log *slog.Logger) (*discovery.Registry, *clientv3.Client, error) {
 	return openRegistryWith(ctx, ecfg, cluster, log, true)
 }

@@ -26,11 +26,7 @@ func nodesCommand() *cli.Command {
 			"of node objects (id, addr, state, started_at, version, redis_version, run_id, attached,\n" +
 			"config_revision, reachable); with --watch, one array per line on every change.",
 		Flags: append(etcdFlags(),
-			&cli.BoolFlag{
-				Name:    "json",
-				Usage:   "print a JSON array instead of a table",
-				EnvVars: []string{"PUBMESH_JSON"},
-			},
+			jsonFlag("print a JSON array instead of a table"),
 			&cli.BoolFlag{
 				Name:    "watch",
 				Usage:   "print the list again on every change, until Ctrl-C",
@@ -46,16 +42,9 @@ func runNodes(c *cli.Context) error {
 	if c.Args().Present() {
 		return usageError{fmt.Errorf("unexpected argument %q (see pubmesh nodes --help)", c.Args().First())}
 	}
-	log, err := newLogger(c)
+	reg, etcd, err := openClusterRegistry(c)
 	if err != nil {
-		return usageError{err}
-	}
-	if err := discovery.ValidID(c.String("cluster")); err != nil {
-		return fmt.Errorf("invalid --cluster: %w", err)
-	}
-	reg, etcd, err := openRegistry(c, log)
-	if err != nil {
-		return fmt.Errorf("%w: is a cluster running there? Start one with `pubmesh dev` (or `make run`), or point --etcd at yours", err)
+		return err
 	}
 	defer etcd.Close()
 	out := c.App.Writer
