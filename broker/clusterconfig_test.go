@@ -14,6 +14,7 @@ import (
 	"github.com/pubmesh/pubmesh/broker"
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/testredis"
+	"github.com/pubmesh/pubmesh/pubmeshtest"
 )
 
 // redisLimits is what a node's Redis runs: the pubsub class of
@@ -45,18 +46,6 @@ func readLimits(ctx context.Context, rdb *redis.Client, canConfig bool) (redisLi
 	}
 	_, l.limit, _ = strings.Cut(cobl["client-output-buffer-limit"], "pubsub ")
 	return l, nil
-}
-
-// putConfig writes a node section as the next revision and returns it.
-func putConfig(t *testing.T, reg *discovery.Registry, yaml string) int64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	rev, err := reg.ApplyConfig(ctx, []byte(yaml), discovery.ConfigChange{Author: "test"})
-	if err != nil {
-		t.Fatalf("config %q: %v", yaml, err)
-	}
-	return rev
 }
 
 // gathered returns the value of the metric name (with any labels) in reg,
@@ -149,7 +138,7 @@ func TestAgentFollowsClusterConfig(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
 			reg := newRegistry(t)
-			rev1 := putConfig(t, reg, first)
+			rev1 := pubmeshtest.ApplyConfig(t, reg, first)
 			metrics := prometheus.NewRegistry()
 			cfg := fastConfig(t, reg)
 			cfg.Registerer = metrics
@@ -210,7 +199,7 @@ func TestAgentFollowsClusterConfig(t *testing.T) {
 			pid := a.PID()
 
 			t0 := time.Now()
-			rev2 := putConfig(t, reg, second)
+			rev2 := pubmeshtest.ApplyConfig(t, reg, second)
 			check("after a change", tc.want2, time.Second)
 			follows("after a change", rev2, time.Second)
 			t.Logf("revision %d applied and registered in %s", rev2, time.Since(t0).Round(time.Millisecond))
@@ -289,7 +278,7 @@ func TestAgentRetriesFailedConfigApply(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("a node whose limits cannot be set must still turn ready")
 	}
-	rev := putConfig(t, reg, "node: {maxmemory: 300mb}")
+	rev := pubmeshtest.ApplyConfig(t, reg, "node: {maxmemory: 300mb}")
 	t0 := time.Now()
 	for gathered(t, metrics, "pubmesh_node_config_apply_errors_total") < 2 {
 		if time.Since(t0) > 5*time.Second {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pubmesh/pubmesh/clusterconfig"
 	"github.com/pubmesh/pubmesh/discovery"
+	"github.com/pubmesh/pubmesh/pubmeshtest"
 )
 
 // setConfig writes doc (YAML) as the cluster configuration, compare-and-
@@ -23,13 +24,7 @@ import (
 // new revision. The gateway may not run it yet: see waitConfig.
 func (g *gw) setConfig(t testing.TB, doc string) int64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	rev, err := g.reg.ApplyConfig(ctx, []byte(doc), discovery.ConfigChange{Author: "test"})
-	if err != nil {
-		t.Fatalf("config %q: %v", doc, err)
-	}
-	return rev
+	return pubmeshtest.ApplyConfig(t, g.reg, doc)
 }
 
 // applyConfig writes doc and waits until the gateway's fanout client runs it.

@@ -14,19 +14,8 @@ import (
 
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/testredis"
+	"github.com/pubmesh/pubmesh/pubmeshtest"
 )
-
-// putConfig writes yaml as the cluster's next configuration revision.
-func putConfig(t *testing.T, reg *discovery.Registry, yaml string) int64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	rev, err := reg.ApplyConfig(ctx, []byte(yaml), discovery.ConfigChange{Author: "test"})
-	if err != nil {
-		t.Fatalf("config %q: %v", yaml, err)
-	}
-	return rev
-}
 
 // eventually runs the command until ok accepts its result, for at most
 // timeout, and returns that result.
@@ -57,7 +46,7 @@ func TestNodeFollowsClusterConfig(t *testing.T) {
 	p := startPubmesh(t, nodeArgs(cluster, "n1", port, "--maxmemory", "64mb")...)
 	watchUntil(t, reg, 20*time.Second, "ready", func(s discovery.Snapshot) bool { return state(s, "n1") == discovery.StateReady })
 
-	rev := putConfig(t, reg, "node: {maxmemory: 128mb, output_buffer_limit: 32mb 8mb 30}")
+	rev := pubmeshtest.ApplyConfig(t, reg, "node: {maxmemory: 128mb, output_buffer_limit: 32mb 8mb 30}")
 	nodesArgs := []string{"nodes", "--etcd", etcdEndpoint, "--cluster", cluster}
 	r := eventually(t, 10*time.Second, fmt.Sprintf("at revision %d", rev), func(r result) bool {
 		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
@@ -105,7 +94,7 @@ func TestClientsListsRevisions(t *testing.T) {
 	reg := registry(t, cluster)
 	srv := testredis.New(t)
 	g := register(t, reg, "n1", srv.Addr, discovery.StateReady) // runs revision 0
-	rev1 := putConfig(t, reg, "gateway: {max_subscriptions: 5}")
+	rev1 := pubmeshtest.ApplyConfig(t, reg, "gateway: {max_subscriptions: 5}")
 
 	sub := startPubmesh(t, "subscribe", "--etcd", etcdEndpoint, "--cluster", cluster, "--log-level", "info", "news")
 	sub.errs.wait(t, "subscribed", 30*time.Second)
@@ -142,7 +131,7 @@ func TestClientsListsRevisions(t *testing.T) {
 
 	// A new revision: the subscriber follows within a second, and once the
 	// node has too the whole cluster has caught up.
-	rev2 := putConfig(t, reg, "gateway: {max_subscriptions: 6}")
+	rev2 := pubmeshtest.ApplyConfig(t, reg, "gateway: {max_subscriptions: 6}")
 	if err := g.Update(context.Background(), func(n *discovery.Node) { n.ConfigRevision = rev2 }); err != nil {
 		t.Fatal(err)
 	}

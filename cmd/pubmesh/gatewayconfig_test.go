@@ -16,6 +16,7 @@ import (
 	"github.com/pubmesh/pubmesh/clusterconfig"
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/testredis"
+	"github.com/pubmesh/pubmesh/pubmeshtest"
 )
 
 // gatewayConfigAt is GET /api/config of the gateway at addr.
@@ -91,7 +92,7 @@ func TestGatewayAnonymousFollowsClusterConfig(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	rev := putConfig(t, reg, `namespaces: [{match: "public.*", allow_subscribe: anonymous}]`)
+	rev := pubmeshtest.ApplyConfig(t, reg, `namespaces: [{match: "public.*", allow_subscribe: anonymous}]`)
 	until("anonymous namespace added: WebSocket without a credential accepted", http.StatusSwitchingProtocols)
 	if got, _, _ := gatewayConfigAt(t, addr); got != rev {
 		t.Errorf("/api/config revision %d, want %d", got, rev)
@@ -99,7 +100,7 @@ func TestGatewayAnonymousFollowsClusterConfig(t *testing.T) {
 	if got := wsStatus(t, addr, "?token=not-a-jwt"); got != http.StatusUnauthorized {
 		t.Errorf("WebSocket with a bad token while anonymous clients are allowed: %d, want 401", got)
 	}
-	putConfig(t, reg, `namespaces: []`)
+	pubmeshtest.ApplyConfig(t, reg, `namespaces: []`)
 	until("anonymous namespace removed: WebSocket without a credential refused", http.StatusUnauthorized)
 	if code := gw.interrupt(t); code != 0 {
 		t.Fatalf("gateway exited %d: %s", code, gw.errs)
@@ -137,7 +138,7 @@ func TestGatewayFlagOverridesClusterConfig(t *testing.T) {
 				gw.errs.wait(t, regexp.QuoteMeta(line), 10*time.Second)
 			}
 
-			rev := putConfig(t, reg, `gateway: {max_subscriptions: 3}`)
+			rev := pubmeshtest.ApplyConfig(t, reg, `gateway: {max_subscriptions: 3}`)
 			deadline := time.Now().Add(5 * time.Second)
 			for {
 				got, doc, overrides := gatewayConfigAt(t, addr)
