@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/gorilla/websocket"
 )
 
 // forgedTokens are JWTs an attacker can make without any key: HMAC with an
@@ -66,17 +65,7 @@ func TestGatewayAPIKeyOnlyRefusesJWTs(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	dial := func(cred string) int {
-		c, resp, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws?token="+cred, nil)
-		if err == nil {
-			c.Close()
-			return http.StatusSwitchingProtocols
-		}
-		if resp == nil {
-			t.Fatal(err)
-		}
-		return resp.StatusCode
-	}
+	dial := func(cred string) int { return wsStatus(t, addr, "?token="+cred) }
 	for name, tok := range forgedTokens(t) {
 		if got := post(tok); got != http.StatusUnauthorized {
 			t.Errorf("HTTP publish with a forged JWT (%s): status %d, want 401", name, got)
