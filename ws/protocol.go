@@ -138,7 +138,14 @@ func checkID(id json.RawMessage) (json.RawMessage, *Error) {
 		return nil, badRequest(nil, "id longer than %d bytes", maxIDBytes)
 	}
 	switch c := id[0]; {
-	case c == '"', c == '-', c >= '0' && c <= '9':
+	case c == '"':
+		return id, nil
+	case c == '-', c >= '0' && c <= '9':
+		// A number the client could not read back (10e700 overflows a
+		// double) is refused rather than echoed.
+		if _, err := strconv.ParseFloat(string(id), 64); err != nil {
+			return nil, badRequest(nil, "id is a number out of range")
+		}
 		return id, nil
 	}
 	return nil, badRequest(nil, "id must be a number or a string")
