@@ -82,6 +82,8 @@ type Client struct {
 	stale    staleness // whether membership may be out of date (Gap)
 	presence atomic.Pointer[discovery.ClientRegistration]
 	conf     *discovery.ConfigWatcher
+	hist     histCache
+	livePos  map[string]*livePos // guarded by seqr.mu
 	kick     chan struct{} // asks the membership loop to re-evaluate acks
 
 	closed    atomic.Bool
@@ -115,7 +117,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	c := &Client{
 		cfg: cfg, log: cfg.Logger.With("client", cfg.ID), m: newMetrics(cfg.Registerer),
 		pubID: rand.Uint64() | 1, prevs: newPrevTable(65536), subs: newRegistry(),
-		nodes: map[string]*nodeConn{}, readyC: make(chan struct{}), kick: make(chan struct{}, 1),
+		nodes: map[string]*nodeConn{}, livePos: map[string]*livePos{}, readyC: make(chan struct{}), kick: make(chan struct{}, 1),
 	}
 	c.seqr = newSequencer(cfg.DedupWindow, cfg.ReorderWindow, c.m, c.deliver)
 	c.ready.Store(&readySet{})
@@ -222,6 +224,7 @@ func ownedBytes(s string) []byte {
 // deliver hands m to every subscription that wants it; called in order by
 // the sequencer.
 func (c *Client) deliver(m *Message, pattern string) {
+	c.trackPosition(m)
 	c.subs.each(m.Channel, pattern, func(s *Subscription) { s.put(m, c.cfg.Overflow, c.m) })
 }
 

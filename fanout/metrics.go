@@ -5,25 +5,27 @@ import "github.com/prometheus/client_golang/prometheus"
 // metrics are always counted; they are registered only when
 // Config.Registerer is set.
 type metrics struct {
-	publishes      prometheus.Counter
-	publishErrors  prometheus.Counter
-	retries        prometheus.Counter
-	deliveries     prometheus.Counter
-	duplicates     prometheus.Counter
-	overflowDrops  prometheus.Counter
-	reordered      prometheus.Counter
-	outOfOrder     prometheus.Counter
-	gaps           prometheus.Counter
-	reconnects     prometheus.Counter
-	ackTimeouts    prometheus.Counter
-	refusals       prometheus.Counter
-	badReplies     prometheus.Counter
-	memberGaps     prometheus.Counter
-	gapDrops       prometheus.Counter
-	subQueueFull   prometheus.Counter
-	stale          prometheus.Gauge
-	nodes          *prometheus.GaugeVec
-	publishLatency prometheus.Histogram
+	publishes           prometheus.Counter
+	publishErrors       prometheus.Counter
+	retries             prometheus.Counter
+	deliveries          prometheus.Counter
+	duplicates          prometheus.Counter
+	overflowDrops       prometheus.Counter
+	reordered           prometheus.Counter
+	outOfOrder          prometheus.Counter
+	gaps                prometheus.Counter
+	reconnects          prometheus.Counter
+	ackTimeouts         prometheus.Counter
+	refusals            prometheus.Counter
+	badReplies          prometheus.Counter
+	memberGaps          prometheus.Counter
+	gapDrops            prometheus.Counter
+	subQueueFull        prometheus.Counter
+	historyAppendErrors prometheus.Counter
+	recoveries          *prometheus.CounterVec
+	stale               prometheus.Gauge
+	nodes               *prometheus.GaugeVec
+	publishLatency      prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -31,10 +33,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: name, Help: help})
 	}
 	m := &metrics{
-		publishes:     c("publishes_total", "Messages accepted by at least one node."),
-		publishErrors: c("publish_errors_total", "Publish calls that returned an error."),
-		retries:       c("publish_retries_total", "Publish attempts retried on another node after a failure."),
-		deliveries:    c("deliveries_total", "Messages handed to subscriptions."),
+		publishes:           c("publishes_total", "Messages accepted by at least one node."),
+		publishErrors:       c("publish_errors_total", "Publish calls that returned an error."),
+		retries:             c("publish_retries_total", "Publish attempts retried on another node after a failure."),
+		deliveries:          c("deliveries_total", "Messages handed to subscriptions."),
+		historyAppendErrors: c("history_append_errors_total", "History publishes a full node refused (out of memory, nothing left to evict): sent live without history."),
+		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "recoveries_total",
+			Help: "History reads from a position (History with Since, SubscribeWith), by result: recovered (proven complete) or not_recovered."}, []string{"result"}),
 		duplicates:    c("duplicates_dropped_total", "Messages dropped because their id was already delivered."),
 		overflowDrops: c("overflow_drops_total", "Messages dropped from full subscription buffers (DropOldest)."),
 		reordered:     c("reorder_holds_total", "Messages held back because they overtook an earlier message of the same publisher and channel."),
@@ -57,7 +62,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.publishes, m.publishErrors, m.retries, m.deliveries, m.duplicates, m.overflowDrops,
-			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.badReplies, m.memberGaps, m.gapDrops, m.subQueueFull, m.stale, m.nodes, m.publishLatency)
+			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.badReplies, m.memberGaps, m.gapDrops, m.subQueueFull, m.stale, m.nodes, m.publishLatency,
+			m.historyAppendErrors, m.recoveries)
 	}
 	return m
 }

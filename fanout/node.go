@@ -23,6 +23,7 @@ var errNodeGone = errors.New("fanout: node left")
 type pubReq struct {
 	channel string
 	data    []byte
+	hist    *histArgs // nil: a plain PUBLISH
 	node    *nodeConn
 	done    chan<- pubResult // buffered by the caller
 }
@@ -278,7 +279,7 @@ func (nc *nodeConn) enqueue(ctx context.Context, r *pubReq) error {
 func (nc *nodeConn) publisher() {
 	defer nc.wg.Done()
 	batch := make([]*pubReq, 0, nc.c.cfg.MaxBatch)
-	cmds := make([]*redis.IntCmd, 0, nc.c.cfg.MaxBatch)
+	cmds := make([]redis.Cmder, 0, nc.c.cfg.MaxBatch)
 	pipe := nc.rdb.Pipeline() // Exec empties it, so it is reused
 	for {
 		batch = batch[:0]
@@ -305,13 +306,32 @@ func (nc *nodeConn) publisher() {
 		}
 		cmds = cmds[:0]
 		for _, r := range batch {
-			cmds = append(cmds, pipe.Publish(nc.ctx, r.channel, r.data))
+			if r.hist != nil {
+				cmds = append(cmds, appendScript.EvalSha(nc.ctx, pipe, []string{r.hist.key}, r.hist.args...))
+			} else {
+				cmds = append(cmds, pipe.Publish(nc.ctx, r.channel, r.data))
+			}
 		}
 		_, err := pipe.Exec(nc.ctx)
+		err = nc.retryNoScript(batch, cmds, err)
+		// An error of one command (a full node refusing a script) is that
+		// command's; an error no command carries is the pipeline's (the
+		// connection, its handshake) and everyone's.
+		perCmd := false
+		for _, cmd := range cmds {
+			perCmd = perCmd || cmd.Err() != nil
+		}
 		for i, r := range batch {
 			e := cmds[i].Err()
-			if e == nil && err != nil && !errors.Is(err, redis.Nil) {
+			if e == nil && err != nil && !errors.Is(err, redis.Nil) && !perCmd {
 				e = err
+			}
+			if e != nil && r.hist != nil && isOOM(e) {
+				// The node is full and has nothing left to evict: the
+				// message still goes out live, without history (a later
+				// recovery across it says recovered:false).
+				nc.c.m.historyAppendErrors.Inc()
+				e = nc.rdb.Publish(nc.ctx, r.channel, r.data).Err()
 			}
 			if e != nil && isRefusal(e) {
 				e = nc.refusal(e)

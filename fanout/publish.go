@@ -16,23 +16,31 @@ import (
 // predecessor and is never held back.
 type prevTable struct {
 	mu   sync.Mutex
-	last map[string]uint64
+	last map[string]prevLink
 	fifo []string
 	max  int
 }
 
-func newPrevTable(n int) *prevTable { return &prevTable{last: map[string]uint64{}, max: n} }
+// prevLink is a channel's last accepted message: its seq, and its publish
+// time, which history keeps with the next message (docs/history.md).
+type prevLink struct {
+	seq uint64
+	ts  int64
+}
 
-// next allocates seq and returns the channel's previous accepted seq.
-func (p *prevTable) next(channel string, alloc func() uint64) (seq, prev uint64) {
+func newPrevTable(n int) *prevTable { return &prevTable{last: map[string]prevLink{}, max: n} }
+
+// next allocates seq and returns the channel's previous accepted message.
+func (p *prevTable) next(channel string, alloc func() uint64) (seq uint64, prev prevLink) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return alloc(), p.last[channel]
 }
 
-// accepted records that a node took seq on channel. Concurrent publishes
-// may finish out of order; the link keeps the highest seq.
-func (p *prevTable) accepted(channel string, seq uint64) {
+// accepted records that a node took seq, published at ts, on channel.
+// Concurrent publishes may finish out of order; the link keeps the highest
+// seq.
+func (p *prevTable) accepted(channel string, seq uint64, ts int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	prev, ok := p.last[channel]
@@ -43,8 +51,8 @@ func (p *prevTable) accepted(channel string, seq uint64) {
 			p.fifo = p.fifo[1:]
 		}
 	}
-	if seq > prev {
-		p.last[channel] = seq
+	if seq > prev.seq {
+		p.last[channel] = prevLink{seq, ts}
 	}
 }
 
@@ -132,7 +140,11 @@ func (c *Client) Publish(ctx context.Context, channel string, payload []byte) er
 
 func (c *Client) publish(ctx context.Context, channel string, payload []byte, start time.Time) error {
 	seq, prev := c.prevs.next(channel, func() uint64 { return c.seq.Add(1) })
-	data := appendEnvelope(make([]byte, 0, len(payload)+64), envelope{pub: c.pubID, seq: seq, prev: prev, ts: start.UnixNano()}, payload)
+	data := appendEnvelope(make([]byte, 0, len(payload)+64), envelope{pub: c.pubID, seq: seq, prev: prev.seq, ts: start.UnixNano()}, payload)
+	var hist *histArgs
+	if o, ok := c.historyOf(channel); ok {
+		hist = newHistArgs(channel, data, prev.ts, c.cfg.Replicas, o)
+	}
 
 	rs, err := c.waitReady(ctx)
 	if err != nil {
@@ -171,7 +183,7 @@ func (c *Client) publish(ctx context.Context, channel string, payload []byte, st
 				r = &pubReq{}
 			}
 			next++
-			*r = pubReq{channel: channel, data: data, node: nc, done: results}
+			*r = pubReq{channel: channel, data: data, hist: hist, node: nc, done: results}
 			due := time.Now().Add(c.cfg.PublishTimeout)
 			if err := nc.enqueue(ctx, r); err != nil {
 				lastErr = err
@@ -234,7 +246,7 @@ func (c *Client) publish(ctx context.Context, channel string, payload []byte, st
 		send()
 	}
 	if accepted > 0 {
-		c.prevs.accepted(channel, seq)
+		c.prevs.accepted(channel, seq, start.UnixNano())
 		return nil
 	}
 	if ctx.Err() != nil {

@@ -21,7 +21,15 @@ type Message struct {
 	Node string
 
 	pub, seq uint64 // from the envelope; 0 without one
+	pos      string // the position after this message; "" without history
 }
+
+// Position is where a subscriber of a history channel is after this
+// message: pass it as a since position (SubscribeWith, History) to resume
+// after it. It is "" on channels without history, for pattern
+// subscriptions and for messages without pubmesh's envelope. It is
+// opaque (docs/history.md).
+func (m *Message) Position() string { return m.pos }
 
 // ID is "<publisher>-<seq>", unique per message; empty for a message
 // published without pubmesh's envelope (e.g. by redis-cli). It is formatted
@@ -47,9 +55,15 @@ type Subscription struct {
 	// gaps is buffered (gapBuffer) and closed by Close, under mu.
 	gaps chan Gap
 
-	mu        sync.Mutex // guards closed, dropped and sends on out and gaps
+	mu        sync.Mutex // guards closed, dropped, the holding state and sends on out and gaps
 	closed    bool
 	dropped   uint64
+	// holding: SubscribeWith is reading history; live messages wait in
+	// held (at most maxHeldLive) until release.
+	holding      bool
+	held         []*Message
+	heldOverflow bool
+	recovery     map[string]Recovery
 	closeOnce sync.Once
 }
 
@@ -111,6 +125,30 @@ func (s *Subscription) put(m *Message, policy Overflow, met *metrics) {
 	if s.closed {
 		return
 	}
+	if s.holding {
+		if len(s.held) == maxHeldLive {
+			s.held = s.held[1:]
+			s.heldOverflow = true
+			s.dropped++
+			met.overflowDrops.Inc()
+		}
+		s.held = append(s.held, m)
+		return
+	}
+	s.sendLocked(m, policy, met)
+}
+
+// send hands m to the reader whether or not the subscription holds live
+// messages (history during SubscribeWith).
+func (s *Subscription) send(m *Message, policy Overflow, met *metrics) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.sendLocked(m, policy, met)
+	}
+}
+
+func (s *Subscription) sendLocked(m *Message, policy Overflow, met *metrics) {
 	select {
 	case s.out <- m:
 		met.deliveries.Inc()
@@ -140,10 +178,12 @@ type registry struct {
 	mu       sync.RWMutex
 	channels map[string]map[*Subscription]struct{}
 	patterns map[string]map[*Subscription]struct{}
+	since    map[string]int64 // channel -> when its first current subscriber came
 }
 
 func newRegistry() *registry {
-	return &registry{channels: map[string]map[*Subscription]struct{}{}, patterns: map[string]map[*Subscription]struct{}{}}
+	return &registry{channels: map[string]map[*Subscription]struct{}{}, patterns: map[string]map[*Subscription]struct{}{},
+		since: map[string]int64{}}
 }
 
 func (r *registry) table(patterns bool) map[string]map[*Subscription]struct{} {
@@ -159,10 +199,14 @@ func (r *registry) add(s *Subscription) []string {
 	defer r.mu.Unlock()
 	t := r.table(s.patterns)
 	var fresh []string
+	now := time.Now().UnixNano()
 	for _, n := range s.names {
 		if t[n] == nil {
 			t[n] = map[*Subscription]struct{}{}
 			fresh = append(fresh, n)
+			if !s.patterns {
+				r.since[n] = now
+			}
 		}
 		t[n][s] = struct{}{}
 	}
@@ -180,9 +224,20 @@ func (r *registry) remove(s *Subscription) []string {
 		if len(t[n]) == 0 && t[n] != nil {
 			delete(t, n)
 			gone = append(gone, n)
+			if !s.patterns {
+				delete(r.since, n)
+			}
 		}
 	}
 	return gone
+}
+
+// subscribedSince is when channel got its first current subscriber (unix
+// nanos), 0 when it has none: the floor of the client's positions on it.
+func (r *registry) subscribedSince(channel string) int64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.since[channel]
 }
 
 // names lists every subscribed channel and pattern, sorted.
@@ -256,6 +311,10 @@ func (c *Client) PSubscribe(ctx context.Context, patterns ...string) (*Subscript
 }
 
 func (c *Client) subscribe(ctx context.Context, names []string, patterns bool) (*Subscription, error) {
+	return c.subscribeOpts(ctx, names, patterns, false)
+}
+
+func (c *Client) subscribeOpts(ctx context.Context, names []string, patterns, hold bool) (*Subscription, error) {
 	if c.isClosed() {
 		return nil, ErrClosed
 	}
@@ -270,6 +329,7 @@ func (c *Client) subscribe(ctx context.Context, names []string, patterns bool) (
 	s := &Subscription{
 		c: c, names: dedupStrings(names), patterns: patterns,
 		out: make(chan *Message, c.cfg.SubscriptionBuffer), closing: make(chan struct{}), gaps: make(chan Gap, gapBuffer),
+		holding: hold,
 	}
 	fresh := c.subs.add(s)
 	if g, open := c.openGapFor(); open {
