@@ -84,7 +84,7 @@ type Client struct {
 	conf     *discovery.ConfigWatcher
 	hist     histCache
 	livePos  map[string]*livePos // guarded by seqr.mu
-	kick     chan struct{} // asks the membership loop to re-evaluate acks
+	kick     chan struct{}       // asks the membership loop to re-evaluate acks
 
 	closed    atomic.Bool
 	ctx       context.Context

@@ -55,16 +55,16 @@ type Subscription struct {
 	// gaps is buffered (gapBuffer) and closed by Close, under mu.
 	gaps chan Gap
 
-	mu        sync.Mutex // guards closed, dropped, the holding state and sends on out and gaps
-	closed    bool
-	dropped   uint64
+	mu      sync.Mutex // guards closed, dropped, the holding state and sends on out and gaps
+	closed  bool
+	dropped uint64
 	// holding: SubscribeWith is reading history; live messages wait in
 	// held (at most maxHeldLive) until release.
 	holding      bool
 	held         []*Message
 	heldOverflow bool
 	recovery     map[string]Recovery
-	closeOnce sync.Once
+	closeOnce    sync.Once
 }
 
 // Messages returns the channel of delivered messages. It is closed by Close
