@@ -25,10 +25,10 @@ func configCommand() *cli.Command {
 	}
 	write := func(extra ...cli.Flag) []cli.Flag {
 		return common(append([]cli.Flag{
-			&cli.BoolFlag{Name: "dry-run", Usage: "validate and print the diff, write nothing"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "validate and print the diff, write nothing", EnvVars: []string{"PUBMESH_DRY_RUN"}},
 			&cli.StringFlag{Name: "author", Usage: "who makes the change, for the history", DefaultText: "user@host", EnvVars: []string{"PUBMESH_AUTHOR"}},
-			&cli.StringFlag{Name: "comment", Usage: "why, for the history"},
-			&cli.Int64Flag{Name: "if-revision", Usage: "write only if the configuration is still at this revision (the one you read)", DefaultText: "the revision read by this command"},
+			&cli.StringFlag{Name: "comment", Usage: "why, for the history", DefaultText: "none", EnvVars: []string{"PUBMESH_COMMENT"}},
+			&cli.Int64Flag{Name: "if-revision", Usage: "write only if the configuration is still at this revision (the one you read)", DefaultText: "the revision read by this command", EnvVars: []string{"PUBMESH_IF_REVISION"}},
 		}, extra...)...)
 	}
 	return &cli.Command{
@@ -43,7 +43,7 @@ func configCommand() *cli.Command {
 				Name: "get", Usage: "print the document and its revision", UsageText: "pubmesh config get [--json] [--defaults]",
 				Flags: common(
 					jsonFlag(`print {"revision": N, "document": {...}} instead of YAML`),
-					&cli.BoolFlag{Name: "defaults", Usage: "print every key, with the defaults of those left out"},
+					&cli.BoolFlag{Name: "defaults", Usage: "print every key, with the defaults of those left out", EnvVars: []string{"PUBMESH_DEFAULTS"}},
 				),
 				Action: runConfigGet,
 			},
@@ -57,7 +57,7 @@ func configCommand() *cli.Command {
 			},
 			{
 				Name: "apply", Usage: "replace the document with a YAML or JSON file", UsageText: "pubmesh config apply -f FILE [--dry-run]   (FILE - is stdin)",
-				Flags:  write(&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the document, YAML or JSON (- for stdin)", Required: true}),
+				Flags:  write(&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the document, YAML or JSON (- for stdin)", Required: true, DefaultText: "none, required", EnvVars: []string{"PUBMESH_CONFIG_FILE"}}),
 				Action: runConfigApply,
 			},
 			{

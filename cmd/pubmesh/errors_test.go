@@ -69,8 +69,9 @@ func TestBadInput(t *testing.T) {
 
 func TestHelpListsEnvAndDefaults(t *testing.T) {
 	t.Parallel()
-	for _, cmd := range []string{"dev", "node", "nodes", "clients", "drain", "publish", "subscribe", "gateway", "token", "bench"} {
-		r := runPubmesh(t, 30*time.Second, cmd, "--help")
+	for _, cmd := range []string{"dev", "node", "nodes", "clients", "drain", "publish", "subscribe", "history", "gateway", "token", "bench",
+		"config get", "config set", "config unset", "config apply", "config history", "config rollback"} {
+		r := runPubmesh(t, 30*time.Second, append(strings.Fields(cmd), "--help")...)
 		if r.code != 0 {
 			t.Fatalf("%s --help: exit %d", cmd, r.code)
 		}

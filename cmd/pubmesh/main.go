@@ -51,6 +51,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			drainCommand(),
 			publishCommand(),
 			subscribeCommand(),
+			historyCommand(),
 			gatewayCommand(),
 			tokenCommand(),
 			configCommand(),
