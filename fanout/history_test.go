@@ -235,3 +235,95 @@ func TestHistoryJunctionUnderLoad(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 }
+
+// A node that held part of the gap crashes. With Replicas 1 the recovery
+// cannot be proven and says so (what is left is still delivered); with
+// Replicas 2 every message is on the other node too and nothing is lost.
+func TestHistoryNodeCrash(t *testing.T) {
+	for _, replicas := range []int{1, 2} {
+		t.Run(fmt.Sprintf("replicas %d", replicas), func(t *testing.T) {
+			e := newEnv(t)
+			ctx := context.Background()
+			var regs []*discovery.Registration
+			var servers []interface{ Kill() }
+			for _, id := range []string{"n1", "n2"} {
+				rs, g := e.node(id, discovery.StateReady)
+				if err := e.reg.RecordRun(ctx, discovery.HistoryRun{Node: id, RunID: g.Node().RunID, StartedAt: time.Now()}); err != nil {
+					t.Fatal(err)
+				}
+				regs, servers = append(regs, g), append(servers, rs)
+			}
+			applyConfig(t, e, `namespaces: [{match: "**", history_size: 1000}]`)
+			pub := e.client(fanout.Config{Replicas: replicas})
+			s, err := pub.Subscribe(ctx, "c0", "c1", "c2", "c3")
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := map[string]string{}
+			for _, ch := range []string{"c0", "c1", "c2", "c3"} {
+				publishN(t, pub, ch, 1, 1)
+			}
+			for _, m := range recv(t, s, 4, 5*time.Second) {
+				first[m.Channel] = m.Position()
+			}
+			for _, ch := range []string{"c0", "c1", "c2", "c3"} {
+				publishN(t, pub, ch, 2, 4)
+			}
+			recv(t, s, 12, 5*time.Second)
+			// n1 crashes: its Redis dies and its key goes.
+			servers[0].Kill()
+			regs[0].Close(ctx)
+			deadline := time.Now().Add(5 * time.Second)
+			for len(pub.Nodes().Nodes) != 1 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			// The client records that the run ended without a hand-off.
+			for {
+				runs, err := e.reg.HistoryRuns(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ended := false
+				for _, r := range runs {
+					ended = ended || (r.Node == "n1" && r.Ended() && !r.HandedOff)
+				}
+				if ended {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("n1's run not ended: %+v", runs)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			recovered, complete := 0, 0
+			for _, ch := range []string{"c0", "c1", "c2", "c3"} {
+				h, err := pub.History(ctx, ch, fanout.HistoryOptions{Since: first[ch]})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if h.Recovered {
+					recovered++
+				}
+				if fmt.Sprint(payloads(h.Messages)) == "[2 3 4]" {
+					complete++
+				}
+				if h.Recovered && fmt.Sprint(payloads(h.Messages)) != "[2 3 4]" {
+					t.Errorf("%s: recovered:true with %v: a silent gap", ch, payloads(h.Messages))
+				}
+			}
+			switch replicas {
+			case 1:
+				if recovered != 0 {
+					t.Errorf("%d of 4 channels recovered across a crash with Replicas 1", recovered)
+				}
+				if complete == 4 {
+					t.Errorf("no channel lost anything: was any homed on n1?")
+				}
+			case 2:
+				if recovered != 4 || complete != 4 {
+					t.Errorf("Replicas 2: %d recovered, %d complete, want 4 and 4", recovered, complete)
+				}
+			}
+		})
+	}
+}

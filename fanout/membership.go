@@ -106,6 +106,9 @@ func (c *Client) apply(s discovery.Snapshot) {
 		live[n.ID] = true
 		nc := c.nodes[n.ID]
 		if nc != nil && (nc.node.Incarnation != n.Incarnation || nc.node.RunID != n.RunID || nc.node.Addr != n.Addr) {
+			if nc.node.RunID != n.RunID {
+				c.endRun(nc.node) // its Redis restarted: the run's history is gone
+			}
 			c.retire(nc) // a new registration of the node: start afresh
 			nc = nil
 		}
@@ -119,6 +122,7 @@ func (c *Client) apply(s discovery.Snapshot) {
 	if !s.Stale { // an outage says nothing about the nodes: keep them
 		for id, nc := range c.nodes {
 			if !live[id] {
+				c.endRun(nc.node)
 				c.retire(nc)
 			}
 		}
@@ -141,6 +145,27 @@ func (c *Client) apply(s discovery.Snapshot) {
 	for _, nc := range c.nodes {
 		c.ackIfDue(nc)
 	}
+}
+
+// endRun records in etcd that node's Redis run ended, unless its agent did
+// first (a drain that handed its history off ends the run itself, before
+// the node leaves, and the first end stays): recoveries across a run that
+// ended without a hand-off cannot be proven complete (docs/history.md).
+func (c *Client) endRun(node discovery.Node) {
+	if node.RunID == "" {
+		return
+	}
+	at := time.Now()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+		defer cancel()
+		err := c.reg.EndRun(ctx, node.RunID, at, false)
+		if err != nil && !errors.Is(err, discovery.ErrRunEnded) && !errors.Is(err, discovery.ErrRunNotFound) && c.ctx.Err() == nil {
+			c.log.Warn("fanout: could not record that a node run ended", "node", node.ID, "run_id", node.RunID, "err", err)
+		}
+	}()
 }
 
 // retire removes nc (called under connMu) and closes it after RemoveGrace,
