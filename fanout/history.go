@@ -101,7 +101,8 @@ func (c *Client) readHistory(ctx context.Context, channel string, since *positio
 			start = strconv.FormatInt(ms, 10)
 		}
 	}
-	entries, complete, err := c.readStreams(ctx, channel, start)
+	o, _ := c.historyOf(channel)
+	entries, complete, err := c.readStreams(ctx, channel, start, o)
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +232,7 @@ func orderEntries(es []*histEntry) []*histEntry {
 // readStreams reads channel's streams from every live node, from stream
 // id start. complete is false when a node did not answer: what it holds
 // is unknown.
-func (c *Client) readStreams(ctx context.Context, channel, start string) (entries []histEntry, complete bool, err error) {
+func (c *Client) readStreams(ctx context.Context, channel, start string, o histOpts) (entries []histEntry, complete bool, err error) {
 	conns := c.conns()
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -240,7 +241,7 @@ func (c *Client) readStreams(ctx context.Context, channel, start string) (entrie
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			got, rerr := nc.readHistory(ctx, channel, start)
+			got, rerr := nc.readHistory(ctx, channel, start, o)
 			mu.Lock()
 			defer mu.Unlock()
 			if rerr != nil {
@@ -264,22 +265,25 @@ func (c *Client) readStreams(ctx context.Context, channel, start string) (entrie
 }
 
 // readHistory reads the node's own stream of channel and those it
-// adopted.
-func (nc *nodeConn) readHistory(ctx context.Context, channel, start string) ([]histEntry, error) {
+// adopted: of each, the newest o.size entries from stream id start that
+// are younger than o.ttl (the bounds the streams keep only roughly).
+func (nc *nodeConn) readHistory(ctx context.Context, channel, start string, o histOpts) ([]histEntry, error) {
 	adopted, err := nc.rdb.SMembers(ctx, adoptedSetKey(channel)).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, err
 	}
+	oldest := time.Now().Add(-o.ttl).UnixNano()
 	var out []histEntry
 	for _, k := range append([]string{historyKey(channel)}, adopted...) {
-		xs, err := nc.rdb.XRange(ctx, k, start, "+").Result()
+		xs, err := nc.rdb.XRevRangeN(ctx, k, "+", start, int64(o.size)).Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return nil, err
 		}
-		for _, x := range xs {
+		for i := len(xs) - 1; i >= 0; i-- {
+			x := xs[i]
 			m, _ := x.Values["m"].(string)
 			env, payload, ok := parseEnvelope(m)
-			if !ok {
+			if !ok || env.ts < oldest {
 				continue
 			}
 			pt, _ := strconv.ParseInt(fmt.Sprint(x.Values["pt"]), 10, 64)

@@ -1,8 +1,8 @@
 package fanout
 
 import (
+	"context"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -22,26 +22,25 @@ const (
 func historyKey(channel string) string    { return historyKeyPrefix + channel }
 func adoptedSetKey(channel string) string { return adoptedSetPrefix + channel }
 
-// appendScript appends a message to its channel's stream and publishes it,
-// in one step, so a message subscribers get is in history and the other
-// way round. TIME is the node's clock, for the age bound (MINID).
-//
-// KEYS[1] the stream; ARGV: channel, data, prev ts, replicas, history
-// size, history ttl (ms).
-var appendScript = redis.NewScript(`
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'm', ARGV[2], 'pt', ARGV[3], 'r', ARGV[4])
-redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(ms - tonumber(ARGV[6])))
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return redis.call('PUBLISH', ARGV[1], ARGV[2])
-`)
+// A publish to a history channel sends, in one pipeline on one
+// connection, XADD (the message, the time of its predecessor, the
+// replicas; the stream trimmed approximately, MAXLEN ~, which is cheap),
+// PEXPIRE (the stream lives history_ttl after its last message) and
+// PUBLISH. Redis runs a connection's commands in order, so when a
+// subscriber gets the message it is already in history. If the XADD fails
+// (a full node with nothing left to evict) the PUBLISH still goes: the
+// message is delivered live without history, counted, and a recovery
+// across it says recovered:false (its successor's chain link is missing).
+// Readers keep each stream's newest history_size entries younger than
+// history_ttl, so both bounds are exact as seen from a reader.
 
 // histArgs are a publish's history arguments; nil for a channel without
 // history.
 type histArgs struct {
-	key  string
-	args []any // the script's ARGV
+	key    string
+	fields []any // the XADD entry: m, pt, r
+	size   int64
+	ttl    time.Duration
 }
 
 // histOpts is what a history channel keeps.
@@ -105,39 +104,36 @@ func (c *Client) historyOf(channel string) (histOpts, bool) {
 	return c.hist.lookup(c.appliedDoc(), channel)
 }
 
-// newHistArgs builds the script arguments of one publish.
+// newHistArgs builds the history part of one publish.
 func newHistArgs(channel string, data []byte, prevTS int64, replicas int, o histOpts) *histArgs {
-	ttl := max(o.ttl.Milliseconds(), 1)
-	return &histArgs{key: historyKey(channel), args: []any{channel, data, strconv.FormatInt(prevTS, 10), replicas, o.size, ttl}}
+	return &histArgs{key: historyKey(channel), fields: []any{"m", data, "pt", strconv.FormatInt(prevTS, 10), "r", replicas},
+		size: int64(o.size), ttl: max(o.ttl, time.Millisecond)}
 }
 
-// retryNoScript sends again, with the script's body, the history publishes
-// of a batch that failed because the node did not have the script yet (a
-// new run, or its cache flushed): Eval loads it. They go in their order,
-// in one pipeline, before any later batch, so per-channel order holds.
-func (nc *nodeConn) retryNoScript(batch []*pubReq, cmds []redis.Cmder, err error) error {
-	var again []int
-	for i, r := range batch {
-		if r.hist != nil && redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
-			again = append(again, i)
-		}
+// queue adds the history commands of a publish to pipe; the caller adds
+// the PUBLISH after them. The stream's TTL is set to 1.25 history_ttl at
+// most every quarter history_ttl per node connection and channel, rather
+// than on every message: a message then still lives at least history_ttl,
+// for a fraction of the commands. It runs on the connection's publisher
+// goroutine only.
+func (nc *nodeConn) queueHistory(ctx context.Context, pipe redis.Pipeliner, h *histArgs, now time.Time) *redis.StringCmd {
+	x := pipe.XAdd(ctx, &redis.XAddArgs{Stream: h.key, MaxLen: h.size, Approx: true, Values: h.fields})
+	if nc.expires == nil || len(nc.expires) >= histCacheMax {
+		nc.expires = map[string]time.Time{}
 	}
-	if len(again) == 0 {
-		return err
+	if last, ok := nc.expires[h.key]; !ok || now.Sub(last) >= h.ttl/4 {
+		pipe.PExpire(ctx, h.key, h.ttl+h.ttl/4)
+		nc.expires[h.key] = now
 	}
-	pipe := nc.rdb.Pipeline()
-	for _, i := range again {
-		r := batch[i]
-		cmds[i] = appendScript.Eval(nc.ctx, pipe, []string{r.hist.key}, r.hist.args...)
-	}
-	_, perr := pipe.Exec(nc.ctx)
-	if err != nil && len(again) < len(batch) {
-		return err
-	}
-	return perr
+	return x
 }
 
-// isOOM reports whether err is Redis refusing a write because it is full.
-func isOOM(err error) bool {
-	return strings.Contains(err.Error(), "OOM command not allowed")
+// historyFailed counts a history append the node refused while its
+// PUBLISH went through; the first of a run of failures is logged.
+func (nc *nodeConn) historyFailed(err error) {
+	nc.c.m.historyAppendErrors.Inc()
+	if nc.histErrLogged.CompareAndSwap(false, true) {
+		nc.c.log.Warn("fanout: a node refused a history append; the message went out live without history (a recovery across it will say recovered:false)",
+			"node", nc, "err", err)
+	}
 }

@@ -52,8 +52,10 @@ type nodeConn struct {
 	inflight  sync.WaitGroup
 	queue     chan *pubReq
 
-	suspectUntil atomic.Int64 // unix nanos
-	retired      atomic.Bool  // the node left etcd; its connection ending is expected
+	suspectUntil  atomic.Int64         // unix nanos
+	retired       atomic.Bool          // the node left etcd; its connection ending is expected
+	histErrLogged atomic.Bool          // a refused history append was logged for this connection
+	expires       map[string]time.Time // history stream -> when its TTL was last set; publisher goroutine only
 
 	// subQ holds the subscribe commands for subLoop, in order, at most
 	// maxQueuedSubs; unsubC and unsubP the names to unsubscribe, merged
@@ -279,8 +281,9 @@ func (nc *nodeConn) enqueue(ctx context.Context, r *pubReq) error {
 func (nc *nodeConn) publisher() {
 	defer nc.wg.Done()
 	batch := make([]*pubReq, 0, nc.c.cfg.MaxBatch)
-	cmds := make([]redis.Cmder, 0, nc.c.cfg.MaxBatch)
-	pipe := nc.rdb.Pipeline() // Exec empties it, so it is reused
+	cmds := make([]*redis.IntCmd, 0, nc.c.cfg.MaxBatch)
+	xadds := make([]*redis.StringCmd, 0, nc.c.cfg.MaxBatch) // nil for a publish without history
+	pipe := nc.rdb.Pipeline()                               // Exec empties it, so it is reused
 	for {
 		batch = batch[:0]
 		select {
@@ -304,34 +307,31 @@ func (nc *nodeConn) publisher() {
 				break fill
 			}
 		}
-		cmds = cmds[:0]
+		cmds, xadds = cmds[:0], xadds[:0]
+		now := time.Now()
 		for _, r := range batch {
+			var x *redis.StringCmd
 			if r.hist != nil {
-				cmds = append(cmds, appendScript.EvalSha(nc.ctx, pipe, []string{r.hist.key}, r.hist.args...))
-			} else {
-				cmds = append(cmds, pipe.Publish(nc.ctx, r.channel, r.data))
+				x = nc.queueHistory(nc.ctx, pipe, r.hist, now)
 			}
+			xadds = append(xadds, x)
+			cmds = append(cmds, pipe.Publish(nc.ctx, r.channel, r.data))
 		}
 		_, err := pipe.Exec(nc.ctx)
-		err = nc.retryNoScript(batch, cmds, err)
-		// An error of one command (a full node refusing a script) is that
-		// command's; an error no command carries is the pipeline's (the
+		// An error of one command (a full node refusing an XADD) is that
+		// command's; an error no PUBLISH carries is the pipeline's (the
 		// connection, its handshake) and everyone's.
 		perCmd := false
-		for _, cmd := range cmds {
-			perCmd = perCmd || cmd.Err() != nil
+		for i, cmd := range cmds {
+			perCmd = perCmd || cmd.Err() != nil || (xadds[i] != nil && xadds[i].Err() != nil)
 		}
 		for i, r := range batch {
 			e := cmds[i].Err()
 			if e == nil && err != nil && !errors.Is(err, redis.Nil) && !perCmd {
 				e = err
 			}
-			if e != nil && r.hist != nil && isOOM(e) {
-				// The node is full and has nothing left to evict: the
-				// message still goes out live, without history (a later
-				// recovery across it says recovered:false).
-				nc.c.m.historyAppendErrors.Inc()
-				e = nc.rdb.Publish(nc.ctx, r.channel, r.data).Err()
+			if x := xadds[i]; x != nil && x.Err() != nil && e == nil {
+				nc.historyFailed(x.Err())
 			}
 			if e != nil && isRefusal(e) {
 				e = nc.refusal(e)
@@ -348,6 +348,7 @@ func (nc *nodeConn) publisher() {
 		}
 		clear(batch) // drop references to finished requests
 		clear(cmds)
+		clear(xadds)
 	}
 }
 
