@@ -17,6 +17,9 @@ import (
 //	<prefix>/<cluster>/config-history/<nanos>     ConfigRevision JSON, one per write by PutConfig,
 //	                                              the newest MaxConfigHistory kept; its key's
 //	                                              CreateRevision is the config revision it wrote
+//	<prefix>/<cluster>/history-runs/<run-id>      HistoryRun JSON, one per Redis run of a node
+//	                                              (no lease): written when the run registers,
+//	                                              ended once; PruneRuns deletes old ended ones
 //
 // A node that is gone has no key under nodes/.
 
@@ -42,13 +45,15 @@ func newKeys(prefix, cluster string) keys {
 	return keys{root: strings.TrimSuffix(prefix, "/") + "/" + cluster + "/"}
 }
 
-func (k keys) nodes() string              { return k.root + "nodes/" }
-func (k keys) node(id string) string      { return k.nodes() + id }
-func (k keys) drains() string             { return k.root + "drain/" }
-func (k keys) drain(id string) string     { return k.drains() + id }
-func (k keys) clients() string            { return k.root + "clients/" }
-func (k keys) client(id string) string    { return k.clients() + id }
-func (k keys) config() string             { return k.root + "config" }
-func (k keys) configHistory() string      { return k.root + "config-history/" }
-func (k keys) acks(node string) string    { return k.root + "acks/" + node + "/" }
-func (k keys) ack(node, cl string) string { return k.acks(node) + cl }
+func (k keys) nodes() string               { return k.root + "nodes/" }
+func (k keys) node(id string) string       { return k.nodes() + id }
+func (k keys) drains() string              { return k.root + "drain/" }
+func (k keys) drain(id string) string      { return k.drains() + id }
+func (k keys) clients() string             { return k.root + "clients/" }
+func (k keys) client(id string) string     { return k.clients() + id }
+func (k keys) config() string              { return k.root + "config" }
+func (k keys) configHistory() string       { return k.root + "config-history/" }
+func (k keys) historyRuns() string         { return k.root + "history-runs/" }
+func (k keys) historyRun(id string) string { return k.historyRuns() + id }
+func (k keys) acks(node string) string     { return k.root + "acks/" + node + "/" }
+func (k keys) ack(node, cl string) string  { return k.acks(node) + cl }
