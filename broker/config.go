@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -141,6 +142,19 @@ type Config struct {
 	TLSClientCAFile string
 	// Insecure allows a non-loopback Bind without a Password. Default: false.
 	Insecure bool
+	// PeerTLS is how the agent connects to the other nodes of the cluster
+	// when a drain hands its history off to them (it authenticates there
+	// with Username and Password: the nodes of a cluster share their
+	// credentials). When set, every other node must be registered with
+	// tls, as for a fanout client with TLS settings. Default: derived from
+	// the node's own TLS settings: without TLSCertFile, none (plain TCP; a
+	// node registered with tls is verified against the system's roots);
+	// with TLSCertFile, TLS to every node, verified against
+	// TLSClientCAFile's CAs when set (the node's own certificate must be
+	// signed by it, so its peers' are expected to be too) or else the
+	// system's roots, presenting the node's certificate when
+	// TLSClientCAFile is set (mutual TLS), as the health checks do.
+	PeerTLS *tls.Config
 
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger

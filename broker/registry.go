@@ -48,6 +48,14 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 	if a.cfg.Attach != "" {
 		started = time.Now().Add(-time.Duration(in.uptime) * time.Second).Truncate(time.Second)
 	}
+	// The run is in etcd before any client can publish to it.
+	rctx, rcancel := context.WithTimeout(ctx, opTimeout)
+	err = a.recordRun(rctx, s, in.runID, started)
+	rcancel()
+	if err != nil {
+		a.retryRegister(s, fmt.Errorf("record history run: %w", err))
+		return nil
+	}
 	node := discovery.Node{
 		ID:           a.cfg.ID,
 		Addr:         a.cfg.Advertise,
@@ -81,6 +89,8 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 	}
 	a.setNode(reg.Node())
 	a.log.Info("registered", "state", node.State, "addr", node.Addr, "run_id", node.RunID, "incarnation", reg.Node().Incarnation)
+	// The id is ours now: runs of it left open by an earlier agent are over.
+	a.sweepRuns(ctx, s)
 
 	gctx, gcancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -192,6 +202,8 @@ func (a *Agent) drain(ctx context.Context, s *runState, bound context.Context) e
 			}
 			stop()
 			gcancel()
+			// No client publishes here any more: the history is complete.
+			a.handOff(ctx, s, bound)
 		}
 		a.leave(s, leaveDrain)
 	}
