@@ -375,6 +375,9 @@ func (a *Agent) peerOptions(n discovery.Node) (*redis.Options, error) {
 		Addr: n.Addr, Username: a.cfg.Username, Password: a.cfg.Password,
 		DialTimeout: 2 * time.Second, DisableIdentity: true, MaxRetries: -1, PoolSize: 2,
 		ContextTimeoutEnabled: true,
+		// A node that cannot be reached is skipped for the next one at
+		// once: the hand-off has the drain timeout for all of its streams.
+		DialerRetries: 1,
 	}
 	switch {
 	case a.peerTLS != nil && !n.TLS:
