@@ -323,3 +323,47 @@ func TestHandOffWithoutPeers(t *testing.T) {
 		})
 	}
 }
+
+// A ready node that does not answer (it died, and its key has not expired
+// yet) is skipped: the streams that hash to it go to the next ready node,
+// and the hand-off is complete.
+func TestHandOffSkipsUnreachableNode(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	reg := newRegistry(t)
+	dead, err := reg.Register(ctx, discovery.Node{
+		ID: "dead", Addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), State: discovery.StateReady,
+		StartedAt: time.Now().UTC(), Version: "test", RunID: oldRun,
+	}, discovery.RegisterOptions{TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dead.Close(context.Background()) })
+	cfgA, cfgB := fastConfig(t, reg), fastConfig(t, reg)
+	cfgA.DrainTimeout = time.Minute
+	var logs *syncBuffer
+	cfgA.Logger, logs = testLogs(t)
+	a, b := start(t, cfgA), start(t, cfgB)
+	waitReady(t, a, b)
+	ra, rb := nodeClient(t, a.Addr(), cfgA, nil), nodeClient(t, b.Addr(), cfgB, nil)
+	runA := a.Node().RunID
+	const channels = 10
+	for i := range channels {
+		addHistory(ctx, t, ra, fmt.Sprintf("pm:h:c%d", i), 2, time.Minute)
+	}
+	if err := a.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range channels {
+		if n := rb.XLen(ctx, fmt.Sprintf("pm:ha:%s:c%d", runA, i)).Val(); n != 2 {
+			t.Errorf("channel c%d: %d entries on the live node, want 2", i, n)
+		}
+	}
+	if r, ok := historyRun(t, reg, runA); !ok || !r.HandedOff {
+		t.Errorf("run %+v (recorded %v), want handed off", r, ok)
+	}
+	if !strings.Contains(logs.String(), "trying another node") {
+		t.Error("no stream was tried on the unreachable node first; the test proves nothing")
+	}
+}
