@@ -131,8 +131,9 @@ func (a *Agent) PID() int {
 }
 
 // Shutdown drains the node and stops the agent: the node turns draining,
-// DrainGate runs (bounded by DrainTimeout and by ctx), the lease is revoked
-// so the key is gone, and the child is stopped. It returns once Run has
+// DrainGate runs (bounded by DrainTimeout and by ctx), the history is
+// handed off to the other ready nodes (bounded the same way), the lease is
+// revoked so the key is gone, and the child is stopped. It returns once Run has
 // returned, which is at most StopTimeout plus a few etcd calls after ctx
 // ends, so no child outlives it; it returns ctx.Err() if ctx ended first.
 // It may be called more than once and before or without Run.

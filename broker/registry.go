@@ -183,8 +183,9 @@ func (a *Agent) cancelGate(s *runState) {
 }
 
 // drain turns the node draining, runs the DrainGate bounded by DrainTimeout
-// and by bound, deletes the key and clears the drain request. The deferred
-// cleanup in run then stops the child.
+// and by bound, hands the history off (handoff.go, bounded the same way),
+// deletes the key and clears the drain request. The deferred cleanup in run
+// then stops the child.
 func (a *Agent) drain(ctx context.Context, s *runState, bound context.Context) error {
 	a.cancelGate(s)
 	if s.reg != nil {
