@@ -93,6 +93,15 @@ func (a *Agent) handOff(ctx context.Context, s *runState, bound context.Context)
 		a.log.Warn("history hand-off incomplete: the run ends without hand-off, and recoveries across it will say recovered:false",
 			"run_id", s.runs.id, "streams", res.streams, "copied", res.copied, "entries", res.entries, "took", took, "err", res.err)
 	}
+	if a.cfg.Attach != "" && complete {
+		// An attached Redis outlives the agent, and its run with it: a
+		// later agent (a rolling restart of agents) takes the same run up
+		// again, which an ended run forbids. Its history is on the other
+		// nodes too, so nothing is lost if it never comes back.
+		a.log.Info("attached redis keeps running: its history run stays open", "run_id", s.runs.id)
+		s.runs.id = ""
+		return
+	}
 	a.endRun(context.Background(), s, time.Now(), complete)
 }
 

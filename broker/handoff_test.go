@@ -17,6 +17,7 @@ import (
 	"github.com/pubmesh/pubmesh/broker"
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/internal/devcerts"
+	"github.com/pubmesh/pubmesh/internal/testredis"
 	"github.com/pubmesh/pubmesh/internal/testsec"
 )
 
@@ -365,5 +366,67 @@ func TestHandOffSkipsUnreachableNode(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "trying another node") {
 		t.Error("no stream was tried on the unreachable node first; the test proves nothing")
+	}
+}
+
+// An attached Redis outlives its agent. A drain that handed its history off
+// keeps its run open, so the next agent (a rolling restart of agents)
+// registers the same run again. A drain that could not (no other node) ends
+// the run as lost, and a later agent refuses to register that run: readers
+// no longer watch it, so a publish there could be lost silently.
+func TestAttachedDrainAndRun(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		peer   bool
+		ended  bool
+		reused bool // a new agent on the same Redis turns ready
+	}{
+		{"handed off", true, false, true},
+		{"not handed off", false, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			reg := newRegistry(t)
+			srv := testredis.New(t)
+			cfg := fastConfig(t, reg)
+			cfg.Attach = srv.Addr
+			if tc.peer {
+				waitReady(t, start(t, fastConfig(t, reg)))
+			}
+			a := start(t, cfg)
+			waitReady(t, a)
+			run := a.Node().RunID
+			addHistory(ctx, t, nodeClient(t, srv.Addr, cfg, nil), "pm:h:chat.a", 3, time.Minute)
+			if err := a.Shutdown(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if r, ok := historyRun(t, reg, run); !ok || r.Ended() != tc.ended || r.HandedOff {
+				t.Errorf("run after the drain: %+v (recorded %v), want ended %v, not handed off", r, ok, tc.ended)
+			}
+
+			cfg2 := cfg
+			var logs *syncBuffer
+			cfg2.Logger, logs = testLogs(t)
+			again := start(t, cfg2)
+			select {
+			case <-again.Ready():
+				if !tc.reused {
+					t.Fatal("a new agent registered a run that had ended")
+				}
+				if again.Node().RunID != run {
+					t.Errorf("run %s, want %s", again.Node().RunID, run)
+				}
+			case <-time.After(3 * time.Second):
+				if tc.reused {
+					t.Fatal("a new agent on the same attached Redis did not turn ready")
+				}
+				if !strings.Contains(logs.String(), "restart that redis") {
+					t.Error("the refusal is not logged")
+				}
+			}
+		})
 	}
 }
