@@ -38,7 +38,8 @@ func nodeCommand() *cli.Command {
 			"other than loopback is refused without a password unless --insecure. See docs/security.md.\n\n" +
 			"A drain hands the node's history off to the other ready nodes: the agent connects to them with\n" +
 			"the node's --redis-user and password (the nodes of a cluster share them) and, for TLS nodes,\n" +
-			"--redis-cacert (and --redis-cert/--redis-key), by default derived from --tls-client-ca and --tls-cert.",
+			"the TLS settings of --redis-cacert, --redis-cert and --redis-key (by default derived from the\n" +
+			"node's --tls-client-ca and --tls-cert).",
 		Flags: append(append(etcdFlags(),
 			&cli.StringFlag{
 				Name:        "id",
