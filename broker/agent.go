@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,6 +44,8 @@ type Agent struct {
 	m    *metrics
 	addr string // where the agent PINGs: the child's bind:port, or Attach
 
+	peerTLS *tls.Config // how a drain's hand-off connects to other nodes; nil: plain TCP
+
 	ready     chan struct{} // closed by Run the first time the node is ready
 	readyOnce sync.Once
 	done      chan struct{} // closed when Run returns
@@ -71,6 +74,10 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	peerTLS, err := cfg.peerTLS()
+	if err != nil {
+		return nil, err
+	}
 	addr := cfg.Attach
 	if addr == "" {
 		addr = net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.Port))
@@ -81,6 +88,7 @@ func New(cfg Config) (*Agent, error) {
 		log:      cfg.Logger.With("node", cfg.ID),
 		m:        m,
 		addr:     addr,
+		peerTLS:  peerTLS,
 		ready:    make(chan struct{}),
 		done:     make(chan struct{}),
 		shutdown: make(chan struct{}),
@@ -123,8 +131,9 @@ func (a *Agent) PID() int {
 }
 
 // Shutdown drains the node and stops the agent: the node turns draining,
-// DrainGate runs (bounded by DrainTimeout and by ctx), the lease is revoked
-// so the key is gone, and the child is stopped. It returns once Run has
+// DrainGate runs (bounded by DrainTimeout and by ctx), the history is
+// handed off to the other ready nodes (bounded the same way), the lease is
+// revoked so the key is gone, and the child is stopped. It returns once Run has
 // returned, which is at most StopTimeout plus a few etcd calls after ctx
 // ends, so no child outlives it; it returns ctx.Err() if ctx ended first.
 // It may be called more than once and before or without Run.
@@ -205,6 +214,9 @@ type runState struct {
 	probe  *probe
 
 	conf configState
+
+	runs  runsState // the node's runs in etcd (historyruns.go)
+	evict evictions // INFO evicted_keys, for the metric
 }
 
 func (a *Agent) run(ctx context.Context) error {
@@ -260,6 +272,7 @@ func (a *Agent) run(ctx context.Context) error {
 	ccancel()
 	a.logOverrides()
 	a.openConfig(rctx, &s.conf)
+	a.pruneRuns(rctx, &s.conf)
 
 	defer func() {
 		a.leave(s, leaveStop)
@@ -275,7 +288,12 @@ func (a *Agent) run(ctx context.Context) error {
 			s.child.stop(cfg.StopTimeout)
 			a.setPID(0)
 			a.log.Info("redis-server stopped")
+			// Its history is gone with it, unless a drain handed it off
+			// (and ended the run already).
+			a.endRun(context.Background(), s, time.Now(), false)
 		}
+		// An attached Redis keeps running, and its run with it.
+		a.flushRunEnds(s)
 	}()
 	if cfg.Attach == "" {
 		if err := a.startChild(rctx, s); err != nil {
@@ -314,6 +332,9 @@ func (a *Agent) run(ctx context.Context) error {
 			a.joinGateDone(rctx, s, gerr)
 		case <-tick.C:
 			err = a.checkHealth(rctx, s)
+			if len(s.runs.pending) > 0 || (s.reg != nil && !s.runs.swept) {
+				a.retryRunEnds(rctx, s)
+			}
 		case <-s.conf.changed:
 			a.syncConfig(rctx, s)
 		}
@@ -384,6 +405,7 @@ func (a *Agent) startChild(ctx context.Context, s *runState) error {
 	}
 	s.child, s.childDone, s.started = p, p.done, p.started
 	s.health = health{limit: a.cfg.HealthFailures}
+	s.evict = evictions{known: true} // a new redis-server has evicted nothing
 	a.setPID(p.pid)
 	a.log.Info("redis-server started", "pid", p.pid, "addr", a.addr)
 	return nil
@@ -397,6 +419,8 @@ func (a *Agent) childExited(s *runState) {
 	a.setPID(0)
 	a.m.redisUp.Set(0)
 	a.leave(s, leaveExit)
+	// Its history is gone: the run ends, not handed off.
+	a.endRun(context.Background(), s, time.Now(), false)
 	if time.Since(p.started) >= restartResetAfter {
 		s.backoff = a.cfg.RestartBackoff
 	}

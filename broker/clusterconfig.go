@@ -34,12 +34,19 @@ import (
 type redisSettings struct {
 	limit     BufferLimit // client-output-buffer-limit pubsub
 	maxMemory int64       // maxmemory in bytes; 0: no limit
+	policy    string      // maxmemory-policy: always memoryPolicy
 }
+
+// memoryPolicy is the maxmemory-policy of every node: a full node evicts
+// the history streams (every one has a TTL) closest to their expiry first,
+// and never a key without a TTL. Pub/sub itself uses no keys. See
+// docs/history.md, "Bounds and memory".
+const memoryPolicy = "volatile-ttl"
 
 // redisSettings are what the agent applies for doc: its node section, with
 // the Config's overrides.
 func (c Config) redisSettings(doc *clusterconfig.Document) redisSettings {
-	rs := redisSettings{limit: doc.Node.OutputBufferLimit, maxMemory: int64(doc.Node.MaxMemory)}
+	rs := redisSettings{limit: doc.Node.OutputBufferLimit, maxMemory: int64(doc.Node.MaxMemory), policy: memoryPolicy}
 	if c.OutputBufferLimit != (BufferLimit{}) {
 		rs.limit = c.OutputBufferLimit
 	}
@@ -185,7 +192,8 @@ func (a *Agent) syncConfig(ctx context.Context, s *runState) {
 	a.recordRevision(ctx, s)
 }
 
-// setRedis sets the values of want that differ from what the Redis runs,
+// setRedis sets the values of want that differ from what the Redis runs
+// (maxmemory-policy too),
 // one CONFIG SET each (an older Redis takes one parameter per call).
 func (a *Agent) setRedis(ctx context.Context, c *configState, want redisSettings) error {
 	if c.applied.unknown || want.limit != c.applied.rs.limit {
@@ -199,6 +207,14 @@ func (a *Agent) setRedis(ctx context.Context, c *configState, want redisSettings
 			return fmt.Errorf("CONFIG SET maxmemory: %w", err)
 		}
 		c.applied.rs.maxMemory = want.maxMemory
+	}
+	// A child starts with the policy in its redis.conf; an attached Redis
+	// gets it here, with its maxmemory.
+	if c.applied.unknown || want.policy != c.applied.rs.policy {
+		if _, err := c.admin.do(ctx, "CONFIG", "SET", "maxmemory-policy", want.policy); err != nil {
+			return fmt.Errorf("CONFIG SET maxmemory-policy: %w", err)
+		}
+		c.applied.rs.policy = want.policy
 	}
 	c.applied.unknown = false
 	return nil

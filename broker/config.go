@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -96,9 +97,10 @@ type Config struct {
 	// register again after a backoff. Default: JoinHandshake(Registry,
 	// JoinTimeout, Logger).
 	JoinGate func(ctx context.Context, n discovery.Node) error
-	// DrainTimeout bounds the drain: the time between the node turning
-	// draining and its key being deleted. It is a fallback: the drain
-	// handshake usually ends far sooner. Default: 10s.
+	// DrainTimeout bounds each of the drain's two waits: the DrainGate, and
+	// then the hand-off of the node's history to the other ready nodes, so
+	// the key is deleted at most twice DrainTimeout after the node turned
+	// draining. It is a fallback: both usually end far sooner. Default: 10s.
 	DrainTimeout time.Duration
 	// DrainGate is called while the node is draining, with a ctx that ends
 	// after DrainTimeout (or earlier, when Shutdown's ctx ends); the key is
@@ -124,7 +126,9 @@ type Config struct {
 	// docs/security.md. Default: none.
 	ExtraPasswords []string
 	// Username, if set, is a Redis ACL user that may only use pub/sub (and
-	// PING, INFO, CLIENT LIST for the agent); the default user is disabled.
+	// PING, INFO, CLIENT LIST for the agent) and history: the publish script
+	// and the stream and set commands of docs/history.md, on the keys pm:h*
+	// only; the default user is disabled.
 	// Without it, the default user has Password and every permission, as
 	// with requirepass. Needs Password. Default: none.
 	Username string
@@ -141,6 +145,19 @@ type Config struct {
 	TLSClientCAFile string
 	// Insecure allows a non-loopback Bind without a Password. Default: false.
 	Insecure bool
+	// PeerTLS is how the agent connects to the other nodes of the cluster
+	// when a drain hands its history off to them (it authenticates there
+	// with Username and Password: the nodes of a cluster share their
+	// credentials). When set, every other node must be registered with
+	// tls, as for a fanout client with TLS settings. Default: derived from
+	// the node's own TLS settings: without TLSCertFile, none (plain TCP; a
+	// node registered with tls is verified against the system's roots);
+	// with TLSCertFile, TLS to every node, verified against
+	// TLSClientCAFile's CAs when set (the node's own certificate must be
+	// signed by it, so its peers' are expected to be too) or else the
+	// system's roots, presenting the node's certificate when
+	// TLSClientCAFile is set (mutual TLS), as the health checks do.
+	PeerTLS *tls.Config
 
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger

@@ -25,8 +25,9 @@
 //
 // A drain, requested through the registry (discovery.Registry.RequestDrain)
 // or by Shutdown, turns the node draining, runs DrainGate bounded by
-// DrainTimeout, revokes the lease, clears the request, deletes the acks
-// about the node and stops the child. A drain request is for one
+// DrainTimeout, hands the node's history streams off to the other ready
+// nodes (bounded by DrainTimeout again; see handoff.go), revokes the lease,
+// clears the request, deletes the acks about the node and stops the child. A drain request is for one
 // registration (incarnation) of the node id: one left from an earlier agent
 // with the same id never drains a new one.
 //
@@ -35,12 +36,21 @@
 // (output_buffer_limit, maxmemory) to the Redis with CONFIG SET within a
 // second of a change, with no restart; the node's registration records the
 // revision applied (Node.ConfigRevision). Config.OutputBufferLimit and
-// Config.MaxMemory, when set, override it. See clusterconfig.go.
+// Config.MaxMemory, when set, override it. See clusterconfig.go. The Redis
+// runs maxmemory-policy volatile-ttl: a full node evicts the history streams
+// closest to their expiry first.
+//
+// Each Redis run the agent registers is recorded in etcd
+// (discovery.Registry.RecordRun) before clients can publish to it, and
+// ended when its history goes away with it (the child exits or is stopped,
+// or the next agent of the node id finds it open after a crash) or once a
+// drain handed it off; see historyruns.go and docs/history.md.
 //
 // Security (see docs/security.md): with Config.Password the child requires
 // it (redis.conf holds only its hash), with Config.Username as a
-// pub/sub-only ACL user (and a second user, pubmesh-agent, that may only
-// CONFIG SET, whose random password only the agent knows); with Config.TLSCertFile it serves TLS only and the
+// pub/sub and history ACL user (and a second user, pubmesh-agent, that may
+// only CONFIG SET and read the history streams for a hand-off, whose random
+// password only the agent knows); with Config.TLSCertFile it serves TLS only and the
 // node is registered with tls. The agent's own health checks and drain
 // handshake authenticate and speak TLS too. A non-loopback Bind without a
 // password is refused unless Config.Insecure.

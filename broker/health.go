@@ -173,6 +173,8 @@ type info struct {
 	pubsubChannels int64
 	pubsubPatterns int64
 	uptime         int64 // seconds
+	evictedKeys    int64 // evicted_keys: since the Redis started
+	keys           int64 // keys in db0 (0 when INFO keyspace has no db0)
 }
 
 // serverInfo reads INFO server: the pid, run_id and version.
@@ -184,9 +186,9 @@ func (p *probe) serverInfo(ctx context.Context) (info, error) {
 	return parseInfo(s), nil
 }
 
-// statsInfo reads INFO clients and stats, for the metrics.
+// statsInfo reads INFO clients, stats and keyspace, for the metrics.
 func (p *probe) statsInfo(ctx context.Context) (info, error) {
-	s, err := p.do(ctx, "INFO", "clients", "stats")
+	s, err := p.do(ctx, "INFO", "clients", "stats", "keyspace")
 	if err != nil {
 		return info{}, err
 	}
@@ -219,6 +221,15 @@ func parseInfo(s string) info {
 			in.pubsubChannels = n
 		case "pubsub_patterns":
 			in.pubsubPatterns = n
+		case "evicted_keys":
+			in.evictedKeys = n
+		case "db0":
+			// db0:keys=3,expires=3,avg_ttl=0
+			for f := range strings.SplitSeq(v, ",") {
+				if k, v, _ := strings.Cut(f, "="); k == "keys" {
+					in.keys, _ = strconv.ParseInt(v, 10, 64)
+				}
+			}
 		}
 	}
 	return in
@@ -246,6 +257,8 @@ func (a *Agent) checkHealth(ctx context.Context, s *runState) error {
 			a.m.clients.Set(float64(in.clients))
 			a.m.pubsubChannels.Set(float64(in.pubsubChannels))
 			a.m.pubsubPatterns.Set(float64(in.pubsubPatterns))
+			a.m.historyKeys.Set(float64(in.keys))
+			a.countEvictions(s, in.evictedKeys)
 		}
 	} else {
 		a.m.pingFailures.Inc()
@@ -273,6 +286,41 @@ func (a *Agent) checkHealth(ctx context.Context, s *runState) error {
 	}
 	a.leave(s, leaveHealth)
 	return nil
+}
+
+// countEvictions adds to the evictions counter what the Redis evicted
+// since the last look. A child starts at 0; an attached Redis's first look
+// is the baseline (what it evicted before the agent watched it is not
+// counted). A count lower than the last one is a Redis that restarted: all
+// of its evictions are new. A warning is logged at most once a minute.
+func (a *Agent) countEvictions(s *runState, evicted int64) {
+	if !s.evict.known {
+		s.evict = evictions{known: true, last: evicted}
+		return
+	}
+	d := evicted - s.evict.last
+	if d < 0 {
+		d = evicted
+	}
+	s.evict.last = evicted
+	if d == 0 {
+		return
+	}
+	a.m.historyEvicted.Add(float64(d))
+	s.evict.unlogged += d
+	if time.Since(s.evict.logged) >= time.Minute {
+		a.log.Warn("redis is full (maxmemory) and evicted history streams; recoveries that needed them say recovered:false",
+			"evicted", s.evict.unlogged, "policy", memoryPolicy)
+		s.evict.logged, s.evict.unlogged = time.Now(), 0
+	}
+}
+
+// evictions is what countEvictions remembers.
+type evictions struct {
+	known    bool      // last is a count read from this Redis (or 0 for a new child)
+	last     int64     // evicted_keys at the last look
+	unlogged int64     // evictions not logged yet
+	logged   time.Time // the last warning
 }
 
 // health counts consecutive PING misses. It is owned by the run goroutine.

@@ -24,6 +24,13 @@ const (
 	metricRegisterErrors = "pubmesh_node_register_errors_total"
 	metricConfigApply    = "pubmesh_node_config_apply_errors_total"
 
+	metricHistoryEvicted  = "pubmesh_node_history_evicted_keys_total"
+	metricHistoryKeys     = "pubmesh_node_history_keys"
+	metricHandoffStreams  = "pubmesh_node_history_handoff_streams_total"
+	metricHandoffEntries  = "pubmesh_node_history_handoff_entries_total"
+	metricHandoffErrors   = "pubmesh_node_history_handoff_errors_total"
+	metricHistoryRunError = "pubmesh_node_history_run_errors_total"
+
 	// The cluster configuration metrics have the names and help of the
 	// fanout client's, so that a process running both (pubmesh dev) exports
 	// one family of each; see configCollector.
@@ -67,6 +74,13 @@ type metrics struct {
 	leaves         *prometheus.CounterVec
 	registerErrors prometheus.Counter
 	configApply    prometheus.Counter
+
+	historyEvicted prometheus.Counter
+	historyKeys    prometheus.Gauge
+	handoffStreams prometheus.Counter
+	handoffEntries prometheus.Counter
+	handoffErrors  prometheus.Counter
+	runErrors      prometheus.Counter
 
 	// configRevision is the revision applied to the Redis; configWatcher
 	// is nil until the configuration was first read.
@@ -117,6 +131,30 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: metricConfigApply,
 			Help: "Attempts to apply the cluster configuration's node limits to the Redis (CONFIG SET) that failed; each is retried, with a backoff, until it works.",
 		}),
+		historyEvicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: metricHistoryEvicted,
+			Help: "Keys (history streams) the node's Redis evicted because it reached maxmemory (INFO evicted_keys); a recovery that needed one says recovered:false.",
+		}),
+		historyKeys: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: metricHistoryKeys,
+			Help: "Keys in the node's Redis (INFO keyspace, db0): its history streams and adopted-stream sets.",
+		}),
+		handoffStreams: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: metricHandoffStreams,
+			Help: "History streams a drain copied to another ready node.",
+		}),
+		handoffEntries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: metricHandoffEntries,
+			Help: "History entries a drain copied to other ready nodes.",
+		}),
+		handoffErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: metricHandoffErrors,
+			Help: "History streams a drain could not copy (an error, the drain timeout, or no other ready node); the run then ends without hand-off.",
+		}),
+		runErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: metricHistoryRunError,
+			Help: "Writes of the node's history-run records to etcd that failed (each is retried).",
+		}),
 		leaves: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricLeaves,
 			Help: "Times the node left the registry (its key was deleted), by reason.",
@@ -126,6 +164,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.state, m.redisUp, m.ping, m.pingFailures, m.clients,
 		m.pubsubChannels, m.pubsubPatterns, m.restarts, m.leaves, m.registerErrors,
 		m.configApply, configCollector{m},
+		m.historyEvicted, m.historyKeys, m.handoffStreams, m.handoffEntries, m.handoffErrors, m.runErrors,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("broker: register metrics: %w", err)

@@ -63,6 +63,8 @@ func writeConf(dir string, cfg Config, rs redisSettings, agentPass string) (stri
 	b.WriteString("# From the cluster configuration (node.*) or the agent's flags; the agent changes them live with CONFIG SET.\n")
 	fmt.Fprintf(&b, "client-output-buffer-limit pubsub %s\n", rs.limit)
 	fmt.Fprintf(&b, "maxmemory %d\n", rs.maxMemory)
+	b.WriteString("# When full, evict the history streams closest to their expiry first; pub/sub itself uses no keys.\n")
+	fmt.Fprintf(&b, "maxmemory-policy %s\n", rs.policy)
 	path := filepath.Join(dir, confName)
 	if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil {
 		return "", fmt.Errorf("broker: write %s: %w", path, err)

@@ -48,6 +48,14 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 	if a.cfg.Attach != "" {
 		started = time.Now().Add(-time.Duration(in.uptime) * time.Second).Truncate(time.Second)
 	}
+	// The run is in etcd before any client can publish to it.
+	rctx, rcancel := context.WithTimeout(ctx, opTimeout)
+	err = a.recordRun(rctx, s, in.runID, started)
+	rcancel()
+	if err != nil {
+		a.retryRegister(s, fmt.Errorf("record history run: %w", err))
+		return nil
+	}
 	node := discovery.Node{
 		ID:           a.cfg.ID,
 		Addr:         a.cfg.Advertise,
@@ -81,6 +89,8 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 	}
 	a.setNode(reg.Node())
 	a.log.Info("registered", "state", node.State, "addr", node.Addr, "run_id", node.RunID, "incarnation", reg.Node().Incarnation)
+	// The id is ours now: runs of it left open by an earlier agent are over.
+	a.sweepRuns(ctx, s)
 
 	gctx, gcancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -173,8 +183,9 @@ func (a *Agent) cancelGate(s *runState) {
 }
 
 // drain turns the node draining, runs the DrainGate bounded by DrainTimeout
-// and by bound, deletes the key and clears the drain request. The deferred
-// cleanup in run then stops the child.
+// and by bound, hands the history off (handoff.go, bounded the same way),
+// deletes the key and clears the drain request. The deferred cleanup in run
+// then stops the child.
 func (a *Agent) drain(ctx context.Context, s *runState, bound context.Context) error {
 	a.cancelGate(s)
 	if s.reg != nil {
@@ -192,6 +203,8 @@ func (a *Agent) drain(ctx context.Context, s *runState, bound context.Context) e
 			}
 			stop()
 			gcancel()
+			// No client publishes here any more: the history is complete.
+			a.handOff(ctx, s, bound)
 		}
 		a.leave(s, leaveDrain)
 	}

@@ -25,11 +25,24 @@ import (
 // Redis (AUTH, and TLS pinned to the node's own certificate).
 
 // pubsubOnly are the permissions of a named ACL user (Config.Username):
-// pub/sub on every channel, the connection commands go-redis sends, and the
-// INFO and CLIENT LIST the agent reads. No keys, no CONFIG, no admin
-// commands: a service that holds the password can publish and subscribe,
-// nothing else.
-const pubsubOnly = "resetchannels &* resetkeys -@all +@pubsub +ping +echo +hello +auth +quit +reset +info +client|list +client|setname +client|getname +client|id"
+// pub/sub on every channel, the connection commands go-redis sends, the INFO
+// and CLIENT LIST the agent reads, and history (docs/history.md) on the
+// history keys only (~pm:h*: the streams pm:h:<channel> and
+// pm:ha:<run>:<channel>, and the sets pm:hx:<channel>): the publish script
+// (EVALSHA, EVAL, SCRIPT LOAD/EXISTS; a script's own commands are checked
+// against this same ACL, so it can touch nothing else), reading streams,
+// their TTLs and the adopted-stream sets, and the writes of a drain's
+// hand-off, which another node's agent makes as this user (XADD with the
+// original ids, PEXPIRE, SADD). No other key, no SCAN or KEYS, no CONFIG,
+// no admin commands: a service that holds the password can publish,
+// subscribe and read history, nothing else.
+const pubsubOnly = "resetchannels &* resetkeys ~pm:h* -@all +@pubsub +ping +echo +hello +auth +quit +reset +info " +
+	"+client|list +client|setname +client|getname +client|id " +
+	historyCommands
+
+// historyCommands are the history commands of pubsubOnly.
+const historyCommands = "+evalsha +eval +script|load +script|exists " +
+	"+xadd +xrange +xrevrange +xinfo|stream +pexpire +pttl +smembers +sscan +sadd"
 
 var userPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
@@ -39,9 +52,13 @@ var userPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 // each Run and lives only in the agent's memory (redis.conf holds its hash).
 const agentUser = "pubmesh-agent"
 
-// agentOnly are agentUser's permissions: CONFIG SET and the connection
-// commands, no keys, no channels.
-const agentOnly = "resetchannels resetkeys -@all +config|set +ping +auth +hello +quit"
+// agentOnly are agentUser's permissions: CONFIG SET, the connection
+// commands, and what a drain's hand-off reads from this node (SCAN for the
+// history streams, XRANGE, PTTL on ~pm:h*); no other key, no channels. SCAN
+// lists key names whatever the key pattern, which is why the clients' user
+// does not have it. The hand-off writes to the other nodes as the clients'
+// user: their agents' passwords are their own.
+const agentOnly = "resetchannels resetkeys ~pm:h* -@all +config|set +ping +auth +hello +quit +scan +xrange +pttl"
 
 // tls reports whether the node serves TLS.
 func (c Config) tls() bool { return c.TLSCertFile != "" }
@@ -217,6 +234,36 @@ func (c Config) clientTLS(started []byte) *tls.Config {
 		}
 	}
 	return tc
+}
+
+// peerTLS is how the agent connects to the other nodes (a drain's history
+// hand-off): Config.PeerTLS, or derived from the node's own TLS settings
+// (see Config.PeerTLS). nil: plain TCP.
+func (c Config) peerTLS() (*tls.Config, error) {
+	if c.PeerTLS != nil {
+		return c.PeerTLS.Clone(), nil
+	}
+	if !c.tls() {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.TLSClientCAFile == "" {
+		return tc, nil
+	}
+	pool, err := loadCAs(c.TLSClientCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("broker: client CA: %w", err)
+	}
+	tc.RootCAs = pool
+	certFile, keyFile := c.TLSCertFile, c.TLSKeyFile
+	tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("redis: TLS client certificate: %w", err)
+		}
+		return &pair, nil
+	}
+	return tc, nil
 }
 
 // passwordHash is how redis.conf holds a password: #<hex SHA-256>.

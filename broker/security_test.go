@@ -181,3 +181,77 @@ func TestValidateRefusesTheUnsafe(t *testing.T) {
 		}
 	}
 }
+
+// The clients' ACL user may run the history script and read and write
+// history on the history keys (~pm:h*) only: a script's commands are
+// checked against the same ACL, so it cannot reach other keys either.
+// Everything else stays refused, SCAN and KEYS included.
+func TestACLHistoryCommands(t *testing.T) {
+	t.Parallel()
+	reg := newRegistry(t)
+	cfg := fastConfig(t, reg)
+	cfg.Username, cfg.Password = "app", "app-pw-3d5a"
+	a := start(t, cfg)
+	waitReady(t, a)
+	ctx := context.Background()
+	rdb := nodeClient(t, a.Addr(), cfg, nil)
+	const publish = `redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'pt', '0', 'r', '1')
+redis.call('PEXPIRE', KEYS[1], 60000)
+return redis.call('PUBLISH', ARGV[2], ARGV[1])`
+	sha, err := rdb.ScriptLoad(ctx, publish).Result()
+	if err != nil {
+		t.Fatalf("SCRIPT LOAD: %v", err)
+	}
+	// A script's commands are checked too: a command the user may not run,
+	// or a key outside ~pm:h* that the script did not declare.
+	const sneakyCommand = `return redis.call('SET', 'pm:h:x', 'x')`
+	const sneakyKey = `return redis.call('XADD', 'other', '*', 'm', 'x')`
+	for _, tc := range []struct {
+		args []any
+		ok   bool
+	}{
+		{[]any{"EVAL", publish, 1, "pm:h:news", "payload", "news"}, true},
+		{[]any{"EVALSHA", sha, 1, "pm:h:news", "payload", "news"}, true},
+		{[]any{"SCRIPT", "EXISTS", sha}, true},
+		{[]any{"XADD", "pm:h:c", "*", "m", "x", "pt", "0", "r", "1"}, true},
+		{[]any{"XADD", "pm:ha:" + oldRun + ":c", "5-1", "m", "x", "pt", "0", "r", "1"}, true},
+		{[]any{"XRANGE", "pm:h:c", "-", "+"}, true},
+		{[]any{"XREVRANGE", "pm:h:c", "+", "-", "COUNT", 1}, true},
+		{[]any{"XINFO", "STREAM", "pm:h:c"}, true},
+		{[]any{"PEXPIRE", "pm:h:c", 60000}, true},
+		{[]any{"PTTL", "pm:h:c"}, true},
+		{[]any{"SADD", "pm:hx:c", "pm:ha:" + oldRun + ":c"}, true},
+		{[]any{"SMEMBERS", "pm:hx:c"}, true},
+		{[]any{"SSCAN", "pm:hx:c", 0}, true},
+
+		{[]any{"EVAL", publish, 1, "other", "payload", "news"}, false},
+		{[]any{"EVAL", sneakyCommand, 0}, false},
+		{[]any{"EVAL", sneakyKey, 0}, false},
+		{[]any{"XADD", "other", "*", "m", "x"}, false},
+		{[]any{"XRANGE", "other", "-", "+"}, false},
+		{[]any{"PEXPIRE", "other", 1000}, false},
+		{[]any{"SADD", "other", "x"}, false},
+		{[]any{"SCAN", 0}, false},
+		{[]any{"KEYS", "*"}, false},
+		{[]any{"GET", "pm:h:c"}, false},
+		{[]any{"SET", "pm:h:x", "1"}, false},
+		{[]any{"DEL", "pm:h:c"}, false},
+		{[]any{"XTRIM", "pm:h:c", "MAXLEN", 0}, false},
+		{[]any{"EXPIRE", "pm:h:c", 0}, false},
+		{[]any{"FLUSHALL"}, false},
+		{[]any{"SCRIPT", "FLUSH"}, false},
+		{[]any{"CONFIG", "GET", "maxmemory"}, false},
+	} {
+		name := strings.TrimSpace(fmt.Sprintln(tc.args[:min(2, len(tc.args))]...))
+		err := rdb.Do(ctx, tc.args...).Err()
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("%s: %v, want allowed", name, err)
+		case !tc.ok && (err == nil || !strings.Contains(err.Error(), "NOPERM") && !strings.Contains(err.Error(), "user executing the script can't")):
+			t.Errorf("%s: %v, want NOPERM", name, err)
+		}
+	}
+	if n, err := rdb.XLen(ctx, "pm:h:news").Result(); err == nil {
+		t.Errorf("XLEN allowed (%d)", n)
+	}
+}

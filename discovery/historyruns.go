@@ -79,7 +79,10 @@ func decodeRun(keyID string, value []byte) (HistoryRun, error) {
 
 // RecordRun writes run if no run with its id is recorded yet (a node
 // registering the same Redis run again keeps the first record). It ignores
-// run.EndedAt and run.HandedOff: a run is recorded as running.
+// run.EndedAt and run.HandedOff: a run is recorded as running. If the run
+// is recorded and has ended, it fails with ErrRunEnded: an ended run cannot
+// be taken up again, since readers of history no longer watch it for
+// losses (its Redis must start a new run).
 func (r *Registry) RecordRun(ctx context.Context, run HistoryRun) error {
 	run.EndedAt, run.HandedOff = time.Time{}, false
 	run.StartedAt = run.StartedAt.UTC()
@@ -88,11 +91,28 @@ func (r *Registry) RecordRun(ctx context.Context, run HistoryRun) error {
 	}
 	key := r.keys.historyRun(run.RunID)
 	val, _ := json.Marshal(run)
-	if _, err := r.cli.Txn(ctx).
+	txn, err := r.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(val))).
-		Commit(); err != nil {
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
 		return fmt.Errorf("discovery: record history run %s: %w", run.RunID, err)
+	}
+	if txn.Succeeded {
+		return nil
+	}
+	kvs := txn.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) == 0 {
+		return nil
+	}
+	old, err := decodeRun(run.RunID, kvs[0].Value)
+	if err != nil {
+		return fmt.Errorf("discovery: record history run: %w", err)
+	}
+	if old.Ended() {
+		return fmt.Errorf("discovery: record history run %s: %w at %s (handed_off %v)", run.RunID, ErrRunEnded,
+			old.EndedAt.Format(time.RFC3339Nano), old.HandedOff)
 	}
 	return nil
 }

@@ -74,9 +74,9 @@ func TestHistoryRunRecordAndEnd(t *testing.T) {
 		t.Errorf("run %+v, want %+v", got, want)
 	}
 
-	// Recording an ended run again does not revive it.
-	if err := f.reg.RecordRun(ctx, run); err != nil {
-		t.Fatal(err)
+	// An ended run cannot be taken up again.
+	if err := f.reg.RecordRun(ctx, run); !errors.Is(err, discovery.ErrRunEnded) {
+		t.Errorf("RecordRun of an ended run: %v, want ErrRunEnded", err)
 	}
 	if got, _ := getRun(t, f, "aaaa"); got != want {
 		t.Errorf("after RecordRun again: %+v, want %+v", got, want)

@@ -35,7 +35,11 @@ func nodeCommand() *cli.Command {
 			"given, override them for this node (see pubmesh config and docs/operations.md).\n\n" +
 			"Security: --redis-password-file (or PUBMESH_REDIS_PASSWORD) makes Redis require a password; the\n" +
 			"child's redis.conf (mode 0600) holds only its hash. --tls-cert/--tls-key serve TLS only. A --bind\n" +
-			"other than loopback is refused without a password unless --insecure. See docs/security.md.",
+			"other than loopback is refused without a password unless --insecure. See docs/security.md.\n\n" +
+			"A drain hands the node's history off to the other ready nodes: the agent connects to them with\n" +
+			"the node's --redis-user and password (the nodes of a cluster share them) and, for TLS nodes,\n" +
+			"the TLS settings of --redis-cacert, --redis-cert and --redis-key (by default derived from the\n" +
+			"node's --tls-client-ca and --tls-cert).",
 		Flags: append(append(etcdFlags(),
 			&cli.StringFlag{
 				Name:        "id",
@@ -97,7 +101,7 @@ func nodeCommand() *cli.Command {
 				EnvVars: []string{"PUBMESH_NODE_INSECURE"},
 			},
 			logLevelFlag("info"),
-		), agentFlags(10*time.Second)...),
+		), append(agentFlags(10*time.Second), peerTLSFlags()...)...),
 		Action: runNode,
 	}
 }
@@ -119,6 +123,21 @@ func runNode(c *cli.Context) error {
 	cfg.Port, cfg.Bind, cfg.Advertise, cfg.DataDir = c.Int("port"), c.String("bind"), c.String("advertise"), c.String("data-dir")
 	cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile = c.String("tls-cert"), c.String("tls-key"), c.String("tls-client-ca")
 	cfg.Insecure = c.Bool("insecure")
+	// Without --redis-cacert the agent derives how it reaches the other
+	// nodes from its own TLS settings (broker.Config.PeerTLS). With it, a
+	// node with mutual TLS still presents its own certificate unless
+	// --redis-cert says otherwise.
+	if ca := c.String("redis-cacert"); ca != "" || c.String("redis-cert") != "" || c.String("redis-key") != "" {
+		cert, key := c.String("redis-cert"), c.String("redis-key")
+		if cert == "" && key == "" && cfg.TLSClientCAFile != "" {
+			cert, key = cfg.TLSCertFile, cfg.TLSKeyFile
+		}
+		peer, err := clientTLS(log, "redis", ca, cert, key)
+		if err != nil {
+			return err
+		}
+		cfg.PeerTLS = peer
+	}
 	if a := c.String("attach"); a != "" {
 		if err := broker.ValidAddr(a); err != nil {
 			return usageError{fmt.Errorf("invalid --attach: %w", err)}
@@ -174,6 +193,32 @@ func runNode(c *cli.Context) error {
 	return runAgents(c.Context, log, sigs, cfg.DrainTimeout, false, agent)
 }
 
+// peerTLSFlags are how a node's agent connects to the other nodes (a
+// drain's history hand-off): the fanout clients' TLS flags, with usages
+// for a node.
+func peerTLSFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{
+			Name:        "redis-cacert",
+			Usage:       "CA bundle (PEM) that verifies the other nodes' certificates when a drain hands history off to them",
+			DefaultText: "--tls-client-ca if set, else the system's CAs (with --tls-cert); none without TLS",
+			EnvVars:     []string{"PUBMESH_REDIS_CACERT"},
+		},
+		&cli.StringFlag{
+			Name:        "redis-cert",
+			Usage:       "client certificate (PEM) presented to the other nodes during a hand-off; needs --redis-key",
+			DefaultText: "--tls-cert when --tls-client-ca is set",
+			EnvVars:     []string{"PUBMESH_REDIS_CERT"},
+		},
+		&cli.StringFlag{
+			Name:        "redis-key",
+			Usage:       "private key (PEM) of --redis-cert",
+			DefaultText: "none",
+			EnvVars:     []string{"PUBMESH_REDIS_KEY"},
+		},
+	}
+}
+
 // notifySignals catches SIGINT and SIGTERM from the start of a command, so
 // that one arriving before the agents run still ends it cleanly.
 func notifySignals() (<-chan os.Signal, func()) {
@@ -202,7 +247,9 @@ func runAgents(ctx context.Context, log *slog.Logger, sigs <-chan os.Signal, dra
 		go func() { errc <- a.Run(runCtx) }()
 	}
 	shutdown := func() {
-		sctx, scancel := context.WithTimeout(context.Background(), drainTimeout+15*time.Second)
+		// A drain waits for its handshake, then hands history off: each
+		// bounded by drainTimeout.
+		sctx, scancel := context.WithTimeout(context.Background(), 2*drainTimeout+15*time.Second)
 		defer scancel()
 		go func() {
 			select {
