@@ -26,7 +26,6 @@ type runsState struct {
 	id      string       // the Redis run recorded and not ended by this agent; "" if none
 	swept   bool         // earlier open runs of this node id have been ended
 	pending []pendingEnd // ends that failed, retried on the health ticks
-	refused string       // an ended run the Redis runs, logged once
 }
 
 // pendingEnd is an EndRun to retry.
@@ -45,18 +44,6 @@ func (a *Agent) recordRun(ctx context.Context, s *runState, runID string, starte
 		return nil
 	}
 	err := a.reg.RecordRun(ctx, discovery.HistoryRun{Node: a.cfg.ID, RunID: runID, StartedAt: started})
-	if errors.Is(err, discovery.ErrRunEnded) {
-		// Only an attached Redis can come back with an ended run: readers
-		// no longer watch that run for losses, so a publish to it could be
-		// lost silently. Only a new run (a restarted Redis) may register.
-		if s.runs.refused == runID {
-			return err
-		}
-		s.runs.refused = runID
-		a.log.Error("the attached redis runs a history run that already ended (its history was declared lost); restart that redis so that it starts a new run",
-			"run_id", runID, "err", err)
-		return err
-	}
 	if err != nil {
 		a.m.runErrors.Inc()
 		return err

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -23,8 +25,8 @@ import (
 // ErrRunNotFound is how EndRun fails when no run has the id.
 var ErrRunNotFound = errors.New("discovery: no such history run")
 
-// ErrRunEnded is how EndRun fails when the run has already ended: the first
-// end is kept, with its time and its handed_off.
+// ErrRunEnded is how EndRun fails when no life of the run is running: the
+// first end of each life is kept, with its time and its handed_off.
 var ErrRunEnded = errors.New("discovery: history run already ended")
 
 // HistoryRun is the value at history-runs/<run_id>.
@@ -68,7 +70,7 @@ func decodeRun(keyID string, value []byte) (HistoryRun, error) {
 	if err := json.Unmarshal(value, &h); err != nil {
 		return HistoryRun{}, fmt.Errorf("discovery: history run %s: bad value: %w", keyID, err)
 	}
-	if h.RunID != keyID {
+	if h.RunID != keyID && !strings.HasPrefix(keyID, h.RunID+".") {
 		return HistoryRun{}, fmt.Errorf("discovery: history run key %s holds run id %q", keyID, h.RunID)
 	}
 	if err := h.Validate(); err != nil {
@@ -77,51 +79,83 @@ func decodeRun(keyID string, value []byte) (HistoryRun, error) {
 	return h, nil
 }
 
-// RecordRun writes run if no run with its id is recorded yet (a node
-// registering the same Redis run again keeps the first record). It ignores
-// run.EndedAt and run.HandedOff: a run is recorded as running. If the run
-// is recorded and has ended, it fails with ErrRunEnded: an ended run cannot
-// be taken up again, since readers of history no longer watch it for
-// losses (its Redis must start a new run).
+// A run's first life is recorded at history-runs/<run_id>. A run that
+// ended (a fanout client saw its node leave without a hand-off: the agent
+// died, or the host) may come back with the same Redis and its history: it
+// then gets a new record, history-runs/<run_id>.<n>, one per life, so that
+// the end of the earlier life stays (a recovery across it was not proven)
+// and this life is watched again for losses.
+
+// runLife is one recorded life of a run and where it is stored.
+type runLife struct {
+	run HistoryRun
+	key string
+	rev int64
+}
+
+// runLives reads the records of runID.
+func (r *Registry) runLives(ctx context.Context, runID string) ([]runLife, error) {
+	exact := r.keys.historyRun(runID)
+	resp, err := r.cli.Txn(ctx).Then(clientv3.OpGet(exact), clientv3.OpGet(exact+".", clientv3.WithPrefix())).Commit()
+	if err != nil {
+		return nil, err
+	}
+	var out []runLife
+	for _, rr := range resp.Responses {
+		for _, kv := range rr.GetResponseRange().GetKvs() {
+			id := strings.TrimPrefix(string(kv.Key), r.keys.historyRuns())
+			run, err := decodeRun(id, kv.Value)
+			if err != nil || run.RunID != runID {
+				continue
+			}
+			out = append(out, runLife{run, string(kv.Key), kv.ModRevision})
+		}
+	}
+	return out, nil
+}
+
+// RecordRun records run as running, unless a life of it is recorded as
+// running already (a node registering the same Redis run again keeps that
+// record). If every recorded life of it has ended, it records a new life.
+// It ignores run.EndedAt and run.HandedOff.
 func (r *Registry) RecordRun(ctx context.Context, run HistoryRun) error {
 	run.EndedAt, run.HandedOff = time.Time{}, false
 	run.StartedAt = run.StartedAt.UTC()
 	if err := run.Validate(); err != nil {
 		return err
 	}
-	key := r.keys.historyRun(run.RunID)
 	val, _ := json.Marshal(run)
-	txn, err := r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(val))).
-		Else(clientv3.OpGet(key)).
-		Commit()
-	if err != nil {
-		return fmt.Errorf("discovery: record history run %s: %w", run.RunID, err)
+	for range 5 {
+		lives, err := r.runLives(ctx, run.RunID)
+		if err != nil {
+			return fmt.Errorf("discovery: record history run %s: %w", run.RunID, err)
+		}
+		if slices.ContainsFunc(lives, func(l runLife) bool { return !l.run.Ended() }) {
+			return nil
+		}
+		key := r.keys.historyRun(run.RunID)
+		if len(lives) > 0 {
+			key += "." + strconv.Itoa(len(lives))
+		}
+		txn, err := r.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, string(val))).
+			Commit()
+		if err != nil {
+			return fmt.Errorf("discovery: record history run %s: %w", run.RunID, err)
+		}
+		if txn.Succeeded {
+			return nil
+		}
 	}
-	if txn.Succeeded {
-		return nil
-	}
-	kvs := txn.Responses[0].GetResponseRange().GetKvs()
-	if len(kvs) == 0 {
-		return nil
-	}
-	old, err := decodeRun(run.RunID, kvs[0].Value)
-	if err != nil {
-		return fmt.Errorf("discovery: record history run: %w", err)
-	}
-	if old.Ended() {
-		return fmt.Errorf("discovery: record history run %s: %w at %s (handed_off %v)", run.RunID, ErrRunEnded,
-			old.EndedAt.Format(time.RFC3339Nano), old.HandedOff)
-	}
-	return nil
+	return fmt.Errorf("discovery: record history run %s: the records keep changing", run.RunID)
 }
 
-// EndRun ends run runID at at, handed off or not. Only the first end counts
-// (a compare-and-swap on the key's mod revision): a run already ended fails
-// with ErrRunEnded and keeps its end, so a later "not handed off" cannot
-// undo a hand-off, nor the other way round. A run that is not recorded
-// fails with ErrRunNotFound.
+// EndRun ends the running life of run runID at at, handed off or not. Only
+// the first end counts (a compare-and-swap on the record's mod revision):
+// a run with no running life fails with ErrRunEnded and keeps its ends, so
+// a later "not handed off" cannot undo a hand-off, nor the other way round.
+// A run that is not recorded fails with ErrRunNotFound.
 func (r *Registry) EndRun(ctx context.Context, runID string, at time.Time, handedOff bool) error {
 	if err := ValidID(runID); err != nil {
 		return fmt.Errorf("discovery: end history run: %w", err)
@@ -129,31 +163,28 @@ func (r *Registry) EndRun(ctx context.Context, runID string, at time.Time, hande
 	if at.IsZero() {
 		return fmt.Errorf("discovery: end history run %s: no end time", runID)
 	}
-	key := r.keys.historyRun(runID)
-	// Retried only when another writer changed the key between the read and
-	// the write; then the read sees its end.
+	// Retried only when another writer changed a record between the read
+	// and the write; then the read sees its end.
 	for range 5 {
-		resp, err := r.cli.Get(ctx, key)
+		lives, err := r.runLives(ctx, runID)
 		if err != nil {
 			return fmt.Errorf("discovery: end history run %s: %w", runID, err)
 		}
-		if len(resp.Kvs) == 0 {
+		if len(lives) == 0 {
 			return fmt.Errorf("discovery: end history run %s: %w", runID, ErrRunNotFound)
 		}
-		kv := resp.Kvs[0]
-		run, err := decodeRun(runID, kv.Value)
-		if err != nil {
-			return fmt.Errorf("discovery: end history run: %w", err)
-		}
-		if run.Ended() {
+		i := slices.IndexFunc(lives, func(l runLife) bool { return !l.run.Ended() })
+		if i < 0 {
+			last := lives[len(lives)-1].run
 			return fmt.Errorf("discovery: end history run %s: %w at %s (handed_off %v)", runID, ErrRunEnded,
-				run.EndedAt.Format(time.RFC3339Nano), run.HandedOff)
+				last.EndedAt.Format(time.RFC3339Nano), last.HandedOff)
 		}
+		run := lives[i].run
 		run.EndedAt, run.HandedOff = at.UTC(), handedOff
 		val, _ := json.Marshal(run)
 		txn, err := r.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-			Then(clientv3.OpPut(key, string(val))).
+			If(clientv3.Compare(clientv3.ModRevision(lives[i].key), "=", lives[i].rev)).
+			Then(clientv3.OpPut(lives[i].key, string(val))).
 			Commit()
 		if err != nil {
 			return fmt.Errorf("discovery: end history run %s: %w", runID, err)
@@ -172,17 +203,14 @@ func (r *Registry) HistoryRuns(ctx context.Context) ([]HistoryRun, error) {
 	return runs, err
 }
 
-// historyRuns is HistoryRuns with each run's mod revision.
-func (r *Registry) historyRuns(ctx context.Context) ([]HistoryRun, []int64, error) {
+// historyRuns is HistoryRuns with each record's key and mod revision.
+func (r *Registry) historyRuns(ctx context.Context) ([]HistoryRun, []runLife, error) {
 	prefix := r.keys.historyRuns()
 	resp, err := r.cli.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
 		return nil, nil, fmt.Errorf("discovery: read history runs: %w", err)
 	}
-	type entry struct {
-		run HistoryRun
-		rev int64
-	}
+	type entry = runLife
 	var es []entry
 	for _, kv := range resp.Kvs {
 		id := string(kv.Key[len(prefix):])
@@ -191,16 +219,16 @@ func (r *Registry) historyRuns(ctx context.Context) ([]HistoryRun, []int64, erro
 			r.cfg.Logger.Warn("discovery: ignoring a bad history run", "key", string(kv.Key), "err", err)
 			continue
 		}
-		es = append(es, entry{run, kv.ModRevision})
+		es = append(es, entry{run, string(kv.Key), kv.ModRevision})
 	}
 	slices.SortFunc(es, func(a, b entry) int {
 		return cmp.Or(a.run.StartedAt.Compare(b.run.StartedAt), cmp.Compare(a.run.RunID, b.run.RunID))
 	})
-	runs, revs := make([]HistoryRun, len(es)), make([]int64, len(es))
+	runs := make([]HistoryRun, len(es))
 	for i, e := range es {
-		runs[i], revs[i] = e.run, e.rev
+		runs[i] = e.run
 	}
-	return runs, revs, nil
+	return runs, es, nil
 }
 
 // PruneRuns deletes the runs that ended before olderThan and returns how
@@ -208,7 +236,7 @@ func (r *Registry) historyRuns(ctx context.Context) ([]HistoryRun, []int64, erro
 // old. Give it a time at least the longest history_ttl ago: a run that
 // ended more recently may still matter to a recovery.
 func (r *Registry) PruneRuns(ctx context.Context, olderThan time.Time) (int, error) {
-	runs, revs, err := r.historyRuns(ctx)
+	runs, lives, err := r.historyRuns(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -217,10 +245,10 @@ func (r *Registry) PruneRuns(ctx context.Context, olderThan time.Time) (int, err
 		if !run.Ended() || !run.EndedAt.Before(olderThan) {
 			continue
 		}
-		key := r.keys.historyRun(run.RunID)
+		key := lives[i].key
 		// Only the run as read: one rewritten meanwhile is left for later.
 		txn, err := r.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(key), "=", revs[i])).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", lives[i].rev)).
 			Then(clientv3.OpDelete(key)).
 			Commit()
 		if err != nil {

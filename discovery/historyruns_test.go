@@ -74,12 +74,28 @@ func TestHistoryRunRecordAndEnd(t *testing.T) {
 		t.Errorf("run %+v, want %+v", got, want)
 	}
 
-	// An ended run cannot be taken up again.
-	if err := f.reg.RecordRun(ctx, run); !errors.Is(err, discovery.ErrRunEnded) {
-		t.Errorf("RecordRun of an ended run: %v, want ErrRunEnded", err)
+	// An ended run that comes back (an agent restarted on the same Redis)
+	// gets a new life: the first end stays, and the new life can end.
+	later := t0.Add(2 * time.Hour)
+	if err := f.reg.RecordRun(ctx, discovery.HistoryRun{Node: "n1", RunID: "aaaa", StartedAt: later}); err != nil {
+		t.Fatalf("RecordRun of an ended run: %v", err)
 	}
 	if got, _ := getRun(t, f, "aaaa"); got != want {
-		t.Errorf("after RecordRun again: %+v, want %+v", got, want)
+		t.Errorf("the first life after RecordRun again: %+v, want %+v", got, want)
+	}
+	runs, err := f.reg.HistoryRuns(ctx)
+	if err != nil || len(runs) != 2 || runs[1].Ended() || !runs[1].StartedAt.Equal(later) {
+		t.Fatalf("lives: %+v, %v", runs, err)
+	}
+	if err := f.reg.RecordRun(ctx, discovery.HistoryRun{Node: "n1", RunID: "aaaa", StartedAt: later.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.reg.EndRun(ctx, "aaaa", later.Add(time.Minute), false); err != nil {
+		t.Fatalf("EndRun of the second life: %v", err)
+	}
+	runs, _ = f.reg.HistoryRuns(ctx)
+	if len(runs) != 2 || !runs[1].Ended() || runs[1].HandedOff || !runs[0].HandedOff {
+		t.Errorf("after the second life ended: %+v", runs)
 	}
 }
 

@@ -64,7 +64,7 @@ func TestHistoryCLI(t *testing.T) {
 		t.Fatalf("subscribe --since printed %q", got)
 	}
 	// Bad input: a channel without history, a bad position.
-	r = runPubmesh(t, 20*time.Second, append(append([]string{"history", "news"}, common...))...)
+	r = runPubmesh(t, 20*time.Second, append([]string{"history", "news"}, common...)...)
 	if r.code != 1 || !strings.Contains(r.stderr, "keeps no history") {
 		t.Errorf("history of a channel without: %+v", r)
 	}
