@@ -26,6 +26,7 @@ type row struct {
 	detect     time.Duration
 	recover    time.Duration // -1: not applicable
 	note       string
+	history    *historyResult // the recovery from the fault's moment; nil: not checked
 }
 
 // report collects the rows and the load results of this run.
@@ -133,6 +134,17 @@ func sumOf(subs []subResult, f func(subResult) int) int {
 	return n
 }
 
+func historyCell(h *historyResult) string {
+	if h == nil {
+		return "—"
+	}
+	cell := fmt.Sprintf("%d/%d, %d/%d", h.recovered, h.channels, h.got, h.expected)
+	if h.dups+h.outOfOrder+h.missing > 0 {
+		cell += fmt.Sprintf(" (%d dup, %d out of order, %d silently missing)", h.dups, h.outOfOrder, h.missing)
+	}
+	return cell
+}
+
 // table renders the rows as Markdown.
 func table() string {
 	report.mu.Lock()
@@ -145,14 +157,14 @@ func table() string {
 		return a.replicas - b.replicas
 	})
 	var b strings.Builder
-	b.WriteString("| # | scenario | replicas | published | failed | slowest publish | fanout subscribers: received/expected | WebSocket subscribers: received/expected | lost (≤ allowed) | dup | out of order | detect | recover | notes |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| # | scenario | replicas | published | failed | slowest publish | fanout subscribers: received/expected | WebSocket subscribers: received/expected | lost (≤ allowed) | dup | out of order | history from the fault: channels recovered, messages recovered/acknowledged | detect | recover | notes |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		fo, wsr := r.subs[:min(r.fanoutSubs, len(r.subs))], r.subs[min(r.fanoutSubs, len(r.subs)):]
-		fmt.Fprintf(&b, "| %d | %s | %d | %d | %d | %s | %s | %s | %s | %d | %d | %s | %s | %s |\n",
+		fmt.Fprintf(&b, "| %d | %s | %d | %d | %d | %s | %s | %s | %s | %d | %d | %s | %s | %s | %s |\n",
 			r.num, r.name, r.replicas, r.published, r.failed, dur(r.slowest), receivedCell(fo), receivedCell(wsr), lostCell(r.subs),
 			sumOf(r.subs, func(s subResult) int { return s.dups }), sumOf(r.subs, func(s subResult) int { return s.outOfOrder }),
-			dur(r.detect), dur(r.recover), r.note)
+			historyCell(r.history), dur(r.detect), dur(r.recover), r.note)
 	}
 	return b.String()
 }

@@ -254,7 +254,7 @@ func TestHistoryNodeCrash(t *testing.T) {
 				regs, servers = append(regs, g), append(servers, rs)
 			}
 			applyConfig(t, e, `namespaces: [{match: "**", history_size: 1000}]`)
-			pub := e.client(fanout.Config{Replicas: replicas})
+			pub := e.client(fanout.Config{Replicas: replicas, LeaseTTL: time.Second})
 			s, err := pub.Subscribe(ctx, "c0", "c1", "c2", "c3")
 			if err != nil {
 				t.Fatal(err)
@@ -277,7 +277,9 @@ func TestHistoryNodeCrash(t *testing.T) {
 			for len(pub.Nodes().Nodes) != 1 && time.Now().Before(deadline) {
 				time.Sleep(10 * time.Millisecond)
 			}
-			// The client records that the run ended without a hand-off.
+			// The client records that the run ended without a hand-off
+			// (after two LeaseTTLs, in case it comes back).
+			deadline = time.Now().Add(10 * time.Second)
 			for {
 				runs, err := e.reg.HistoryRuns(ctx)
 				if err != nil {

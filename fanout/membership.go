@@ -150,7 +150,10 @@ func (c *Client) apply(s discovery.Snapshot) {
 // endRun records in etcd that node's Redis run ended, unless its agent did
 // first (a drain that handed its history off ends the run itself, before
 // the node leaves, and the first end stays): recoveries across a run that
-// ended without a hand-off cannot be proven complete (docs/history.md).
+// ended without a hand-off cannot be proven complete (docs/history.md). A
+// node whose key went while its Redis lives on (its agent restarted, its
+// key deleted by hand) comes back with the same run and lost nothing: the
+// end waits two LeaseTTLs for that, and is not written if the run is back.
 func (c *Client) endRun(node discovery.Node) {
 	if node.RunID == "" {
 		return
@@ -159,6 +162,12 @@ func (c *Client) endRun(node discovery.Node) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
+		sleep(c.ctx, 2*c.cfg.LeaseTTL)
+		for _, n := range c.Nodes().Nodes {
+			if n.RunID == node.RunID {
+				return
+			}
+		}
 		ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
 		defer cancel()
 		err := c.reg.EndRun(ctx, node.RunID, at, false)
