@@ -177,6 +177,13 @@ type frame struct {
 	Channel string          `json:"channel"`
 	Data    json.RawMessage `json:"data"`
 	TS      int64           `json:"ts"`
+	// History: pos of messages, of a subscribe's ok and of a history
+	// reply; recovered and count of a resume's ok; a history reply's
+	// messages.
+	Pos       string  `json:"pos"`
+	Recovered *bool   `json:"recovered"`
+	Count     *int    `json:"count"`
+	Messages  []frame `json:"messages"`
 }
 
 // wsClient is a test client over a real socket.
