@@ -46,7 +46,7 @@ type hold struct {
 type resumeHooks struct {
 	// held runs after the connection joined the live list, before the
 	// history read.
-	held func(channel string)
+	held func(c *conn, channel string)
 }
 
 // deliver hands the pump's frame of channel to the connection: to its hold
@@ -142,7 +142,7 @@ func (c *conn) resume(f Frame) *Error {
 		return &Error{Code: CodeUnavailable, Message: "subscribe failed: " + err.Error(), ID: f.ID}
 	}
 	if hook := h.cfg.hooks.held; hook != nil {
-		hook(f.Channel)
+		hook(c, f.Channel)
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, h.cfg.OpTimeout)
 	hist, err := h.client.History(ctx, f.Channel, fanout.HistoryOptions{Since: f.Since})
