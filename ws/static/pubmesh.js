@@ -487,7 +487,8 @@ export class PubMesh {
    * unsubscribe; it is renewed after every reconnect, resuming from the last
    * position on a history channel. handler, if given, receives the channel's
    * messages (besides on('message')). opts.since, a position kept from
-   * pm.position(channel) (e.g. before a page reload), resumes from it.
+   * pm.position(channel) (e.g. before a page reload), resumes from it; it is
+   * ignored for a channel already subscribed (that one has its own).
    */
   subscribe(channel, handler, opts = {}) {
     let ch = this._channels.get(channel);
