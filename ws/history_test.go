@@ -85,6 +85,10 @@ func TestHistoryOp(t *testing.T) {
 			t.Errorf("history %v: %+v, want %s %q", tc.req, f, tc.code, tc.msg)
 		}
 	}
+	// A resume is authorized as a plain subscribe.
+	if f := c.call(map[string]any{"op": OpSubscribe, "channel": "other.a", "since": pos5}); f.Code != CodeForbidden {
+		t.Errorf("resume outside the claims: %+v, want forbidden", f)
+	}
 	if n := g.metric("history_requests", "ws"); n != 10 {
 		t.Errorf("history_requests{ws} = %v, want 10", n)
 	}
