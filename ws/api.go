@@ -113,6 +113,7 @@ var httpStatus = map[string]int{
 	CodeLimit:        http.StatusTooManyRequests,
 	CodeUnavailable:  http.StatusServiceUnavailable,
 	CodeUnauthorized: http.StatusUnauthorized,
+	CodeNoHistory:    http.StatusNotFound,
 }
 
 func (h *Handler) httpError(w http.ResponseWriter, e *Error) {

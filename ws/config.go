@@ -136,6 +136,11 @@ type Config struct {
 	// serves at /metrics. Pass the registry given to fanout.Config as
 	// Registerer to serve both. Default: a new registry of its own.
 	Metrics *prometheus.Registry
+
+	// For the package's tests: the frames a resume may hold (default
+	// DefaultResumeHold), and hooks into a resume.
+	resumeHold int
+	hooks      resumeHooks
 }
 
 // ErrNoAuth is returned by NewHandler when no credential is configured and
@@ -159,6 +164,7 @@ func (c *Config) setDefaults() error {
 	// The limits of the cluster configuration keep their zero: it means
 	// "follow the cluster" (see liveconfig.go).
 	def(&c.MaxChannelBytes, DefaultMaxChannelBytes)
+	def(&c.resumeHold, DefaultResumeHold)
 	defDur(&c.PongTimeout, DefaultPongTimeout)
 	defDur(&c.WriteTimeout, DefaultWriteTimeout)
 	defDur(&c.CloseGrace, DefaultCloseGrace)

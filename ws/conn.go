@@ -22,6 +22,7 @@ const maxBatch = 128
 type outFrame struct {
 	b   []byte // shared between connections: never modified
 	msg bool
+	id  string // a message's id, to drop it after a resume that delivered it from history
 }
 
 // conn is one WebSocket client. Two goroutines own it: the reader (the
@@ -59,6 +60,8 @@ type conn struct {
 	writeDone  chan struct{} // closed when writeLoop returns
 
 	subs map[string]*channel // reader goroutine only
+
+	holds holds // channels being resumed: their live frames wait (resume.go)
 }
 
 func newConn(h *Handler, ws *websocket.Conn, bc *bufConn, p *Principal, l *limits) *conn {
@@ -233,6 +236,10 @@ func (c *conn) handle(data []byte) {
 		e = c.unsubscribe(f)
 	case OpPublish:
 		e = c.publish(f)
+	case OpHistory:
+		if e = c.history(f); e == nil {
+			return // history queued the reply itself
+		}
 	}
 	if e != nil {
 		c.replyError(e)
@@ -254,17 +261,25 @@ func (c *conn) subscribe(f Frame) *Error {
 	if e := c.h.checkChannel(f.ID, f.Channel); e != nil {
 		return e
 	}
-	if _, e := c.h.checkAccess(l, f.ID, c.p, OpSubscribe, f.Channel); e != nil {
+	ns, e := c.h.checkAccess(l, f.ID, c.p, OpSubscribe, f.Channel)
+	if e != nil {
 		return e
 	}
 	if _, ok := c.subs[f.Channel]; ok {
+		// Already subscribed (since or not): the subscription goes on.
 		c.reply(&outFrame{b: okFrame(f.ID)})
 		return nil
+	}
+	if f.Since != "" && ns.HistorySize == 0 {
+		return noHistory(f.ID, f.Channel, ns)
 	}
 	if max := l.maxSubscriptions; max >= 0 && len(c.subs) >= max {
 		return &Error{Code: CodeLimit, Message: "at most " + strconv.Itoa(max) + " subscriptions per connection", ID: f.ID}
 	}
-	ch, err := c.h.hub.subscribe(c.ctx, c, f.Channel, &outFrame{b: okFrame(f.ID)})
+	if f.Since != "" {
+		return c.resume(f)
+	}
+	ch, err := c.h.hub.subscribe(c.ctx, c, f.Channel, func(pos string) []byte { return subscribedFrame(f.ID, pos) })
 	if err != nil {
 		if c.ctx.Err() != nil {
 			return nil // closing: no reply needed

@@ -7,10 +7,17 @@
 //	err = h.Serve(ctx, listener) // or ws.ListenAndServe(ctx, addr, client, cfg)
 //
 // Clients speak JSON text frames at GET /ws (subscribe, unsubscribe,
-// publish, ping; replies ok and error; message frames); backends POST JSON
-// to /api/publish/{channel}. docs/protocol.md describes frames, error and
-// close codes, limits and their defaults, and authentication (JWT with
-// subscribe/publish channel globs, or API keys).
+// publish, ping, history; replies ok, error and history; message frames);
+// backends POST JSON to /api/publish/{channel}. docs/protocol.md describes
+// frames, error and close codes, limits and their defaults, and
+// authentication (JWT with subscribe/publish channel globs, or API keys).
+//
+// History: on a channel whose namespace keeps history (docs/history.md)
+// every message frame carries its position (pos), a subscribe with since
+// resumes from one (the ok says recovered and count, the messages from
+// history follow, then live ones, with no gap and no duplicate at the
+// junction: resume.go), and the history op and GET /api/history/{channel}
+// read history.
 //
 // Configuration: the limits and the channel namespaces' rules come from
 // the cluster configuration in etcd, which the fanout client watches; the

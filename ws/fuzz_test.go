@@ -27,6 +27,14 @@ func FuzzDecodeFrame(f *testing.F) {
 		`[]`, `null`, ``, `{`, "\xff\xfe", `{"op":"ping","id":"` + string(make([]byte, 100)) + `"}`,
 		` {"op":"ping"} `,
 		`{"op":"publish","channel":"a","data":1,"data":2}`,
+		`{"op":"subscribe","channel":"h.a","since":"p1.AAAA","id":5}`,
+		`{"op":"subscribe","channel":"h.a","since":7}`,
+		`{"op":"history","channel":"h.a","since":"p1.AAAA","limit":100,"reverse":true,"id":6}`,
+		`{"op":"history","channel":"h.a","limit":-1}`,
+		`{"op":"history","channel":"h.a","limit":1.5}`,
+		`{"op":"history","channel":"h.a","limit":1e40}`,
+		`{"op":"history","channel":"h.a","reverse":"yes"}`,
+		`{"op":"history"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -47,9 +55,13 @@ func FuzzDecodeFrame(f *testing.F) {
 		}
 		switch fr.Op {
 		case OpPing:
-		case OpSubscribe, OpUnsubscribe, OpPublish:
+		case OpSubscribe, OpUnsubscribe, OpPublish, OpHistory:
 			if fr.Channel == "" {
 				t.Fatalf("DecodeFrame(%q): %s without a channel", b, fr.Op)
+			}
+			if fr.Limit < 0 || fr.Op != OpHistory && (fr.Limit != 0 || fr.Reverse) ||
+				fr.Since != "" && fr.Op != OpSubscribe && fr.Op != OpHistory {
+				t.Fatalf("DecodeFrame(%q): %s with since %q, limit %d, reverse %v", b, fr.Op, fr.Since, fr.Limit, fr.Reverse)
 			}
 		default:
 			t.Fatalf("DecodeFrame(%q): op %q", b, fr.Op)
@@ -60,11 +72,13 @@ func FuzzDecodeFrame(f *testing.F) {
 		if fr.ID != nil && !validID(fr.ID) {
 			t.Fatalf("DecodeFrame(%q): id %q", b, fr.ID)
 		}
-		if out := okFrame(fr.ID); !json.Valid(out) {
-			t.Fatalf("ok frame %q is not JSON", out)
+		for _, out := range [][]byte{okFrame(fr.ID), subscribedFrame(fr.ID, fr.Since), resumedFrame(fr.ID, fr.Reverse, fr.Limit)} {
+			if !json.Valid(out) {
+				t.Fatalf("ok frame %q is not JSON", out)
+			}
 		}
 		if fr.Op == OpPublish {
-			if out := encodeMessage(fr.Channel, fr.Data, "id-1", time.UnixMilli(1)); !json.Valid(out) {
+			if out := encodeMessage(fr.Channel, fr.Data, "id-1", time.UnixMilli(1), fr.Since); !json.Valid(out) {
 				t.Fatalf("message frame %q is not JSON", out)
 			}
 		}
@@ -88,7 +102,7 @@ func validID(id json.RawMessage) bool {
 // still makes a valid frame.
 func TestEncodeMessageChannel(t *testing.T) {
 	t.Parallel()
-	out := encodeMessage(`we"ird\<>&`, []byte(`{"a":1}`), `id"1`, time.UnixMilli(1700000000000))
+	out := encodeMessage(`we"ird\<>&`, []byte(`{"a":1}`), `id"1`, time.UnixMilli(1700000000000), "")
 	var f frame
 	if err := json.Unmarshal(out, &f); err != nil {
 		t.Fatalf("%s: %v", out, err)
@@ -120,7 +134,9 @@ func FuzzEncodeMessage(f *testing.F) {
 		if ms != 0 {
 			ts = time.UnixMilli(ms)
 		}
-		out := encodeMessage(channel, payload, id, ts)
+		// The id doubles as the position: both are strings the frame
+		// carries as given.
+		out := encodeMessage(channel, payload, id, ts, id)
 		if !utf8.Valid(out) {
 			t.Fatalf("encodeMessage(%q, %q): frame %q is not valid UTF-8", channel, payload, out)
 		}
@@ -134,7 +150,7 @@ func FuzzEncodeMessage(f *testing.F) {
 		var gotID string
 		json.Unmarshal(fr.ID, &gotID)
 		if fr.Op != OpMessage || utf8.ValidString(channel) && fr.Channel != channel ||
-			utf8.ValidString(id) && gotID != id || !ts.IsZero() && fr.TS != ts.UnixMilli() {
+			utf8.ValidString(id) && (gotID != id || fr.Pos != id) || !ts.IsZero() && fr.TS != ts.UnixMilli() {
 			t.Fatalf("encodeMessage(%q, %q, %q, %v) decodes to %+v", channel, payload, id, ts, fr)
 		}
 		if json.Valid(payload) && utf8.Valid(payload) && string(fr.Data) != string(bytes.TrimSpace(payload)) {

@@ -22,6 +22,7 @@ import (
 //
 //	GET  /ws                       WebSocket clients (docs/protocol.md)
 //	POST /api/publish/{channel}    publish the JSON body
+//	GET  /api/history/{channel}    the channel's history (docs/history.md)
 //	GET  /api/nodes                the nodes as the gateway sees them
 //	GET  /api/config               the cluster configuration the gateway runs, and its overrides
 //	GET  /healthz                  200 while this gateway is subscribed on and can publish to a ready node
@@ -111,6 +112,7 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 	h.mux = http.NewServeMux()
 	h.mux.HandleFunc("GET /ws", h.serveWS)
 	h.mux.HandleFunc("POST /api/publish/{channel...}", h.servePublish)
+	h.mux.HandleFunc("GET /api/history/{channel...}", h.serveHistory)
 	h.mux.HandleFunc("GET /api/nodes", h.serveNodes)
 	h.mux.HandleFunc("GET /api/config", h.serveConfig)
 	h.mux.HandleFunc("GET /healthz", h.serveHealth)

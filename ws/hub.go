@@ -45,6 +45,10 @@ type channel struct {
 	closed bool // feed has been closed (or was never opened)
 	// subs is the copy-on-write list the pump reads without a lock.
 	subs atomic.Pointer[[]*conn]
+	// pos is the channel's position for a subscriber joining now, on a
+	// history channel: that of the newest message the pump handled, or
+	// else the one read when the channel opened (seed); nil when unknown.
+	pos atomic.Pointer[string]
 }
 
 func newHub(h *Handler, ctx context.Context) *hub {
@@ -62,10 +66,12 @@ func (b *hub) shard(name string) *hubShard {
 }
 
 // subscribe adds c to channel name, opening the fanout subscription if c
-// is the first. It returns once messages flow. okFrame is queued to c just
-// before c joins the channel's list, so that c sees the reply before any
-// message.
-func (b *hub) subscribe(ctx context.Context, c *conn, name string, ok *outFrame) (*channel, error) {
+// is the first. It returns once messages flow. The reply ok(position) is
+// queued to c just before c joins the channel's list, so that c sees the
+// reply before any message, and the position it carries covers nothing c
+// is owed. A resume passes nil: c holds the channel's frames itself
+// (resume.go) and replies once it has read history.
+func (b *hub) subscribe(ctx context.Context, c *conn, name string, ok func(pos string) []byte) (*channel, error) {
 	sh := b.shard(name)
 	sh.mu.Lock()
 	ch := sh.channels[name]
@@ -97,7 +103,13 @@ func (b *hub) subscribe(ctx context.Context, c *conn, name string, ok *outFrame)
 		}
 		return nil, err
 	}
-	c.enqueue(ok)
+	if ok != nil {
+		pos := ""
+		if p := ch.pos.Load(); p != nil {
+			pos = *p
+		}
+		c.enqueue(&outFrame{b: ok(pos)})
+	}
 	subs := append(slices.Clone(*ch.subs.Load()), c)
 	ch.subs.Store(&subs)
 	sh.mu.Unlock()
@@ -109,6 +121,9 @@ func (b *hub) subscribe(ctx context.Context, c *conn, name string, ok *outFrame)
 func (b *hub) open(sh *hubShard, ch *channel) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.h.cfg.OpTimeout)
 	feed, err := b.h.client.Subscribe(ctx, ch.name)
+	if err == nil {
+		b.seed(ctx, ch)
+	}
 	cancel()
 	sh.mu.Lock()
 	ch.feed, ch.err = feed, err
@@ -167,12 +182,19 @@ func (b *hub) release(c *conn, ch *channel) {
 // pump delivers ch's messages until its feed is closed: by release, or by
 // the fanout client itself (Close), in which case the subscribers are
 // closed with 1011 so that they reconnect rather than wait in silence.
+// The channel's position moves to a message's before the message goes
+// out: a subscriber that joins in between is handed a position covering a
+// message it does not get, one published before it joined.
 func (b *hub) pump(sh *hubShard, ch *channel, feed *fanout.Subscription) {
 	for m := range feed.Messages() {
 		b.h.metrics.messagesFanout.Inc()
-		f := &outFrame{b: encodeMessage(ch.name, m.Payload, m.ID(), m.PublishedAt), msg: true}
+		id, pos := m.ID(), m.Position()
+		f := &outFrame{b: encodeMessage(ch.name, m.Payload, id, m.PublishedAt, pos), msg: true, id: id}
+		if pos != "" {
+			ch.pos.Store(&pos)
+		}
 		for _, c := range *ch.subs.Load() {
-			c.enqueue(f)
+			c.deliver(ch.name, f)
 		}
 	}
 	sh.mu.Lock()

@@ -27,6 +27,9 @@ type metrics struct {
 	namespaceRefusals *prometheus.CounterVec // by op: a namespace allows it to no client
 	anonymous         *prometheus.CounterVec // requests let in without a credential, by transport
 	overrides         prometheus.Gauge       // Config fields that win over the cluster configuration
+
+	recoveries      *prometheus.CounterVec // subscribes with since, by result
+	historyRequests *prometheus.CounterVec // history reads, by transport
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -65,16 +68,20 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "pubmesh_ws_anonymous_requests_total", Help: "WebSocket connections (transport ws) and HTTP publishes (http) let in without a credential because a namespace allows anonymous clients."}, []string{"transport"}),
 		overrides: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pubmesh_ws_config_overrides", Help: "Limits set on this gateway (flags, ws.Config) that win over the cluster configuration."}),
+		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pubmesh_ws_recoveries_total", Help: "Subscribes with since answered, by result: recovered (history proved it had every missed message) or not_recovered (recovered:false)."}, []string{"result"}),
+		historyRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pubmesh_ws_history_requests_total", Help: "History reads answered, by transport: the history op (ws) and GET /api/history (http)."}, []string{"transport"}),
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.connects, m.subscriptions, m.channels, m.messagesIn,
 		m.messagesFanout, m.messagesOut, m.writeBatches, m.slowConsumers, m.errors, m.authFailures, m.closes, m.subscribeErrors, m.subjectConnRefusals,
-		m.namespaceRefusals, m.anonymous, m.overrides} {
+		m.namespaceRefusals, m.anonymous, m.overrides, m.recoveries, m.historyRequests} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ws: register metrics: %w", err)
 		}
 	}
 	// Make the labelled series visible at zero.
-	for _, code := range []string{CodeBadRequest, CodeForbidden, CodeTooLarge, CodeRateLimited, CodeLimit, CodeUnavailable, CodeUnauthorized} {
+	for _, code := range []string{CodeBadRequest, CodeForbidden, CodeTooLarge, CodeRateLimited, CodeLimit, CodeUnavailable, CodeUnauthorized, CodeNoHistory} {
 		m.errors.WithLabelValues(code)
 	}
 	for _, r := range []string{"missing", "invalid", "expired", "origin"} {
@@ -83,7 +90,10 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	for _, t := range []string{"ws", "http"} {
 		m.messagesIn.WithLabelValues(t)
 		m.anonymous.WithLabelValues(t)
+		m.historyRequests.WithLabelValues(t)
 	}
+	m.recoveries.WithLabelValues("recovered")
+	m.recoveries.WithLabelValues("not_recovered")
 	m.namespaceRefusals.WithLabelValues(OpSubscribe)
 	m.namespaceRefusals.WithLabelValues(OpPublish)
 	return m, nil

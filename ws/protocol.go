@@ -17,6 +17,8 @@ const (
 	OpUnsubscribe = "unsubscribe"
 	OpPublish     = "publish"
 	OpPing        = "ping"
+	// OpHistory reads a channel's history; its reply has the same op.
+	OpHistory = "history"
 	// Server to client.
 	OpOK      = "ok"
 	OpError   = "error"
@@ -32,6 +34,7 @@ const (
 	CodeLimit        = "limit"        // over the subscriptions per connection
 	CodeUnavailable  = "unavailable"  // the fanout client failed (no ready node, timeout)
 	CodeUnauthorized = "unauthorized" // HTTP only: missing, invalid or expired credential
+	CodeNoHistory    = "no_history"   // since or history on a channel whose namespace keeps no history (history_size 0)
 )
 
 // Close codes the gateway sends, besides 1000 (an echo of the client's own
@@ -57,6 +60,14 @@ type Frame struct {
 	// ID is the request id as sent (a JSON number or string), echoed in the
 	// reply; nil when absent.
 	ID json.RawMessage
+	// Since is the position a subscribe resumes from, or a history read
+	// starts after (docs/history.md); "" when absent. Other ops ignore it.
+	Since string
+	// Limit bounds a history read; 0 when absent (the gateway's maximum,
+	// HistoryLimit).
+	Limit int
+	// Reverse asks a history read for the newest messages, newest first.
+	Reverse bool
 }
 
 // Error is a protocol error: the reply to a frame the gateway refuses.
@@ -78,12 +89,16 @@ type wireFrame struct {
 	Channel string          `json:"channel"`
 	Data    json.RawMessage `json:"data"`
 	ID      json.RawMessage `json:"id"`
+	Since   string          `json:"since"`
+	Limit   int             `json:"limit"`
+	Reverse bool            `json:"reverse"`
 }
 
 // DecodeFrame parses one client frame. It checks the shape (an object with
 // a known op, a channel where the op needs one, data for publish, an id
-// that is a number or a string of at most 64 bytes) but not the channel
-// name rules, which depend on the Config. Unknown fields are ignored. On
+// that is a number or a string of at most 64 bytes, since a string, limit
+// a non-negative integer, reverse a boolean) but not the channel name
+// rules, which depend on the Config, nor whether since is a position. Unknown fields are ignored. On
 // failure it returns an *Error with code bad_request and, when it could be
 // read, the frame's id.
 func DecodeFrame(b []byte) (Frame, error) {
@@ -109,7 +124,14 @@ func DecodeFrame(b []byte) (Frame, error) {
 	}
 	f := Frame{Op: w.Op, Channel: w.Channel, ID: id}
 	switch w.Op {
-	case OpSubscribe, OpUnsubscribe:
+	case OpSubscribe:
+		f.Since = w.Since
+	case OpUnsubscribe:
+	case OpHistory:
+		if w.Limit < 0 {
+			return Frame{}, badRequest(id, "limit must not be negative")
+		}
+		f.Since, f.Limit, f.Reverse = w.Since, w.Limit, w.Reverse
 	case OpPublish:
 		if w.Data == nil {
 			return Frame{}, badRequest(id, "publish needs data")
@@ -163,13 +185,44 @@ func truncate(s string, n int) string {
 
 // okFrame is {"op":"ok","id":<id>}, or {"op":"ok"} without an id.
 func okFrame(id json.RawMessage) []byte {
-	if id == nil {
-		return []byte(`{"op":"ok"}`)
+	return append(openReply(OpOK, id, 0), '}')
+}
+
+// subscribedFrame is the ok of a plain subscribe: {"op":"ok","id":<id>,
+// "pos":"<position>"}, pos omitted when empty (a channel without history,
+// or whose position is not known).
+func subscribedFrame(id json.RawMessage, pos string) []byte {
+	b := openReply(OpOK, id, len(pos)+10)
+	if pos != "" {
+		b = append(b, `,"pos":`...)
+		b = appendString(b, pos)
 	}
-	b := make([]byte, 0, 20+len(id))
-	b = append(b, `{"op":"ok","id":`...)
-	b = append(b, id...)
 	return append(b, '}')
+}
+
+// resumedFrame is the ok of a subscribe with since: {"op":"ok","id":<id>,
+// "recovered":true|false,"count":<n>}, n the messages from history that
+// follow it.
+func resumedFrame(id json.RawMessage, recovered bool, count int) []byte {
+	b := openReply(OpOK, id, 32)
+	b = append(b, `,"recovered":`...)
+	b = strconv.AppendBool(b, recovered)
+	b = append(b, `,"count":`...)
+	b = strconv.AppendInt(b, int64(count), 10)
+	return append(b, '}')
+}
+
+// openReply starts {"op":<op>,"id":<id> (id omitted when nil), without the
+// closing brace, with room for extra more bytes.
+func openReply(op string, id json.RawMessage, extra int) []byte {
+	b := make([]byte, 0, 20+len(id)+extra)
+	b = append(b, `{"op":`...)
+	b = appendString(b, op)
+	if id != nil {
+		b = append(b, `,"id":`...)
+		b = append(b, id...)
+	}
+	return b
 }
 
 type wireError struct {
@@ -187,16 +240,28 @@ func errorFrame(e *Error) []byte {
 
 // encodeMessage builds a message frame once for every subscriber:
 //
-//	{"op":"message","channel":"news","data":<JSON>,"id":"<message id>","ts":<ms>}
+//	{"op":"message","channel":"news","data":<JSON>,"id":"<message id>","ts":<ms>,"pos":"<position>"}
+//
+// pos, the message's position (history channels only), is omitted when
+// empty, as ts is when zero. See appendMessage for the data.
+func encodeMessage(channel string, payload []byte, id string, ts time.Time, pos string) []byte {
+	b := make([]byte, 0, 80+len(channel)+len(payload)+len(id)+len(pos))
+	b = append(b, `{"op":"message",`...)
+	return append(appendMessage(b, channel, payload, id, ts, pos), '}')
+}
+
+// appendMessage appends the fields of a message, without braces:
+//
+//	"channel":"news","data":<JSON>,"id":"<message id>","ts":<ms>,"pos":"<position>"
 //
 // A payload that is valid JSON is sent as is; any other payload (published
 // by a Go service) as a JSON string. Either way each byte of invalid UTF-8
 // becomes U+FFFD: json.Valid accepts it inside strings, but browsers close
 // a connection whose text frame carries it (1006), and a node may carry
-// anything (a raw PUBLISH). The frame is always valid UTF-8 and valid JSON.
-func encodeMessage(channel string, payload []byte, id string, ts time.Time) []byte {
-	b := make([]byte, 0, 64+len(channel)+len(payload)+len(id))
-	b = append(b, `{"op":"message","channel":`...)
+// anything (a raw PUBLISH). The result is always valid UTF-8 and valid
+// JSON.
+func appendMessage(b []byte, channel string, payload []byte, id string, ts time.Time, pos string) []byte {
+	b = append(b, `"channel":`...)
 	b = appendString(b, channel)
 	b = append(b, `,"data":`...)
 	switch {
@@ -215,7 +280,11 @@ func encodeMessage(channel string, payload []byte, id string, ts time.Time) []by
 		b = append(b, `,"ts":`...)
 		b = strconv.AppendInt(b, ts.UnixMilli(), 10)
 	}
-	return append(b, '}')
+	if pos != "" {
+		b = append(b, `,"pos":`...)
+		b = appendString(b, pos)
+	}
+	return b
 }
 
 // appendValidUTF8 appends p with each byte that is not part of a valid

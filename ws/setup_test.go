@@ -19,6 +19,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
 	"github.com/pubmesh/pubmesh/discovery"
@@ -69,12 +70,14 @@ var clusterSeq atomic.Int64
 // in the shared etcd, real redis-servers, a real fanout client, and the
 // Handler serving on a loopback port.
 type gw struct {
-	h      *Handler
-	client *fanout.Client
-	reg    *discovery.Registry
-	url    string // http://127.0.0.1:port
-	wsURL  string // ws://127.0.0.1:port/ws
-	reg2   *prometheus.Registry
+	h       *Handler
+	client  *fanout.Client
+	gateway *Gateway
+	reg     *discovery.Registry
+	etcd    *clientv3.Client
+	url     string // http://127.0.0.1:port
+	wsURL   string // ws://127.0.0.1:port/ws
+	reg2    *prometheus.Registry
 }
 
 type gwOptions struct {
@@ -95,16 +98,38 @@ func newGW(t testing.TB, cfg Config, o gwOptions) *gw {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &gw{reg: reg, reg2: prometheus.NewRegistry()}
+	g := &gw{reg: reg, etcd: cli}
 	if o.nodes == 0 {
 		o.nodes = 1
 	}
 	for i := range max(o.nodes, 0) {
 		g.addNode(t, fmt.Sprintf("n%d", i))
 	}
-	fc := o.fanout
-	fc.EtcdClient = cli
-	fc.Cluster = cluster
+	g.start(t, cfg, o.fanout, "127.0.0.1:0")
+	if o.nodes > 0 {
+		waitFor(t, 20*time.Second, "the fanout client to see a ready node", func() bool { return len(g.client.Nodes().Ready()) > 0 })
+	}
+	return g
+}
+
+// another starts another gateway on g's cluster (its own fanout client,
+// Handler and metrics) on listen ("127.0.0.1:0" for any port), closed
+// with the test or by g.gateway.Close.
+func (g *gw) another(t testing.TB, cfg Config, listen string) *gw {
+	t.Helper()
+	o := &gw{reg: g.reg, etcd: g.etcd}
+	o.start(t, cfg, fanout.Config{}, listen)
+	waitFor(t, 20*time.Second, "the fanout client to see a ready node", func() bool { return len(o.client.Nodes().Ready()) > 0 })
+	return o
+}
+
+// start runs a gateway for g, built as `pubmesh gateway` builds it
+// (Overflow: Block and all).
+func (g *gw) start(t testing.TB, cfg Config, fc fanout.Config, listen string) {
+	t.Helper()
+	g.reg2 = prometheus.NewRegistry()
+	fc.EtcdClient = g.etcd
+	fc.Cluster = g.reg.Cluster()
 	fc.Registerer = g.reg2
 	if fc.Logger == nil {
 		fc.Logger = quietLogger()
@@ -115,10 +140,9 @@ func newGW(t testing.TB, cfg Config, o gwOptions) *gw {
 	if cfg.Metrics == nil {
 		cfg.Metrics = g.reg2
 	}
-	// Built as `pubmesh gateway` builds it (Overflow: Block and all).
-	nctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	nctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	gwy, err := StartGateway(nctx, GatewayConfig{Fanout: fc, Handler: cfg, Listen: "127.0.0.1:0"})
+	gwy, err := StartGateway(nctx, GatewayConfig{Fanout: fc, Handler: cfg, Listen: listen})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,13 +151,10 @@ func newGW(t testing.TB, cfg Config, o gwOptions) *gw {
 			t.Errorf("Close: %v", err)
 		}
 	})
+	g.gateway = gwy
 	g.client, g.h = gwy.Client(), gwy.Handler()
-	if o.nodes > 0 {
-		waitFor(t, 20*time.Second, "the fanout client to see a ready node", func() bool { return len(g.client.Nodes().Ready()) > 0 })
-	}
 	g.url = strings.TrimSuffix(gwy.URL(), "/")
 	g.wsURL = gwy.WebSocketURL()
-	return g
 }
 
 // addNode starts a redis-server and registers it as ready.
@@ -177,6 +198,13 @@ type frame struct {
 	Channel string          `json:"channel"`
 	Data    json.RawMessage `json:"data"`
 	TS      int64           `json:"ts"`
+	// History: pos of messages, of a subscribe's ok and of a history
+	// reply; recovered and count of a resume's ok; a history reply's
+	// messages.
+	Pos       string  `json:"pos"`
+	Recovered *bool   `json:"recovered"`
+	Count     *int    `json:"count"`
+	Messages  []frame `json:"messages"`
 }
 
 // wsClient is a test client over a real socket.
@@ -386,6 +414,10 @@ func (g *gw) metric(name string, labels ...string) float64 {
 		c = m.namespaceRefusals.WithLabelValues(labels...)
 	case "anonymous":
 		c = m.anonymous.WithLabelValues(labels...)
+	case "recoveries":
+		c = m.recoveries.WithLabelValues(labels...)
+	case "history_requests":
+		c = m.historyRequests.WithLabelValues(labels...)
 	default:
 		panic(name)
 	}

@@ -28,6 +28,9 @@ func devCommand() *cli.Command {
 		Description: "Starts a real etcd inside the process and one node agent (each with its own redis-server) per\n" +
 			"port from --base-port up, and prints each node when it is ready. Other commands reach it with\n" +
 			"their default --etcd. Ctrl-C drains and stops everything; no process is left behind.\n\n" +
+			"On an etcd without a cluster configuration it writes one that keeps history for every channel\n" +
+			"(namespace \"**\": history_size 1000, history_ttl 10m), so that the demo page recovers what it\n" +
+			"missed; an existing configuration (a kept --data-dir) is left as it is.\n\n" +
 			"With --secure it runs the way production should: a CA and certificates made at start in DIR/tls,\n" +
 			"random passwords in DIR/secrets (mode 0600), etcd with mutual TLS and a root user, Redis nodes\n" +
 			"with TLS (mutual) and a password. It writes DIR/env.sh: `source DIR/env.sh` in another shell and\n" +
@@ -178,6 +181,11 @@ func runDev(c *cli.Context) error {
 		return err
 	}
 	defer cli.Close()
+	// Before the nodes and the gateway start, so that they run it from the
+	// start.
+	if err := writeDevConfig(c.Context, reg, out); err != nil {
+		return err
+	}
 	metrics := newMetricsRegistry()
 	agents := make([]*broker.Agent, n)
 	for i, cfg := range cfgs {

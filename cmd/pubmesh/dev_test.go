@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,6 +26,9 @@ func TestDevStartsAndStopsCleanly(t *testing.T) {
 		"--base-port", fmt.Sprint(base), "--data-dir", t.TempDir(), "--cluster", "devtest", "--gateway-listen", gwAddr,
 		"--metrics-listen", metricsAddr)
 	p.out.wait(t, `^etcd: http://`+etcdAddr, 30*time.Second)
+	// A fresh etcd gets dev's configuration: history for every channel.
+	revLine := p.out.wait(t, `^config: history on for every channel \(namespace "\*\*": history_size 1000, history_ttl 10m\), revision [0-9]+;`, 30*time.Second)
+	rev := regexp.MustCompile(`revision ([0-9]+);`).FindStringSubmatch(revLine)[1]
 	p.out.wait(t, `^gateway: http://`+gwAddr+`/ `, 30*time.Second)
 	for i := range n {
 		p.out.wait(t, fmt.Sprintf(`^node dev-%d ready at 127\.0\.0\.1:%d$`, base+i, base+i), 30*time.Second)
@@ -44,6 +48,7 @@ func TestDevStartsAndStopsCleanly(t *testing.T) {
 	// The gateway's fanout client and every node export the cluster
 	// configuration metrics under the same names in one registry: the
 	// gateway's without a label, the nodes' with their node label.
+	// All run the configuration dev wrote.
 	for _, url := range []string{"http://" + metricsAddr + "/metrics", "http://" + gwAddr + "/metrics"} {
 		resp, err := http.Get(url)
 		if err != nil {
@@ -54,9 +59,9 @@ func TestDevStartsAndStopsCleanly(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("GET %s: %s\n%s", url, resp.Status, body)
 		}
-		want := []string{"\npubmesh_config_revision 0\n", "\npubmesh_config_invalid_total 0\n"}
+		want := []string{"\npubmesh_config_revision " + rev + "\n", "\npubmesh_config_invalid_total 0\n"}
 		for i := range n {
-			want = append(want, fmt.Sprintf("\npubmesh_config_revision{node=\"dev-%d\"} 0\n", base+i),
+			want = append(want, fmt.Sprintf("\npubmesh_config_revision{node=\"dev-%d\"} %s\n", base+i, rev),
 				fmt.Sprintf("\npubmesh_node_config_apply_errors_total{node=\"dev-%d\"} 0\n", base+i))
 		}
 		for _, w := range want {

@@ -21,6 +21,14 @@
 // With a token function the client calls it again and reconnects; with a
 // fixed token it stops (state 'closed') rather than redial with a token the
 // gateway refuses: set pm.token to a fresh one and call pm.connect().
+//
+// History (docs/history.md): on a channel whose namespace keeps history,
+// the client keeps the last position (pos) the gateway gave it, and every
+// re-subscribe after a reconnect resumes from it (since): the messages
+// published meanwhile arrive first, once and in order ('recovered' fires
+// with their count), or, when history no longer covers the whole gap,
+// 'recoveryFailed' fires so that the app reloads its state. history()
+// reads a channel's history.
 
 /** An error reply, or a request that could not complete. */
 export class PubMeshError extends Error {
@@ -44,7 +52,7 @@ export const CloseCodes = Object.freeze({
 
 // Error codes that refuse a subscription for good; any other failure of a
 // subscribe (no reply, unavailable) is tried again.
-const REFUSALS = new Set(['forbidden', 'bad_request', 'limit', 'too_large', 'unauthorized']);
+const REFUSALS = new Set(['forbidden', 'bad_request', 'limit', 'too_large', 'unauthorized', 'no_history']);
 
 function defaultURL() {
   const loc = globalThis.location;
@@ -79,7 +87,9 @@ export class PubMesh {
     this._WS = opts.WebSocket || globalThis.WebSocket;
     this._handlers = new Map(); // event -> Set of functions
     // channel -> { active, waiters: [{resolve, reject}], handlers: Set,
-    //   req (the subscribe in flight, or null), retry (timer), attempt }
+    //   req (the subscribe in flight, or null), retry (timer), attempt,
+    //   pos (the last position, history channels), recovering (messages
+    //   from history still to come after a resume's ok) }
     this._channels = new Map();
     this._pending = new Map(); // request id -> { op, channel, resolve, reject, timer }
     this._openWaiters = new Set(); // requests waiting for the socket to open
@@ -113,8 +123,23 @@ export class PubMesh {
   }
 
   /**
-   * Listen to 'message' ({channel, data, id, ts, latency}), 'state' (state, info),
-   * 'subscribed' (channel: confirmed, also after each reconnect), 'error'
+   * The last position of channel (a channel whose namespace keeps history),
+   * from which a re-subscribe resumes; undefined when none is known. Keep it
+   * (e.g. in localStorage) and pass it as subscribe's since after a page
+   * reload to get what was published meanwhile.
+   */
+  position(channel) {
+    return this._channels.get(channel)?.pos;
+  }
+
+  /**
+   * Listen to 'message' ({channel, data, id, ts, latency, pos, recovered}),
+   * 'state' (state, info), 'subscribed' (channel: confirmed, also after each
+   * reconnect), 'recovered' ({channel, count}: a re-subscribe resumed from the
+   * last position, and the count messages published meanwhile follow, with
+   * recovered: true), 'recoveryFailed' ({channel, count, code, message}: it
+   * could not prove it has everything since the last position; count messages
+   * that history still had follow; reload the channel's state), 'error'
    * (PubMeshError), 'close' ({code, reason}) or 'tokenExpired' ({renew}: the
    * gateway closed with 4001; renew is true when a token function will be
    * called for a fresh token, false when the client has stopped and waits for
@@ -301,10 +326,22 @@ export class PubMesh {
       return;
     }
     if (f.op === 'message') {
-      const m = { channel: f.channel, data: f.data, id: f.id, ts: f.ts };
-      if (typeof f.ts === 'number') m.latency = Date.now() - f.ts;
       const ch = this._channels.get(f.channel);
       if (!ch) return; // unsubscribed; a message was still queued
+      // Not confirmed, with a position: the next subscribe resumes from the
+      // position and brings this message again (this one may come from a
+      // subscription the client gave up on).
+      if (!ch.active && ch.pos) return;
+      const m = { channel: f.channel, data: f.data, id: f.id, ts: f.ts };
+      if (typeof f.ts === 'number') m.latency = Date.now() - f.ts;
+      if (f.pos) {
+        m.pos = f.pos;
+        ch.pos = f.pos;
+      }
+      if (ch.recovering > 0) {
+        ch.recovering--;
+        m.recovered = true;
+      }
       for (const fn of ch.handlers) {
         try {
           fn(m);
@@ -322,7 +359,7 @@ export class PubMesh {
     }
     this._pending.delete(f.id);
     clearTimeout(p.timer);
-    if (f.op === 'ok') p.resolve();
+    if (f.op === 'ok' || f.op === 'history') p.resolve(f);
     else p.reject(new PubMeshError(f.code || 'unknown', f.message || 'pubmesh: request failed'));
   }
 
@@ -359,8 +396,10 @@ export class PubMesh {
 
   // _subscribeNow sends channel's subscribe, unless the socket is not open
   // (it is sent on open), the channel is confirmed, or one is in flight.
-  // No reply within timeout, or a transient error, schedules another try
-  // with backoff; a refusal drops the channel.
+  // With a position it resumes from it (since). No reply within timeout, or
+  // a transient error, schedules another try with backoff; a refusal drops
+  // the channel. A resume refused because the channel keeps no history (any
+  // more) or the position is not one is tried again at once without since.
   _subscribeNow(channel) {
     const ch = this._channels.get(channel);
     if (!ch || ch.active || ch.req || this._state !== 'open') return;
@@ -368,25 +407,54 @@ export class PubMesh {
     ch.retry = null;
     const req = {};
     ch.req = req;
-    this._send({ op: 'subscribe', channel }, 'subscribe', channel).then(
-      () => {
+    const since = ch.pos;
+    const frame = since ? { op: 'subscribe', channel, since } : { op: 'subscribe', channel };
+    this._send(frame, 'subscribe', channel).then(
+      (reply) => {
         if (ch.req !== req) return; // unsubscribed, or the connection was lost
         ch.req = null;
         ch.active = true;
         ch.attempt = 0;
+        ch.recovering = 0;
+        if (since && reply.recovered !== undefined) {
+          ch.recovering = reply.count || 0;
+        } else if (reply.pos) {
+          ch.pos = reply.pos;
+        }
         for (const w of ch.waiters) w.resolve();
         ch.waiters = [];
         this._emit('subscribed', channel);
+        if (!since) return;
+        const count = ch.recovering;
+        if (reply.recovered === true) {
+          this._emit('recovered', { channel, count });
+        } else if (reply.recovered === false) {
+          this._emit('recoveryFailed', { channel, count, code: 'not_recovered', message: `pubmesh: history does not cover everything published to ${channel} since the last position` });
+        } else {
+          this._emit('recoveryFailed', { channel, count: 0, code: 'not_resumed', message: `pubmesh: the gateway did not resume ${channel}` });
+        }
       },
       (err) => {
         if (ch.req !== req) return;
         ch.req = null;
+        if (since && (err.code === 'no_history' || err.code === 'bad_request')) {
+          ch.pos = undefined;
+          this._emit('recoveryFailed', { channel, count: 0, code: err.code, message: err.message });
+          this._subscribeNow(channel);
+          return;
+        }
         if (REFUSALS.has(err.code)) {
           this._channels.delete(channel);
           for (const w of ch.waiters) w.reject(err);
           ch.waiters = [];
           this._emit('error', err);
           return;
+        }
+        if (since && err.code === 'timeout' && this._state === 'open') {
+          // The gateway may still confirm this resume after the client gave
+          // up on it; the next one must be a fresh one, not "already
+          // subscribed": requests are handled in order.
+          this._send({ op: 'unsubscribe', channel }, 'unsubscribe', channel).catch(() => {});
         }
         this._emit('error', err);
         const step = Math.min(this.maxDelay, this.minDelay * 2 ** ch.attempt);
@@ -416,13 +484,16 @@ export class PubMesh {
    * channel is dropped) or, after timeout ms, with 'timeout'. A subscribe that
    * got no reply or a transient error (unavailable, reported on 'error') stays
    * and is tried again with backoff until confirmed ('subscribed') or
-   * unsubscribe; it is renewed after every reconnect. handler, if given,
-   * receives the channel's messages (besides on('message')).
+   * unsubscribe; it is renewed after every reconnect, resuming from the last
+   * position on a history channel. handler, if given, receives the channel's
+   * messages (besides on('message')). opts.since, a position kept from
+   * pm.position(channel) (e.g. before a page reload), resumes from it; it is
+   * ignored for a channel already subscribed (that one has its own).
    */
-  subscribe(channel, handler) {
+  subscribe(channel, handler, opts = {}) {
     let ch = this._channels.get(channel);
     if (!ch) {
-      ch = { active: false, waiters: [], handlers: new Set(), req: null, retry: null, attempt: 0 };
+      ch = { active: false, waiters: [], handlers: new Set(), req: null, retry: null, attempt: 0, pos: opts.since || undefined, recovering: 0 };
       this._channels.set(channel, ch);
     }
     if (handler) ch.handlers.add(handler);
@@ -451,17 +522,38 @@ export class PubMesh {
     ch.req = null;
     for (const w of ch.waiters) w.reject(new PubMeshError('unsubscribed', 'pubmesh: unsubscribed'));
     if (this._state !== 'open') return Promise.resolve();
-    return this._send({ op: 'unsubscribe', channel }, 'unsubscribe', channel);
+    return this._send({ op: 'unsubscribe', channel }, 'unsubscribe', channel).then(() => undefined);
   }
 
   /** Publish data (any JSON value) to channel. Resolves once a node took it. */
   publish(channel, data) {
-    return this._send({ op: 'publish', channel, data: data === undefined ? null : data }, 'publish', channel);
+    return this._send({ op: 'publish', channel, data: data === undefined ? null : data }, 'publish', channel).then(() => undefined);
   }
 
   /** Round trip to the gateway. */
   ping() {
-    return this._send({ op: 'ping' }, 'ping');
+    return this._send({ op: 'ping' }, 'ping').then(() => undefined);
+  }
+
+  /**
+   * Read channel's history (authorized as a subscribe). Resolves to
+   * {messages, pos, recovered}: messages ({channel, data, id, ts, pos}) oldest
+   * first (newest first with reverse), at most limit (the gateway's maximum,
+   * 1000, when absent), after the position since when given; pos is where to
+   * go on from (history again, or subscribe's since); recovered is false when
+   * history cannot prove it has everything after since. Rejects with
+   * 'no_history' for a channel whose namespace keeps none.
+   */
+  history(channel, { since, limit, reverse } = {}) {
+    const frame = { op: 'history', channel };
+    if (since) frame.since = since;
+    if (limit) frame.limit = limit;
+    if (reverse) frame.reverse = true;
+    return this._send(frame, 'history', channel).then((f) => ({
+      messages: f.messages || [],
+      pos: f.pos,
+      recovered: f.recovered,
+    }));
   }
 
   /** Close for good (until connect() is called again). */
