@@ -40,6 +40,9 @@ type scenario struct {
 	cutSub bool
 	// runner, if set, runs the whole scenario instead of runScenario.
 	runner func(t *testing.T, sc scenario)
+	// sigkill: the gateway restart (9) kills the gateway instead of a
+	// SIGTERM.
+	sigkill bool
 }
 
 // marks are the times of one scenario run.
@@ -108,6 +111,7 @@ func scenarios() []scenario {
 			}})
 	}
 	add(scenario{num: 9, name: "gateway restarted under WebSocket clients", replicas: 1, runner: runGatewayRestart})
+	add(scenario{num: 9, name: "gateway kill -9 under WebSocket clients", replicas: 1, sigkill: true, runner: runGatewayRestart})
 	add(scenario{num: 10, name: "rolling restart of every node", replicas: 1, event: rollingRestart})
 	add(scenario{num: 11, name: "node key deleted by hand", replicas: 1, event: deleteNodeKey})
 	add(scenario{num: 12, name: "a subscriber cut off from etcd while a node joins", replicas: 1, cutSub: true, event: cutSubscriberFromEtcd})
@@ -181,7 +185,7 @@ func runScenario(t *testing.T, sc scenario) {
 	}
 	for i := range p.wsSubs {
 		k := newSink(fmt.Sprintf("ws%d", i), p.publishers, p.channels)
-		rc := newRClient(r.gw.url(), all, k)
+		rc := newRClient(r.gw.url(), all, k).withResume()
 		go rc.run()
 		t.Cleanup(rc.close)
 		wss = append(wss, rc)

@@ -41,6 +41,16 @@ type rclient struct {
 	connects int
 
 	okCount atomic.Int64 // subscription confirmations, all connections
+
+	// resume: keep each channel's last position (from message frames and
+	// the subscribe reply) and subscribe again with since, as pubmesh.js
+	// does on channels with history. The subscription is then one
+	// interval from the first confirmation: nothing may be missing.
+	resume    bool
+	pos       map[int]string // channel -> last position; under mu
+	recovered int            // resumes answered recovered:true; under mu
+	notRecov  int            // resumes answered recovered:false; under mu
+	firstOK   map[int]bool   // channels confirmed once; under mu
 }
 
 func newRClient(url string, channels []int, k recorder) *rclient {
@@ -48,6 +58,21 @@ func newRClient(url string, channels []int, k recorder) *rclient {
 		url: url, channels: channels, minDelay: 500 * time.Millisecond, maxDelay: 15 * time.Second,
 		sink: k, stop: make(chan struct{}), done: make(chan struct{}),
 	}
+}
+
+// withResume makes the client resume its channels from their positions
+// after every reconnect (channels with history).
+func (r *rclient) withResume() *rclient {
+	r.resume, r.pos, r.firstOK = true, map[int]string{}, map[int]bool{}
+	return r
+}
+
+// recoveries returns how many resumes were answered recovered:true and
+// recovered:false.
+func (r *rclient) recoveries() (ok, not int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.recovered, r.notRecov
 }
 
 // run connects and keeps the client connected until close.
@@ -123,7 +148,9 @@ func (r *rclient) session() bool {
 	defer func() {
 		now := time.Now()
 		c.Close()
-		r.sink.unsubscribed(now)
+		if !r.resume {
+			r.sink.unsubscribed(now)
+		}
 		r.mu.Lock()
 		r.conn = nil
 		r.closes = append(r.closes, now)
@@ -133,7 +160,14 @@ func (r *rclient) session() bool {
 	var batch bytes.Buffer
 	for i, ch := range r.channels {
 		batch.Reset()
-		fmt.Fprintf(&batch, `{"op":"subscribe","channel":"%s","id":%d}`, channelName(ch), i+1)
+		r.mu.Lock()
+		since := r.pos[ch]
+		r.mu.Unlock()
+		if since != "" {
+			fmt.Fprintf(&batch, `{"op":"subscribe","channel":"%s","since":"%s","id":%d}`, channelName(ch), since, i+1)
+		} else {
+			fmt.Fprintf(&batch, `{"op":"subscribe","channel":"%s","id":%d}`, channelName(ch), i+1)
+		}
 		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		if err := c.WriteMessage(websocket.TextMessage, batch.Bytes()); err != nil {
 			return true
@@ -148,13 +182,18 @@ func (r *rclient) session() bool {
 		now := time.Now()
 		if data, ok := messageData(b); ok {
 			r.sink.add(data, now)
+			if r.resume {
+				r.notePos(b)
+			}
 			continue
 		}
 		var f struct {
-			Op      string          `json:"op"`
-			ID      json.RawMessage `json:"id"`
-			Code    string          `json:"code"`
-			Message string          `json:"message"`
+			Op        string          `json:"op"`
+			ID        json.RawMessage `json:"id"`
+			Code      string          `json:"code"`
+			Message   string          `json:"message"`
+			Pos       string          `json:"pos"`
+			Recovered *bool           `json:"recovered"`
 		}
 		if json.Unmarshal(b, &f) != nil {
 			r.noteErr(fmt.Sprintf("frame %.80q is not JSON", b))
@@ -164,7 +203,24 @@ func (r *rclient) session() bool {
 		case "ok":
 			var id int
 			if json.Unmarshal(f.ID, &id) == nil && id >= 1 && id <= len(r.channels) {
-				r.sink.subscribed(r.channels[id-1], now)
+				ch := r.channels[id-1]
+				r.mu.Lock()
+				first := !r.firstOK[ch]
+				if r.resume {
+					r.firstOK[ch] = true
+					if f.Pos != "" && r.pos[ch] == "" {
+						r.pos[ch] = f.Pos
+					}
+					if f.Recovered != nil && *f.Recovered {
+						r.recovered++
+					} else if f.Recovered != nil {
+						r.notRecov++
+					}
+				}
+				r.mu.Unlock()
+				if !r.resume || first {
+					r.sink.subscribed(ch, now)
+				}
 				r.okCount.Add(1)
 				if pending--; pending == 0 {
 					r.mu.Lock()
@@ -194,6 +250,37 @@ func messageData(b []byte) ([]byte, bool) {
 		return nil, false
 	}
 	return rest[:j], true
+}
+
+// notePos remembers the position of a message frame ("pos" is its last
+// field, after the data).
+func (r *rclient) notePos(b []byte) {
+	i := bytes.LastIndex(b, []byte(`"pos":"`))
+	if i < 0 {
+		return
+	}
+	rest := b[i+len(`"pos":"`):]
+	j := bytes.IndexByte(rest, '"')
+	if j < 0 {
+		return
+	}
+	var ch struct {
+		Channel string `json:"channel"`
+	}
+	ci := -1
+	if json.Unmarshal(b, &ch) == nil {
+		for _, c := range r.channels {
+			if channelName(c) == ch.Channel {
+				ci = c
+			}
+		}
+	}
+	if ci < 0 {
+		return
+	}
+	r.mu.Lock()
+	r.pos[ci] = string(rest[:j])
+	r.mu.Unlock()
 }
 
 func (r *rclient) noteErr(s string) {
