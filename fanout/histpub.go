@@ -112,18 +112,24 @@ func newHistArgs(channel string, data []byte, prevTS int64, replicas int, o hist
 
 // queue adds the history commands of a publish to pipe; the caller adds
 // the PUBLISH after them. The stream's TTL is set to 1.25 history_ttl at
-// most every quarter history_ttl per node connection and channel, rather
-// than on every message: a message then still lives at least history_ttl,
-// for a fraction of the commands. It runs on the connection's publisher
-// goroutine only.
+// most every quarter history_ttl per node and channel, rather than on
+// every message: a message then still lives at least history_ttl, for a
+// fraction of the commands. The node's publisher goroutines share the
+// record.
 func (nc *nodeConn) queueHistory(ctx context.Context, pipe redis.Pipeliner, h *histArgs, now time.Time) *redis.StringCmd {
 	x := pipe.XAdd(ctx, &redis.XAddArgs{Stream: h.key, MaxLen: h.size, Approx: true, Values: h.fields})
+	nc.expiresMu.Lock()
 	if nc.expires == nil || len(nc.expires) >= histCacheMax {
 		nc.expires = map[string]time.Time{}
 	}
-	if last, ok := nc.expires[h.key]; !ok || now.Sub(last) >= h.ttl/4 {
-		pipe.PExpire(ctx, h.key, h.ttl+h.ttl/4)
+	last, ok := nc.expires[h.key]
+	due := !ok || now.Sub(last) >= h.ttl/4
+	if due {
 		nc.expires[h.key] = now
+	}
+	nc.expiresMu.Unlock()
+	if due {
+		pipe.PExpire(ctx, h.key, h.ttl+h.ttl/4)
 	}
 	return x
 }

@@ -52,10 +52,11 @@ type nodeConn struct {
 	inflight  sync.WaitGroup
 	queue     chan *pubReq
 
-	suspectUntil  atomic.Int64         // unix nanos
-	retired       atomic.Bool          // the node left etcd; its connection ending is expected
-	histErrLogged atomic.Bool          // a refused history append was logged for this connection
-	expires       map[string]time.Time // history stream -> when its TTL was last set; publisher goroutine only
+	suspectUntil  atomic.Int64 // unix nanos
+	retired       atomic.Bool  // the node left etcd; its connection ending is expected
+	histErrLogged atomic.Bool  // a refused history append was logged for this connection
+	expiresMu     sync.Mutex
+	expires       map[string]time.Time // history stream -> when its TTL was last set; under expiresMu
 
 	// subQ holds the subscribe commands for subLoop, in order, at most
 	// maxQueuedSubs; unsubC and unsubP the names to unsubscribe, merged
