@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/fanout"
 )
@@ -325,6 +328,84 @@ func TestHistoryNodeCrash(t *testing.T) {
 				if recovered != 4 || complete != 4 {
 					t.Errorf("Replicas 2: %d recovered, %d complete, want 4 and 4", recovered, complete)
 				}
+			}
+		})
+	}
+}
+
+// A subscriber's connection to a node breaks while messages are published
+// there: on a history channel, what it missed is read from the node's
+// history as soon as the connection is back, before newer messages, so
+// nothing is lost and the order holds; without history the break loses
+// them (which shows what the fill does).
+func TestHistoryFillsBrokenSubscription(t *testing.T) {
+	for _, hist := range []bool{true, false} {
+		t.Run(fmt.Sprintf("history %v", hist), func(t *testing.T) {
+			e := newEnv(t)
+			rs, _ := e.node("n1", discovery.StateReady)
+			if hist {
+				applyConfig(t, e, `namespaces: [{match: "f.*", history_size: 10000}]`)
+			}
+			pub := e.client(fanout.Config{})
+			reg := prometheus.NewRegistry()
+			sub := e.client(fanout.Config{SubscriptionBuffer: 1 << 16, Registerer: reg})
+			ctx := context.Background()
+			s, err := sub.Subscribe(ctx, "f.x")
+			if err != nil {
+				t.Fatal(err)
+			}
+			const n = 600
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for i := 1; i <= n; i++ {
+					if err := pub.Publish(ctx, "f.x", []byte(fmt.Sprint(i))); err != nil {
+						t.Error(err)
+						return
+					}
+					if i == n/3 {
+						// Cut the subscriber's connection (the only pub/sub
+						// client) and every new one for 200 ms, while the
+						// publisher goes on.
+						go func() {
+							rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
+							defer rdb.Close()
+							for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); {
+								rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub")
+								time.Sleep(time.Millisecond)
+							}
+						}()
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}()
+			<-done
+			var got []int
+			timeout := time.After(5 * time.Second)
+		loop:
+			for len(got) < n {
+				select {
+				case m := <-s.Messages():
+					var v int
+					fmt.Sscan(string(m.Payload), &v)
+					got = append(got, v)
+				case <-timeout:
+					break loop
+				case <-time.After(time.Second):
+					break loop
+				}
+			}
+			inOrder := true
+			for i := 1; i < len(got); i++ {
+				inOrder = inOrder && got[i] > got[i-1]
+			}
+			if hist {
+				if len(got) != n || !inOrder {
+					t.Errorf("history on: got %d of %d messages, in order %v", len(got), n, inOrder)
+				}
+			} else if len(got) == n {
+				t.Errorf("history off: the break lost nothing; the test cannot tell what the fill does (reconnects %v, duplicates %v)",
+					metricValue(t, reg, "pubmesh_fanout_reconnects_total"), metricValue(t, reg, "pubmesh_fanout_duplicates_dropped_total"))
 			}
 		})
 	}

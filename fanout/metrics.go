@@ -22,6 +22,7 @@ type metrics struct {
 	gapDrops            prometheus.Counter
 	subQueueFull        prometheus.Counter
 	historyAppendErrors prometheus.Counter
+	historyFills        prometheus.Counter
 	recoveries          *prometheus.CounterVec
 	stale               prometheus.Gauge
 	nodes               *prometheus.GaugeVec
@@ -37,6 +38,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		publishErrors:       c("publish_errors_total", "Publish calls that returned an error."),
 		retries:             c("publish_retries_total", "Publish attempts retried on another node after a failure."),
 		deliveries:          c("deliveries_total", "Messages handed to subscriptions."),
+		historyFills:        c("history_fills_total", "Reads of a node's history for a channel after the subscription connection to the node broke and came back, to deliver what it missed meanwhile."),
 		historyAppendErrors: c("history_append_errors_total", "History publishes a full node refused (out of memory, nothing left to evict): sent live without history."),
 		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "recoveries_total",
 			Help: "History reads from a position (History with Since, SubscribeWith), by result: recovered (proven complete) or not_recovered."}, []string{"result"}),
@@ -63,7 +65,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.publishes, m.publishErrors, m.retries, m.deliveries, m.duplicates, m.overflowDrops,
 			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.badReplies, m.memberGaps, m.gapDrops, m.subQueueFull, m.stale, m.nodes, m.publishLatency,
-			m.historyAppendErrors, m.recoveries)
+			m.historyAppendErrors, m.historyFills, m.recoveries)
 	}
 	return m
 }

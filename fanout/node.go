@@ -204,10 +204,19 @@ func (nc *nodeConn) launch() {
 func (nc *nodeConn) receive() {
 	defer nc.wg.Done()
 	failures := 0
+	var lastRecv time.Time // when the connection last delivered something
 	for {
 		msg, err := nc.ps.Receive(nc.ctx)
 		if nc.ctx.Err() != nil {
 			return
+		}
+		if err == nil && failures > 0 && !lastRecv.IsZero() {
+			// Back after a break: what the node took meanwhile is in its
+			// history; read it before anything newer is dispatched.
+			nc.fillFromHistory(lastRecv.Add(-time.Second))
+		}
+		if err == nil {
+			lastRecv = time.Now()
 		}
 		if err != nil {
 			failures++
