@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/pubmesh/pubmesh/clusterconfig"
 	"io"
 	"net/http"
 	"time"
@@ -20,24 +21,40 @@ func (h *Handler) publish(ctx context.Context, id json.RawMessage, channel strin
 	return nil
 }
 
+// httpAccess authenticates an HTTP request on the channel in its path and
+// authorizes op there (a credential-less request only where the
+// namespace allows anonymous clients for op), answering the request itself
+// when it is refused.
+func (h *Handler) httpAccess(w http.ResponseWriter, r *http.Request, op string) (*limits, *Principal, clusterconfig.Namespace, string, bool) {
+	l := h.limits()
+	channel := r.PathValue("channel")
+	anonymous := l.anonymousPublish(channel)
+	if op == OpSubscribe {
+		anonymous = l.anonymousSubscribe(channel)
+	}
+	p, err := h.authenticate(r, anonymous, "http")
+	if err != nil {
+		h.refuse(w, err)
+		return nil, nil, clusterconfig.Namespace{}, "", false
+	}
+	if e := h.checkChannel(nil, channel); e != nil {
+		h.httpError(w, e)
+		return nil, nil, clusterconfig.Namespace{}, "", false
+	}
+	ns, e := h.checkAccess(l, nil, p, op, channel)
+	if e != nil {
+		h.httpError(w, e)
+		return nil, nil, clusterconfig.Namespace{}, "", false
+	}
+	return l, p, ns, channel, true
+}
+
 // servePublish is POST /api/publish/{channel}: the body is the data.
 // Without a credential it is accepted only for a channel whose namespace
 // allows anonymous publishes (otherwise 401, as without such a namespace).
 func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request) {
-	l := h.limits()
-	channel := r.PathValue("channel")
-	p, err := h.authenticate(r, l.anonymousPublish(channel), "http")
-	if err != nil {
-		h.refuse(w, err)
-		return
-	}
-	if e := h.checkChannel(nil, channel); e != nil {
-		h.httpError(w, e)
-		return
-	}
-	ns, e := h.checkAccess(l, nil, p, OpPublish, channel)
-	if e != nil {
-		h.httpError(w, e)
+	l, p, ns, channel, ok := h.httpAccess(w, r, OpPublish)
+	if !ok {
 		return
 	}
 	if e := h.allowPublish(l, nil, p, nil, clientAddr(r)); e != nil {

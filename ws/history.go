@@ -56,23 +56,12 @@ func (c *conn) history(f Frame) *Error {
 //
 //	{"messages":[{"channel":…,"data":…,"id":…,"ts":…,"pos":…},…],"pos":"…","recovered":true}
 func (h *Handler) serveHistory(w http.ResponseWriter, r *http.Request) {
-	l := h.limits()
-	channel := r.PathValue("channel")
-	p, err := h.authenticate(r, l.anonymousSubscribe(channel), "http")
-	if err != nil {
-		h.refuse(w, err)
-		return
-	}
-	if e := h.checkChannel(nil, channel); e != nil {
-		h.httpError(w, e)
-		return
-	}
-	ns, e := h.checkAccess(l, nil, p, OpSubscribe, channel)
-	if e != nil {
-		h.httpError(w, e)
+	_, _, ns, channel, ok := h.httpAccess(w, r, OpSubscribe)
+	if !ok {
 		return
 	}
 	q := r.URL.Query()
+	var err error
 	limit := 0
 	if s := q.Get("limit"); s != "" {
 		if limit, err = strconv.Atoi(s); err != nil || limit < 0 {
