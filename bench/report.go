@@ -183,6 +183,10 @@ func (r *Report) computeRatios() {
 	pair("row 5 delivered/s ÷ row 1", 5, 1, deliv, ">=", 1.0)
 	pair("row 5 delivered/s ÷ row 2", 5, 2, deliv, ">=", 3.0)
 	pair("row 5 Redis CPU/msg ÷ row 3", 5, 3, cpu, "<=", 0.35)
+	// History (issue 12): on costs at most 1.5x off, per delivered message.
+	pair("row 8 (history on) Redis CPU/msg ÷ row 5", 8, 5, cpu, "<=", 1.5)
+	pair("row 8 (history on) client CPU/msg ÷ row 5", 8, 5, func(x Result) float64 { return x.ClientCPUPerMsgUs }, "<=", 1.5)
+	pair("row 5 delivered/s ÷ row 8 (history on)", 5, 8, deliv, "<=", 1.5)
 	x := Ratio{Name: "pubmesh p99 at 50% of max", Op: "<=", Limit: 2, Unit: "ms", Missing: "no 50% latency run"}
 	for _, l := range r.Latency {
 		if l.LoadFraction == 0.5 && !l.Reference && l.Err == "" {

@@ -36,6 +36,10 @@ type env struct {
 	etcd *etcdEnv
 }
 
+// historyDoc is row 8's cluster configuration: history on for every
+// channel, as many messages kept as a busy channel needs.
+const historyDoc = `namespaces: [{match: "**", history_size: 1000, history_ttl: 10m}]`
+
 func rowSpecs(cfg Config) []rowSpec {
 	n := cfg.Nodes
 	masters := max(n, 3) // redis-cli --cluster create wants 3 masters at least
@@ -54,15 +58,19 @@ func rowSpecs(cfg Config) []rowSpec {
 			}},
 		{row: 5, key: "pubmesh", label: fmt.Sprintf("pubmesh, %d nodes, 1 Publish per call", n), nodes: n, replicas: 1,
 			open: func(ctx context.Context, e *env) (target, error) {
-				return newPubmeshTarget(ctx, e.srv, e.etcd, e.cfg, n, 1)
+				return newPubmeshTarget(ctx, e.srv, e.etcd, e.cfg, n, 1, "")
 			}},
 		{row: 6, key: "pubmesh-replicas-2", label: fmt.Sprintf("pubmesh, %d nodes, Replicas: 2", n), nodes: n, replicas: 2,
 			open: func(ctx context.Context, e *env) (target, error) {
-				return newPubmeshTarget(ctx, e.srv, e.etcd, e.cfg, n, 2)
+				return newPubmeshTarget(ctx, e.srv, e.etcd, e.cfg, n, 2, "")
 			}},
 		{row: 7, key: "gateway", label: fmt.Sprintf("pubmesh, %d nodes, via WebSocket gateway", n), nodes: n, replicas: 1,
 			open: func(ctx context.Context, e *env) (target, error) {
 				return newGatewayTarget(ctx, e.srv, e.etcd, e.cfg, n)
+			}},
+		{row: 8, key: "pubmesh-history", label: fmt.Sprintf("pubmesh, %d nodes, history on (every channel)", n), nodes: n, replicas: 1,
+			open: func(ctx context.Context, e *env) (target, error) {
+				return newPubmeshTarget(ctx, e.srv, e.etcd, e.cfg, n, 1, historyDoc)
 			}},
 	}
 }
@@ -140,7 +148,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	pubmesh := func(nodes int) func() (target, error) {
-		return func() (target, error) { return newPubmeshTarget(ctx, e.srv, e.etcd, cfg, nodes, 1) }
+		return func() (target, error) { return newPubmeshTarget(ctx, e.srv, e.etcd, cfg, nodes, 1, "") }
 	}
 	if !cfg.SkipScaling {
 		for _, n := range cfg.NodeCounts {

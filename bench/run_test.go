@@ -32,8 +32,8 @@ func TestRunQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Rows) != 7 || len(rep.Scaling) != 2 || len(rep.Latency) != 2 {
-		t.Fatalf("got %d rows, %d scaling, %d latency; want 7, 2, 2", len(rep.Rows), len(rep.Scaling), len(rep.Latency))
+	if len(rep.Rows) != 8 || len(rep.Scaling) != 2 || len(rep.Latency) != 2 {
+		t.Fatalf("got %d rows, %d scaling, %d latency; want 8, 2, 2", len(rep.Rows), len(rep.Scaling), len(rep.Latency))
 	}
 	all := append(append(append([]bench.Result(nil), rep.Rows...), rep.Scaling...), rep.Latency...)
 	for _, r := range all {
@@ -60,15 +60,15 @@ func TestRunQuick(t *testing.T) {
 	if lat := rep.Latency[0]; lat.OfferedRate <= 0 || lat.LoadFraction != 0.5 {
 		t.Errorf("latency run: offered %g at fraction %g", lat.OfferedRate, lat.LoadFraction)
 	}
-	if len(rep.Ratios) != 4 {
-		t.Errorf("%d ratios, want 4", len(rep.Ratios))
+	if len(rep.Ratios) != 7 {
+		t.Errorf("%d ratios, want 7", len(rep.Ratios))
 	}
 	for _, x := range rep.Ratios {
 		if x.Missing != "" {
 			t.Errorf("ratio %s: %s", x.Name, x.Missing)
 		}
 	}
-	if rep.ServersStarted != 1+1+3+3+2+2+2+1+2+2+1 {
+	if rep.ServersStarted != 1+1+3+3+2+2+2+2+1+2+2+1 {
 		t.Errorf("%d redis-servers started", rep.ServersStarted)
 	}
 	if len(rep.ServersLeft) != 0 {
@@ -86,6 +86,7 @@ func TestRunQuick(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"| 1 go-redis, 1 node, hand-pipelined |", "| 7 pubmesh, 2 nodes, via WebSocket gateway |",
+		"| 8 pubmesh, 2 nodes, history on (every channel) |", "row 8 (history on) Redis CPU/msg ÷ row 5",
 		"### pubmesh by node count", "### pubmesh latency at fixed offered rates", "row 5 delivered/s ÷ row 1"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("latest.md lacks %q", want)
@@ -99,7 +100,7 @@ func TestRunQuick(t *testing.T) {
 	if err := json.Unmarshal(js, &back); err != nil {
 		t.Fatal(err)
 	}
-	if len(back.Rows) != 7 || back.Rows[4].Delivered != rep.Rows[4].Delivered {
+	if len(back.Rows) != 8 || back.Rows[4].Delivered != rep.Rows[4].Delivered {
 		t.Errorf("latest.json does not round-trip the rows")
 	}
 	png, err := os.ReadFile(filepath.Join(dir, "latest.png"))
@@ -142,7 +143,7 @@ func TestConfigValidate(t *testing.T) {
 	for _, c := range []bench.Config{
 		{PayloadSize: 10},
 		{Rate: -1},
-		{Rows: []int{8}},
+		{Rows: []int{9}},
 		{NodeCounts: []int{0}},
 		{LoadFractions: []float64{1.5}},
 		{PubsubBufferLimit: "lots"},

@@ -33,7 +33,7 @@ type gatewayTarget struct {
 }
 
 func newGatewayTarget(ctx context.Context, srv *servers, ee *etcdEnv, cfg Config, nodes int) (target, error) {
-	pt, err := newPubmeshTarget(ctx, srv, ee, cfg, nodes, 1)
+	pt, err := newPubmeshTarget(ctx, srv, ee, cfg, nodes, 1, "")
 	if err != nil {
 		return nil, err
 	}

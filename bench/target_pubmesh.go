@@ -81,7 +81,9 @@ type pubmeshTarget struct {
 	subscriptions []*fanout.Subscription
 }
 
-func newPubmeshTarget(ctx context.Context, srv *servers, ee *etcdEnv, cfg Config, nodes, replicas int) (*pubmeshTarget, error) {
+// newPubmeshTarget starts the target; config, if not empty, is written as
+// the cluster configuration before any client starts (row 8: history).
+func newPubmeshTarget(ctx context.Context, srv *servers, ee *etcdEnv, cfg Config, nodes, replicas int, config string) (*pubmeshTarget, error) {
 	cli, cluster, err := ee.cluster(ctx)
 	if err != nil {
 		return nil, err
@@ -91,6 +93,11 @@ func newPubmeshTarget(ctx context.Context, srv *servers, ee *etcdEnv, cfg Config
 	reg, err := discovery.New(cli, discovery.Config{Cluster: cluster, Logger: t.log})
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
+	}
+	if config != "" {
+		if _, err := reg.ApplyConfig(ctx, []byte(config), discovery.ConfigChange{Author: "bench"}); err != nil {
+			return nil, fmt.Errorf("bench: cluster configuration: %w", err)
+		}
 	}
 	for i := range nodes {
 		rs, err := srv.start()

@@ -59,7 +59,7 @@ func benchCommand() *cli.Command {
 			&cli.Float64SliceFlag{Name: "load-fractions", Value: cli.NewFloat64Slice(d.LoadFractions...), EnvVars: []string{"PUBMESH_BENCH_LOAD_FRACTIONS"},
 				Usage: "fractions of row 5's max published rate for the latency table (comma-separated); each also runs plain go-redis at that rate"},
 			&cli.IntSliceFlag{Name: "rows", Value: cli.NewIntSlice(d.Rows...), EnvVars: []string{"PUBMESH_BENCH_ROWS"},
-				Usage: "rows of the main table to run (comma-separated, 1 to 7)"},
+				Usage: "rows of the main table to run (comma-separated, 1 to 8)"},
 			&cli.IntFlag{Name: "repeat", Value: d.Repeat, EnvVars: []string{"PUBMESH_BENCH_REPEAT"},
 				Usage: "measure each main-table row this many times, round-robin, and keep its best attempt (all are listed)"},
 			&cli.BoolFlag{Name: "skip-scaling", EnvVars: []string{"PUBMESH_BENCH_SKIP_SCALING"},
