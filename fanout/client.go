@@ -84,7 +84,10 @@ type Client struct {
 	conf     *discovery.ConfigWatcher
 	hist     histCache
 	livePos  map[string]*livePos // guarded by seqr.mu
-	kick     chan struct{}       // asks the membership loop to re-evaluate acks
+	// histReads bounds the history reads in flight (maxHistoryReads), below
+	// the node connections' pool size.
+	histReads chan struct{}
+	kick      chan struct{} // asks the membership loop to re-evaluate acks
 
 	closed    atomic.Bool
 	ctx       context.Context
@@ -117,7 +120,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	c := &Client{
 		cfg: cfg, log: cfg.Logger.With("client", cfg.ID), m: newMetrics(cfg.Registerer),
 		pubID: rand.Uint64() | 1, prevs: newPrevTable(65536), subs: newRegistry(),
-		nodes: map[string]*nodeConn{}, livePos: map[string]*livePos{}, readyC: make(chan struct{}), kick: make(chan struct{}, 1),
+		nodes: map[string]*nodeConn{}, livePos: map[string]*livePos{}, histReads: make(chan struct{}, maxHistoryReads), readyC: make(chan struct{}), kick: make(chan struct{}, 1),
 	}
 	c.seqr = newSequencer(cfg.DedupWindow, cfg.ReorderWindow, c.m, c.deliver)
 	c.ready.Store(&readySet{})

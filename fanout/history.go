@@ -16,6 +16,11 @@ import (
 // for a channel whose namespace keeps no history (history_size 0).
 var ErrNoHistory = errors.New("fanout: the channel keeps no history (its namespace has history_size 0)")
 
+// maxHistoryReads bounds the History calls reading at once; each holds at
+// most one connection per node, fewer than go-redis's default pool (10 per
+// CPU).
+const maxHistoryReads = 8
+
 // clockSkew is how far before a position's floor history is read: the
 // stream ids are the nodes' clocks, the floor is the publishers'.
 const clockSkew = time.Minute
@@ -233,6 +238,15 @@ func orderEntries(es []*histEntry) []*histEntry {
 // id start. complete is false when a node did not answer: what it holds
 // is unknown.
 func (c *Client) readStreams(ctx context.Context, channel, start string, o histOpts) (entries []histEntry, complete bool, err error) {
+	// Reads queue here rather than in go-redis's pool: a reconnect storm
+	// (a thousand resumes at once) must wait its turn, not fail on a pool
+	// timeout and turn into recovered:false.
+	select {
+	case c.histReads <- struct{}{}:
+		defer func() { <-c.histReads }()
+	case <-ctx.Done():
+		return nil, false, fmt.Errorf("fanout: history of %s: %w", channel, ctx.Err())
+	}
 	conns := c.conns()
 	var mu sync.Mutex
 	var wg sync.WaitGroup

@@ -3,6 +3,7 @@ package fanout
 import (
 	"context"
 	"fmt"
+	"time"
 )
 
 // SubscribeOptions tune SubscribeWith.
@@ -27,6 +28,11 @@ type Recovery struct {
 	// Messages is how many messages came from history.
 	Messages int
 }
+
+// resumeSkipWindow is how long after a resume live copies of the messages
+// history delivered are dropped: longer than a message takes from its node
+// to the client.
+const resumeSkipWindow = 30 * time.Second
 
 // maxHeldLive bounds the live messages a resuming subscription holds while
 // it reads history; past it the oldest are dropped, counted as overflow,
@@ -112,12 +118,18 @@ func (s *Subscription) release(rec map[string]Recovery, delivered map[[2]uint64]
 		s.held = nil
 		if len(held) == 0 {
 			s.holding = false
+			// A message history delivered may still come live later (its
+			// live copy can lag behind the history read): drop it then.
+			if len(delivered) > 0 {
+				s.skip, s.skipUntil = delivered, time.Now().Add(resumeSkipWindow)
+			}
 			s.mu.Unlock()
 			return
 		}
 		s.mu.Unlock()
 		for _, m := range held {
-			if m.pub != 0 && delivered[[2]uint64{m.pub, m.seq}] {
+			if k := [2]uint64{m.pub, m.seq}; m.pub != 0 && delivered[k] {
+				delete(delivered, k) // it came live: it cannot come again
 				s.c.m.duplicates.Inc()
 				continue
 			}

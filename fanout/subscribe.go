@@ -64,7 +64,11 @@ type Subscription struct {
 	held         []*Message
 	heldOverflow bool
 	recovery     map[string]Recovery
-	closeOnce    sync.Once
+	// skip: after a resume, ids of messages history delivered, dropped if
+	// they come live before skipUntil.
+	skip      map[[2]uint64]bool
+	skipUntil time.Time
+	closeOnce sync.Once
 }
 
 // Messages returns the channel of delivered messages. It is closed by Close
@@ -124,6 +128,16 @@ func (s *Subscription) put(m *Message, policy Overflow, met *metrics) {
 	defer s.mu.Unlock()
 	if s.closed {
 		return
+	}
+	if s.skip != nil {
+		if k := [2]uint64{m.pub, m.seq}; m.pub != 0 && s.skip[k] {
+			delete(s.skip, k)
+			met.duplicates.Inc()
+			return
+		}
+		if len(s.skip) == 0 || time.Now().After(s.skipUntil) {
+			s.skip = nil
+		}
 	}
 	if s.holding {
 		if len(s.held) == maxHeldLive {

@@ -24,7 +24,7 @@ func TestBrowserRecovery(t *testing.T) {
 	cfg := Config{Insecure: true}
 	a := newGW(t, cfg, gwOptions{})
 	a.applyConfig(t, `namespaces: [{match: "**", history_size: 1000}]`)
-	b := a.another(t, cfg, "") // the publishers' gateway
+	b := a.another(t, cfg, "127.0.0.1:0") // the publishers' gateway
 	addr := strings.TrimPrefix(a.url, "http://")
 
 	if err := chromedp.Do(tab, chromedp.Navigate(a.url+"/?channels=news,quiet")); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pubmesh/pubmesh/fanout"
 )
@@ -37,10 +38,20 @@ type holds struct {
 	m     map[string]*hold
 }
 
-// hold is one resuming channel's live frames, in arrival order.
+// hold is one resuming channel's live frames, in arrival order. Once
+// released, it keeps the ids of the messages history sent until
+// skipUntil: such a message may still come live afterwards (the gateway's
+// live copy can lag behind the history read), and is then dropped.
 type hold struct {
-	frames []*outFrame
+	frames    []*outFrame
+	sent      map[string]bool // non-nil once released
+	skipUntil time.Time
 }
+
+// resumeSkipWindow is how long after a resume live copies of the messages
+// history sent are dropped: longer than a message takes from its node to
+// the gateway.
+const resumeSkipWindow = 30 * time.Second
 
 // resumeHooks let tests act at the moments that matter; nil in production.
 type resumeHooks struct {
@@ -66,6 +77,18 @@ func (c *conn) hold(channel string, f *outFrame) bool {
 	if hd == nil {
 		c.holds.mu.Unlock()
 		return false
+	}
+	if hd.sent != nil { // released: only drop what history already sent
+		drop := f.id != "" && hd.sent[f.id]
+		if drop {
+			delete(hd.sent, f.id)
+		}
+		if len(hd.sent) == 0 || time.Now().After(hd.skipUntil) {
+			delete(c.holds.m, channel)
+			c.holds.count.Add(-1)
+		}
+		c.holds.mu.Unlock()
+		return drop
 	}
 	full := len(hd.frames) >= c.h.cfg.resumeHold
 	if !full {
@@ -94,9 +117,11 @@ func (c *conn) startHold(channel string) {
 // dropHold stops holding channel and discards what was held.
 func (c *conn) dropHold(channel string) {
 	c.holds.mu.Lock()
-	delete(c.holds.m, channel)
+	if _, ok := c.holds.m[channel]; ok {
+		delete(c.holds.m, channel)
+		c.holds.count.Add(-1)
+	}
 	c.holds.mu.Unlock()
-	c.holds.count.Add(-1)
 }
 
 // releaseHold sends the held frames of channel, except those whose message
@@ -107,17 +132,26 @@ func (c *conn) releaseHold(channel string, sent map[string]bool) bool {
 	for {
 		c.holds.mu.Lock()
 		hd := c.holds.m[channel]
+		if hd == nil { // dropped meanwhile (the connection closes)
+			c.holds.mu.Unlock()
+			return false
+		}
 		frames := hd.frames
 		hd.frames = nil
 		if len(frames) == 0 {
-			delete(c.holds.m, channel)
+			if len(sent) == 0 {
+				delete(c.holds.m, channel)
+				c.holds.count.Add(-1)
+			} else {
+				hd.sent, hd.skipUntil = sent, time.Now().Add(resumeSkipWindow)
+			}
 			c.holds.mu.Unlock()
-			c.holds.count.Add(-1)
 			return true
 		}
 		c.holds.mu.Unlock()
 		for _, f := range frames {
 			if f.id != "" && sent[f.id] {
+				delete(sent, f.id) // it came live: it cannot come again
 				continue
 			}
 			if !c.reply(f) {

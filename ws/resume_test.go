@@ -352,7 +352,7 @@ func TestResumeOnAnotherGateway(t *testing.T) {
 	}
 	pos := a.expectNumbers("h.g", 1, 3).Pos
 	// Gateway B starts before A stops, as in a rolling deploy.
-	gb := ga.another(t, Config{Insecure: true}, "")
+	gb := ga.another(t, Config{Insecure: true}, "127.0.0.1:0")
 	if err := ga.gateway.Close(); err != nil {
 		t.Fatal(err)
 	}
