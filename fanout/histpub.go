@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -52,6 +53,11 @@ type histOpts struct {
 // histCache answers "does this channel keep history, and how much" for
 // the publish path without matching the namespace globs every time.
 type histCache struct {
+	// none is the revision known to keep no history at all, +1 (0: not
+	// known): the common case answers from it without the lock, on every
+	// publish and every delivery.
+	none atomic.Int64
+
 	mu  sync.Mutex
 	rev int64
 	set bool
@@ -63,6 +69,9 @@ const histCacheMax = 1 << 16
 
 // lookup returns the history options of channel under config ac.
 func (h *histCache) lookup(ac appliedDoc, channel string) (histOpts, bool) {
+	if h.none.Load() == ac.rev+1 {
+		return histOpts{}, false
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !h.set || h.rev != ac.rev {
@@ -71,6 +80,9 @@ func (h *histCache) lookup(ac appliedDoc, channel string) (histOpts, bool) {
 			if ns.HistorySize > 0 {
 				h.any = true
 			}
+		}
+		if !h.any {
+			h.none.Store(ac.rev + 1)
 		}
 	}
 	if !h.any {

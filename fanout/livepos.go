@@ -16,12 +16,12 @@ func (c *Client) trackPosition(m *Message) {
 	if m.pub == 0 || m.Pattern != "" {
 		return
 	}
+	if _, ok := c.historyOf(m.Channel); !ok {
+		return
+	}
 	since := c.subs.subscribedSince(m.Channel)
 	if since == 0 {
 		delete(c.livePos, m.Channel)
-		return
-	}
-	if _, ok := c.historyOf(m.Channel); !ok {
 		return
 	}
 	lp := c.livePos[m.Channel]

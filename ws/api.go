@@ -37,11 +37,7 @@ func (h *Handler) httpAccess(w http.ResponseWriter, r *http.Request, op string) 
 		h.refuse(w, err)
 		return nil, nil, clusterconfig.Namespace{}, "", false
 	}
-	if e := h.checkChannel(nil, channel); e != nil {
-		h.httpError(w, e)
-		return nil, nil, clusterconfig.Namespace{}, "", false
-	}
-	ns, e := h.checkAccess(l, nil, p, op, channel)
+	ns, e := h.authorize(l, nil, p, op, channel)
 	if e != nil {
 		h.httpError(w, e)
 		return nil, nil, clusterconfig.Namespace{}, "", false

@@ -258,10 +258,7 @@ func (c *conn) replyError(e *Error) {
 // closed since.
 func (c *conn) subscribe(f Frame) *Error {
 	l := c.h.limits()
-	if e := c.h.checkChannel(f.ID, f.Channel); e != nil {
-		return e
-	}
-	ns, e := c.h.checkAccess(l, f.ID, c.p, OpSubscribe, f.Channel)
+	ns, e := c.h.authorize(l, f.ID, c.p, OpSubscribe, f.Channel)
 	if e != nil {
 		return e
 	}
@@ -305,10 +302,7 @@ func (c *conn) unsubscribe(f Frame) *Error {
 
 func (c *conn) publish(f Frame) *Error {
 	l := c.h.limits()
-	if e := c.h.checkChannel(f.ID, f.Channel); e != nil {
-		return e
-	}
-	ns, e := c.h.checkAccess(l, f.ID, c.p, OpPublish, f.Channel)
+	ns, e := c.h.authorize(l, f.ID, c.p, OpPublish, f.Channel)
 	if e != nil {
 		return e
 	}

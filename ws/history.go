@@ -27,10 +27,7 @@ const historyReplyBytes = 1 << 20
 //	{"op":"history","id":2,"channel":"c","messages":[{…},…],"pos":"…","recovered":true}
 func (c *conn) history(f Frame) *Error {
 	l := c.h.limits()
-	if e := c.h.checkChannel(f.ID, f.Channel); e != nil {
-		return e
-	}
-	ns, e := c.h.checkAccess(l, f.ID, c.p, OpSubscribe, f.Channel)
+	ns, e := c.h.authorize(l, f.ID, c.p, OpSubscribe, f.Channel)
 	if e != nil {
 		return e
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/pubmesh/pubmesh/clusterconfig"
 	"github.com/pubmesh/pubmesh/fanout"
 )
 
@@ -20,6 +21,16 @@ func (h *Handler) checkChannel(id json.RawMessage, name string) *Error {
 		return badRequest(id, "bad channel name: %v", err)
 	}
 	return nil
+}
+
+// authorize checks the channel name, then applies its namespace rule for op
+// to p: the first steps of every subscribe, publish and history read, for
+// every transport, in this order.
+func (h *Handler) authorize(l *limits, id json.RawMessage, p *Principal, op, channel string) (clusterconfig.Namespace, *Error) {
+	if e := h.checkChannel(id, channel); e != nil {
+		return clusterconfig.Namespace{}, e
+	}
+	return h.checkAccess(l, id, p, op, channel)
 }
 
 // checkData validates and compacts publish data: at most max bytes
