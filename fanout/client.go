@@ -87,6 +87,10 @@ type Client struct {
 	// histReads bounds the history reads in flight (maxHistoryReads), below
 	// the node connections' pool size.
 	histReads chan struct{}
+	runsMu    sync.Mutex // guards runs, runsAt, runsRev: the cached node runs (historyRuns)
+	runs      []discovery.HistoryRun
+	runsAt    time.Time
+	runsRev   int64         // the membership revision they were read under
 	kick      chan struct{} // asks the membership loop to re-evaluate acks
 
 	closed    atomic.Bool
