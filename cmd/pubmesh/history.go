@@ -74,6 +74,9 @@ func historyAction(c *cli.Context) error {
 			Count     int    `json:"count"`
 		}{h.Position, h.Recovered, len(h.Messages)})
 	}
+	if err := out.Flush(); err != nil { // the messages before the summary on stderr
+		return fmt.Errorf("writing output: %w", err)
+	}
 	if c.IsSet("since") && !h.Recovered {
 		fmt.Fprintln(c.App.ErrWriter, "NOT recovered: history no longer has everything since that position")
 	}
