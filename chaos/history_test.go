@@ -66,8 +66,16 @@ func newHistoryWatch(t *testing.T, c *fanout.Client, channels int) *historyWatch
 	return w
 }
 
-// checkpoint remembers where the watch is now.
-func (w *historyWatch) checkpoint() {
+// checkpoint remembers where the watch is now, once it has a position on
+// every channel (on a slow machine the load may not have reached them all
+// by the end of the scenario's warm-up).
+func (w *historyWatch) checkpoint(t *testing.T, channels int) {
+	t.Helper()
+	waitUntil(t, within, "the history watch to have a position on every channel", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.pos) == channels
+	})
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.cpPos, w.cpLastS = map[string]string{}, map[[2]int]int{}

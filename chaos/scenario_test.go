@@ -209,7 +209,7 @@ func runScenario(t *testing.T, sc scenario) {
 
 	r.pubs = startPublishers(t, pubClients, p.channels, p.rate)
 	time.Sleep(p.pre)
-	hist.checkpoint()
+	hist.checkpoint(t, p.channels)
 	m := sc.event(r)
 	if t.Failed() {
 		r.pubs.finish()
