@@ -92,6 +92,7 @@ type Client struct {
 	runsAt    time.Time
 	runsRev   int64         // the membership revision they were read under
 	kick      chan struct{} // asks the membership loop to re-evaluate acks
+	async     *asyncPublisher
 
 	closed    atomic.Bool
 	ctx       context.Context
@@ -126,6 +127,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		pubID: rand.Uint64() | 1, prevs: newPrevTable(65536), subs: newRegistry(),
 		nodes: map[string]*nodeConn{}, livePos: map[string]*livePos{}, histReads: make(chan struct{}, maxHistoryReads), readyC: make(chan struct{}), kick: make(chan struct{}, 1),
 	}
+	c.async = newAsyncPublisher(c, cfg.MaxPendingPublishBytes)
 	c.seqr = newSequencer(cfg.DedupWindow, cfg.ReorderWindow, c.m, c.deliver)
 	c.ready.Store(&readySet{})
 	var err error
@@ -169,9 +171,10 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		c.Close()
 		return nil, fmt.Errorf("fanout: first membership snapshot: %w", ctx.Err())
 	}
-	c.wg.Add(2)
+	c.wg.Add(3)
 	go c.follow(snaps)
 	go c.keepPresence()
+	go c.async.run()
 	return c, nil
 }
 
@@ -244,6 +247,7 @@ func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		err = nil
 		c.closed.Store(true)
+		c.async.closeAsync(c.cfg.PublishTimeout)
 		for _, s := range c.subs.all() {
 			s.close(false) // the connections close below: no UNSUBSCRIBE
 		}

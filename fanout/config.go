@@ -95,6 +95,12 @@ type Config struct {
 	// MaxBatch is the largest pipeline of publishes sent at once.
 	// Default: 512.
 	MaxBatch int
+	// MaxPendingPublishBytes bounds the payload bytes of PublishAsync calls
+	// not finished yet; a call that would go over it blocks until earlier
+	// ones finish (bounded by its context), and is counted in
+	// pubmesh_fanout_async_blocked_total. A single payload larger than it
+	// is refused. Default: 16 MiB.
+	MaxPendingPublishBytes int64
 	// SuspectFor is how long a node that failed a publish is tried last,
 	// before etcd says anything. Default: 2s.
 	SuspectFor time.Duration
@@ -157,6 +163,9 @@ func (c Config) withDefaults() Config {
 	def(&c.PublishQueue, 8192)
 	def(&c.PublishConns, 2)
 	def(&c.MaxBatch, 512)
+	if c.MaxPendingPublishBytes <= 0 {
+		c.MaxPendingPublishBytes = 16 << 20
+	}
 	defD(&c.ReorderWindow, 50*time.Millisecond)
 	defD(&c.PublishTimeout, time.Second)
 	defD(&c.SuspectFor, 2*time.Second)

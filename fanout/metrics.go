@@ -27,6 +27,8 @@ type metrics struct {
 	stale               prometheus.Gauge
 	nodes               *prometheus.GaugeVec
 	publishLatency      prometheus.Histogram
+	asyncPendingBytes   prometheus.Gauge
+	asyncBlocked        prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -58,6 +60,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "1 while a Gap is open: the client may be missing nodes that joined while it was cut off from etcd."}),
 		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "nodes",
 			Help: "Live nodes known to the client, by state."}, []string{"state"}),
+		asyncPendingBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "async_pending_bytes",
+			Help: "Payload bytes of PublishAsync calls not finished yet (bounded by MaxPendingPublishBytes)."}),
+		asyncBlocked: c("async_blocked_total", "PublishAsync calls that waited because MaxPendingPublishBytes was reached."),
 		publishLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "pubmesh", Subsystem: "fanout",
 			Name: "publish_seconds", Help: "Time from Publish to acceptance by the node(s).",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16)}),
@@ -65,7 +70,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.publishes, m.publishErrors, m.retries, m.deliveries, m.duplicates, m.overflowDrops,
 			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.badReplies, m.memberGaps, m.gapDrops, m.subQueueFull, m.stale, m.nodes, m.publishLatency,
-			m.historyAppendErrors, m.historyFills, m.recoveries)
+			m.historyAppendErrors, m.historyFills, m.recoveries, m.asyncPendingBytes, m.asyncBlocked)
 	}
 	return m
 }

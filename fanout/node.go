@@ -25,7 +25,17 @@ type pubReq struct {
 	data    []byte
 	hist    *histArgs // nil: a plain PUBLISH
 	node    *nodeConn
-	done    chan<- pubResult // buffered by the caller
+	done    chan<- pubResult // buffered by the caller; nil for an async publish
+	async   *asyncReq        // the PublishAsync this attempt is for, answered in place
+}
+
+// answer hands r its node's answer without blocking.
+func (r *pubReq) answer(res pubResult) {
+	if r.async != nil {
+		r.async.answer(res)
+		return
+	}
+	r.done <- res
 }
 
 type pubResult struct {
@@ -51,6 +61,11 @@ type nodeConn struct {
 	pubClosed bool
 	inflight  sync.WaitGroup
 	queue     chan *pubReq
+	// lanes are one queue per publisher goroutine, for PublishAsync: a
+	// channel's async publishes all go through one lane, so one pipeline
+	// at a time carries them and they reach Redis in order (the shared
+	// queue feeds PublishConns pipelines at once).
+	lanes []chan *pubReq
 
 	suspectUntil  atomic.Int64 // unix nanos
 	retired       atomic.Bool  // the node left etcd; its connection ending is expected
@@ -141,8 +156,11 @@ func newNodeConn(c *Client, n discovery.Node) *nodeConn {
 	ctx, cancel := context.WithCancel(context.Background())
 	nc := &nodeConn{
 		c: c, node: n, seed: nodeSeed(n.ID),
-		queue: make(chan *pubReq, c.cfg.PublishQueue), fences: map[string]chan struct{}{},
+		queue: make(chan *pubReq, c.cfg.PublishQueue), lanes: make([]chan *pubReq, c.cfg.PublishConns), fences: map[string]chan struct{}{},
 		subscribed: make(chan struct{}), subWake: make(chan struct{}, 1), refused: make(chan struct{}), failed: make(chan struct{}), ctx: ctx, cancel: cancel,
+	}
+	for i := range nc.lanes {
+		nc.lanes[i] = make(chan *pubReq, c.cfg.PublishQueue)
 	}
 	// Whatever answers at the node's address is checked before go-redis
 	// reads it: a server that is not Redis must not make go-redis allocate
@@ -192,8 +210,8 @@ func (nc *nodeConn) markSuspect() {
 // waits for wg, never runs before one of them has started.
 func (nc *nodeConn) launch() {
 	nc.wg.Add(nc.c.cfg.PublishConns + 2)
-	for range nc.c.cfg.PublishConns {
-		go nc.publisher()
+	for i := range nc.c.cfg.PublishConns {
+		go nc.publisher(nc.lanes[i])
 	}
 	go nc.receive()
 	go nc.subLoop()
@@ -263,15 +281,19 @@ func (nc *nodeConn) enqueue(ctx context.Context, r *pubReq) error {
 	}
 	nc.inflight.Add(1)
 	nc.pubMu.Unlock()
+	q := nc.queue
+	if r.async != nil {
+		q = nc.lanes[channelHash(r.channel)%uint64(len(nc.lanes))]
+	}
 	select {
-	case nc.queue <- r:
+	case q <- r:
 		return nil
 	default:
 	}
 	t := time.NewTimer(nc.c.cfg.PublishTimeout)
 	defer t.Stop()
 	select {
-	case nc.queue <- r:
+	case q <- r:
 		return nil
 	case <-t.C:
 		nc.inflight.Done()
@@ -288,7 +310,7 @@ func (nc *nodeConn) enqueue(ctx context.Context, r *pubReq) error {
 // publisher drains the queue into pipelines: it blocks for the first
 // request, then takes whatever else is already waiting, so an idle client
 // adds no latency and a busy one sends large batches.
-func (nc *nodeConn) publisher() {
+func (nc *nodeConn) publisher(lane chan *pubReq) {
 	defer nc.wg.Done()
 	batch := make([]*pubReq, 0, nc.c.cfg.MaxBatch)
 	cmds := make([]*redis.IntCmd, 0, nc.c.cfg.MaxBatch)
@@ -299,8 +321,10 @@ func (nc *nodeConn) publisher() {
 		select {
 		case r := <-nc.queue:
 			batch = append(batch, r)
+		case r := <-lane:
+			batch = append(batch, r)
 		case <-nc.ctx.Done():
-			nc.failQueued()
+			nc.failQueued(lane)
 			return
 		}
 		// Let the goroutines that are about to publish run before the batch
@@ -312,6 +336,8 @@ func (nc *nodeConn) publisher() {
 		for len(batch) < cap(batch) {
 			select {
 			case r := <-nc.queue:
+				batch = append(batch, r)
+			case r := <-lane:
 				batch = append(batch, r)
 			default:
 				break fill
@@ -353,7 +379,7 @@ func (nc *nodeConn) publisher() {
 			} else {
 				nc.pubOK.Store(true)
 			}
-			r.done <- pubResult{node: nc, err: e}
+			r.answer(pubResult{node: nc, err: e})
 			nc.inflight.Done()
 		}
 		clear(batch) // drop references to finished requests
@@ -362,11 +388,14 @@ func (nc *nodeConn) publisher() {
 	}
 }
 
-func (nc *nodeConn) failQueued() {
+func (nc *nodeConn) failQueued(lane chan *pubReq) {
 	for {
 		select {
 		case r := <-nc.queue:
-			r.done <- pubResult{node: nc, err: errNodeGone}
+			r.answer(pubResult{node: nc, err: errNodeGone})
+			nc.inflight.Done()
+		case r := <-lane:
+			r.answer(pubResult{node: nc, err: errNodeGone})
 			nc.inflight.Done()
 		default:
 			return

@@ -37,23 +37,52 @@ func (p *prevTable) next(channel string, alloc func() uint64) (seq uint64, prev 
 	return alloc(), p.last[channel]
 }
 
+// nextSent allocates seq for a publish that does not wait for its
+// predecessor's answer (PublishAsync): the predecessor is the channel's
+// last message sent, answered or not, and seq becomes it at once, so
+// subscribers can restore the order of pipelined messages that a retry
+// sent through different nodes.
+func (p *prevTable) nextSent(channel string, alloc func() uint64, ts int64) (seq uint64, prev prevLink) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	seq, prev = alloc(), p.last[channel]
+	p.record(channel, prevLink{seq, ts})
+	return seq, prev
+}
+
+// unsent takes back a failed publish sent by nextSent: if it is still the
+// channel's last message, its predecessor is again, so the next message
+// does not name one that never arrives.
+func (p *prevTable) unsent(channel string, seq uint64, prev prevLink) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if last, ok := p.last[channel]; ok && last.seq == seq {
+		p.last[channel] = prev
+	}
+}
+
 // accepted records that a node took seq, published at ts, on channel.
 // Concurrent publishes may finish out of order; the link keeps the highest
 // seq.
 func (p *prevTable) accepted(channel string, seq uint64, ts int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	prev, ok := p.last[channel]
-	if !ok {
+	if prev, ok := p.last[channel]; !ok || seq > prev.seq {
+		p.record(channel, prevLink{seq, ts})
+	}
+}
+
+// record sets the channel's link, forgetting the oldest channel beyond
+// max. p.mu is held.
+func (p *prevTable) record(channel string, l prevLink) {
+	if _, ok := p.last[channel]; !ok {
 		p.fifo = append(p.fifo, channel)
 		if len(p.fifo) > p.max {
 			delete(p.last, p.fifo[0])
 			p.fifo = p.fifo[1:]
 		}
 	}
-	if seq > prev.seq {
-		p.last[channel] = prevLink{seq, ts}
-	}
+	p.last[channel] = l
 }
 
 // pubCall is the per-Publish state, pooled: the result channel, the
