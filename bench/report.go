@@ -187,6 +187,11 @@ func (r *Report) computeRatios() {
 	pair("row 8 (history on) Redis CPU/msg ÷ row 5", 8, 5, cpu, "<=", 1.5)
 	pair("row 8 (history on) client CPU/msg ÷ row 5", 8, 5, func(x Result) float64 { return x.ClientCPUPerMsgUs }, "<=", 1.5)
 	pair("row 5 delivered/s ÷ row 8 (history on)", 5, 8, deliv, "<=", 1.5)
+	// Issue 14: the fanout client against the hand-written go-redis client.
+	pair("row 9 (PublishAsync, 1 goroutine) delivered/s ÷ row 1", 9, 1, deliv, ">=", 1.0)
+	pair("row 5 delivered/s ÷ row 4 (SPUBLISH)", 5, 4, deliv, ">=", 1.0)
+	pair("row 9 (PublishAsync) client CPU/msg ÷ row 1", 9, 1, func(x Result) float64 { return x.ClientCPUPerMsgUs }, "<=", 1.0)
+	pair("row 9 (PublishAsync) Redis CPU/msg ÷ row 1", 9, 1, cpu, "<=", 1.1)
 	x := Ratio{Name: "pubmesh p99 at 50% of max", Op: "<=", Limit: 2, Unit: "ms", Missing: "no 50% latency run"}
 	for _, l := range r.Latency {
 		if l.LoadFraction == 0.5 && !l.Reference && l.Err == "" {
@@ -213,8 +218,8 @@ func (r *Report) Markdown(w io.Writer) {
 	}
 	fmt.Fprintf(w, "## pubmesh benchmark, %s\n\n", r.Started.UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(w, "Machine: %s. Workload: %d channels, %d subscribers each on every channel, %d-byte payloads, "+
-		"%s per measurement, offered rate %s; %d publishing goroutines (rows 2, 5, 6, 7) or %d pipelining goroutines "+
-		"with pipelines of up to %d (rows 1, 3, 4); at most %d undelivered messages per subscriber; pub/sub output "+
+		"%s per measurement, offered rate %s; %d publishing goroutines (rows 2, 5, 6, 7, 8) or %d pipelining goroutines "+
+		"with pipelines of up to %d (rows 1, 3, 4); row 9: one goroutine calling PublishAsync, up to 1024 unanswered; row 10: 4 goroutines calling Publish; at most %d undelivered messages per subscriber; pub/sub output "+
 		"buffer limit %q on every redis-server.\n\n",
 		r.Machine.Summary(), c.Channels, c.Subscribers, c.PayloadSize, c.Duration, rate, c.Publishers,
 		c.PipelineWorkers, c.Batch, c.MaxBacklog, c.PubsubBufferLimit)
@@ -254,7 +259,7 @@ func (r *Report) Markdown(w io.Writer) {
 		}, "offered")
 	}
 	if len(r.Ratios) > 0 {
-		fmt.Fprintln(w, "### Targets of issue 5, measured in this run")
+		fmt.Fprintln(w, "### Targets (issues 5, 12, 14), measured in this run")
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "| target | measured | limit | met |")
 		fmt.Fprintln(w, "|---|---:|---:|---|")

@@ -72,6 +72,22 @@ func rowSpecs(cfg Config) []rowSpec {
 			open: func(ctx context.Context, e *env) (target, error) {
 				return newPubmeshTarget(ctx, e.srv, e.etcd, e.cfg, n, 1, historyDoc)
 			}},
+		{row: 9, key: "pubmesh-async", label: fmt.Sprintf("pubmesh, %d nodes, PublishAsync from 1 goroutine", n), nodes: n, replicas: 1,
+			open: func(ctx context.Context, e *env) (target, error) {
+				t, err := newPubmeshTarget(ctx, e.srv, e.etcd, e.cfg, n, 1, "")
+				if t != nil {
+					t.async = true
+				}
+				return t, err
+			}},
+		{row: 10, key: "pubmesh-4", label: fmt.Sprintf("pubmesh, %d nodes, Publish from 4 goroutines", n), nodes: n, replicas: 1,
+			open: func(ctx context.Context, e *env) (target, error) {
+				t, err := newPubmeshTarget(ctx, e.srv, e.etcd, e.cfg, n, 1, "")
+				if t != nil {
+					t.workers = 4
+				}
+				return t, err
+			}},
 	}
 }
 

@@ -75,6 +75,10 @@ type pubmeshTarget struct {
 	pub      *fanout.Client
 	workers  int
 	log      *slog.Logger
+	// async publishes with PublishAsync from one goroutine (row 9), with
+	// up to asyncDepth messages not yet answered.
+	async   bool
+	pending []*fanout.PublishResult // async only: oldest first
 
 	mu            sync.Mutex // guards subs, subscriptions
 	subs          []*fanout.Client
@@ -145,7 +149,16 @@ func (t *pubmeshTarget) redisAddrs() []string {
 	return out
 }
 
-func (t *pubmeshTarget) shape() (int, int) { return t.workers, 1 }
+// asyncDepth is how many PublishAsync calls row 9 lets wait for their
+// answer: the pipelines of row 1 (4 x 128) twice over.
+const asyncDepth = 1024
+
+func (t *pubmeshTarget) shape() (int, int) {
+	if t.async {
+		return 1, 128
+	}
+	return t.workers, 1
+}
 
 func (t *pubmeshTarget) subscribe(ctx context.Context, channels []string, sk *sink) (func(), error) {
 	c, err := t.client(ctx)
@@ -195,6 +208,18 @@ func (t *pubmeshTarget) dropped() uint64 {
 }
 
 func (t *pubmeshTarget) publish(ctx context.Context, msgs []message) (int, error) {
+	if t.async {
+		for _, m := range msgs {
+			t.pending = append(t.pending, t.pub.PublishAsync(ctx, m.channel, m.payload))
+		}
+		for len(t.pending) > asyncDepth {
+			if err := t.pending[0].Err(); err != nil {
+				return 0, err
+			}
+			t.pending = t.pending[1:]
+		}
+		return len(msgs), nil
+	}
 	for i, m := range msgs {
 		if err := t.pub.Publish(ctx, m.channel, m.payload); err != nil {
 			return i, err

@@ -46,6 +46,8 @@ func failedResult(err error) *PublishResult {
 // fails for good costs its successor on the channel that wait at
 // subscribers, and is counted there as a gap.
 //
+// payload is copied before PublishAsync returns: the caller may reuse it.
+//
 // Outstanding publishes hold at most MaxPendingPublishBytes of payload:
 // over it, PublishAsync blocks until earlier ones finish or ctx is done.
 // ctx bounds only that wait and the queueing; once queued, a publish runs

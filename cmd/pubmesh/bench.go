@@ -27,7 +27,8 @@ func benchCommand() *cli.Command {
 			"runs the same workload against each target and stops every server it started, by PID.\n" +
 			"Main table rows: 1 go-redis one node hand-pipelined; 2 go-redis one node, one PUBLISH per call;\n" +
 			"3 Redis Cluster PUBLISH; 4 Redis Cluster SPUBLISH/SSUBSCRIBE; 5 pubmesh fanout, one Publish per call;\n" +
-			"6 the same with Replicas: 2; 7 pubmesh through the WebSocket gateway. Then pubmesh by node count,\n" +
+			"6 the same with Replicas: 2; 7 pubmesh through the WebSocket gateway; 8 pubmesh with history on;\n" +
+			"9 pubmesh PublishAsync from one goroutine; 10 pubmesh Publish from 4 goroutines. Then pubmesh by node count,\n" +
 			"and pubmesh latency at fixed fractions of row 5's max rate, each beside plain go-redis at the same\n" +
 			"rate. With the defaults a run takes about 2.5 minutes on 2 cores (24 measurements of 5 s, plus\n" +
 			"setup and drain; the main table is measured twice, see --repeat). Progress goes to stderr, one\n" +
@@ -59,7 +60,7 @@ func benchCommand() *cli.Command {
 			&cli.Float64SliceFlag{Name: "load-fractions", Value: cli.NewFloat64Slice(d.LoadFractions...), EnvVars: []string{"PUBMESH_BENCH_LOAD_FRACTIONS"},
 				Usage: "fractions of row 5's max published rate for the latency table (comma-separated); each also runs plain go-redis at that rate"},
 			&cli.IntSliceFlag{Name: "rows", Value: cli.NewIntSlice(d.Rows...), EnvVars: []string{"PUBMESH_BENCH_ROWS"},
-				Usage: "rows of the main table to run (comma-separated, 1 to 8)"},
+				Usage: "rows of the main table to run (comma-separated, 1 to 10)"},
 			&cli.IntFlag{Name: "repeat", Value: d.Repeat, EnvVars: []string{"PUBMESH_BENCH_REPEAT"},
 				Usage: "measure each main-table row this many times, round-robin, and keep its best attempt (all are listed)"},
 			&cli.BoolFlag{Name: "skip-scaling", EnvVars: []string{"PUBMESH_BENCH_SKIP_SCALING"},

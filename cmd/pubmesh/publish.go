@@ -2,8 +2,11 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 
 	"github.com/urfave/cli/v2"
 
@@ -19,7 +22,7 @@ func publishCommand() *cli.Command {
 		Usage:     "publish a message, or each line of stdin, to a channel",
 		ArgsUsage: "CHANNEL [MESSAGE]",
 		Description: "With MESSAGE, publishes it once. Without, publishes each line of stdin as one message, in order,\n" +
-			"and exits 0 only when every line was accepted by a node. Example: seq 1 100000 | pubmesh publish news",
+			"and exits 0 only when every line was accepted by a node. Lines are pipelined (PublishAsync), in order. Example: seq 1 100000 | pubmesh publish news",
 		Flags:  fanoutFlags(),
 		Action: publishAction,
 	}
@@ -39,18 +42,57 @@ func publishAction(c *cli.Context) error {
 	if c.NArg() == 2 {
 		return client.Publish(ctx, channel, []byte(c.Args().Get(1)))
 	}
-	// One Publish at a time keeps the lines in order on the channel.
-	sc := bufio.NewScanner(c.App.Reader)
+	return publishLines(ctx, client, channel, c.App.Reader, log)
+}
+
+// publishLines publishes each line of r with PublishAsync: one pipeline
+// carries many lines, in order. It stops reading at the first line that
+// failed and reports it with the count of lines accepted.
+func publishLines(ctx context.Context, client *fanout.Client, channel string, r io.Reader, log *slog.Logger) error {
+	type pending struct {
+		line int
+		res  *fanout.PublishResult
+	}
+	var window []pending
+	ok := 0
+	// check takes finished results from the front of window, in line
+	// order; with wait it waits for each.
+	check := func(wait bool) error {
+		for len(window) > 0 {
+			p := window[0]
+			if !wait {
+				select {
+				case <-p.res.Done():
+				default:
+					return nil
+				}
+			}
+			if err := p.res.Err(); err != nil {
+				return fmt.Errorf("line %d: %w (%d lines published before it)", p.line, err, ok)
+			}
+			ok++
+			window = window[1:]
+		}
+		return nil
+	}
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), maxLine)
 	n := 0
 	for sc.Scan() {
-		if err := client.Publish(ctx, channel, sc.Bytes()); err != nil {
-			return fmt.Errorf("line %d: %w (%d lines published before it)", n+1, err, n)
-		}
 		n++
+		window = append(window, pending{n, client.PublishAsync(ctx, channel, sc.Bytes())})
+		if len(window) >= 4096 {
+			if err := check(false); err != nil {
+				return err
+			}
+		}
 	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("reading stdin after %d lines: %w", n, err)
+	readErr := sc.Err()
+	if err := check(true); err != nil {
+		return err
+	}
+	if readErr != nil {
+		return fmt.Errorf("reading stdin after %d lines: %w", n, readErr)
 	}
 	log.Info("published", "lines", n, "channel", channel)
 	return nil
