@@ -14,7 +14,6 @@ import (
 	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pubmesh/pubmesh/discovery"
@@ -207,28 +206,26 @@ func (c *Client) conns() []*nodeConn {
 	return out
 }
 
-// dispatch decodes a message from a node and passes it to the sequencer.
-func (c *Client) dispatch(nc *nodeConn, rm *redis.Message) {
-	env, payload, ok := parseEnvelope(rm.Payload)
-	m := &Message{Channel: rm.Channel, Pattern: rm.Pattern, Payload: ownedBytes(payload), Node: nc.node.ID}
+// dispatch decodes a message read by the subscription
+// connection's own reader: channel, pattern (nil for none) and raw are
+// its buffer, valid only during the call. The envelope is parsed in
+// place; the channel and pattern names are the registry's (no copy while
+// subscribed); the payload is copied once, for the subscribers to keep.
+func (c *Client) dispatch(nc *nodeConn, channel, pattern, raw []byte) {
+	env, payload, ok := parseEnvelope(unsafe.String(unsafe.SliceData(raw), len(raw)))
+	pat := ""
+	if pattern != nil {
+		pat = c.subs.intern(pattern, true)
+	}
+	m := &Message{Channel: c.subs.intern(channel, false), Pattern: pat, Node: nc.node.ID}
+	if payload != "" {
+		m.Payload = []byte(payload)
+	}
 	if ok {
 		m.pub, m.seq = env.pub, env.seq
 		m.PublishedAt = time.Unix(0, env.ts)
 	}
-	c.seqr.push(m, rm.Pattern, env, ok)
-}
-
-// ownedBytes returns the bytes of s without a copy. It is only for a
-// payload go-redis read: go-redis reads every bulk string into a buffer of
-// its own (proto.Reader.readStringReply) and only this message holds it,
-// so its subscribers may keep, and even change, the bytes. Copying them was
-// an allocation and a memmove per delivered message.
-// TestPayloadsAreNotShared fails if a go-redis upgrade breaks this.
-func ownedBytes(s string) []byte {
-	if s == "" {
-		return nil
-	}
-	return unsafe.Slice(unsafe.StringData(s), len(s))
+	c.seqr.push(m, pat, env, ok)
 }
 
 // deliver hands m to every subscription that wants it; called in order by

@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -51,7 +52,6 @@ type nodeConn struct {
 	node discovery.Node // id, addr, run id and incarnation are fixed for the conn's life
 	seed uint64
 	rdb  *redis.Client
-	ps   *redis.PubSub
 
 	state atomic.Value // discovery.State, updated from snapshots
 
@@ -61,6 +61,13 @@ type nodeConn struct {
 	pubClosed bool
 	inflight  sync.WaitGroup
 	queue     chan *pubReq
+	// dial makes a connection to the node (TLS included) for the
+	// subscription connection; cur is that connection while it is up,
+	// handed to the receive goroutine through handoff.
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	curMu   sync.Mutex
+	cur     *subConn
+	handoff chan *subConn
 	// lanes are one queue per publisher goroutine, for PublishAsync: a
 	// channel's async publishes all go through one lane, so one pipeline
 	// at a time carries them and they reach Redis in order (the shared
@@ -157,21 +164,22 @@ func newNodeConn(c *Client, n discovery.Node) *nodeConn {
 	nc := &nodeConn{
 		c: c, node: n, seed: nodeSeed(n.ID),
 		queue: make(chan *pubReq, c.cfg.PublishQueue), lanes: make([]chan *pubReq, c.cfg.PublishConns), fences: map[string]chan struct{}{},
-		subscribed: make(chan struct{}), subWake: make(chan struct{}, 1), refused: make(chan struct{}), failed: make(chan struct{}), ctx: ctx, cancel: cancel,
+		handoff: make(chan *subConn, 1), subscribed: make(chan struct{}), subWake: make(chan struct{}, 1), refused: make(chan struct{}), failed: make(chan struct{}), ctx: ctx, cancel: cancel,
 	}
 	for i := range nc.lanes {
 		nc.lanes[i] = make(chan *pubReq, c.cfg.PublishQueue)
 	}
 	// Whatever answers at the node's address is checked before go-redis
 	// reads it: a server that is not Redis must not make go-redis allocate
-	// the sizes it announces (see internal/respguard).
+	// the sizes it announces (see internal/respguard). The subscription
+	// connection's own reader enforces the same limits.
 	dial := opt.Dialer
 	if dial == nil {
 		dial = redis.NewDialer(opt)
 	}
+	nc.dial = dial
 	opt.Dialer = respguard.Dialer(dial, nc.badReply)
 	nc.rdb = redis.NewClient(opt)
-	nc.ps = nc.rdb.Subscribe(ctx) // connects lazily, on the first command
 	nc.state.Store(n.State)
 	nc.acked.Store("")
 	nc.pubOK.Store(true)
@@ -217,59 +225,143 @@ func (nc *nodeConn) launch() {
 	go nc.subLoop()
 }
 
-// receive is the only reader of ps. It reconnects (go-redis resubscribes
-// everything on the new connection) until the conn is closed.
+// receive is the only reader of the subscription connection: it reads
+// each connection the subscription loop hands it until it breaks, then
+// waits for the next (the loop dials again and subscribes the whole set).
 func (nc *nodeConn) receive() {
 	defer nc.wg.Done()
-	failures := 0
-	var lastRecv time.Time // when the connection last delivered something
+	var lastRecv time.Time // when a connection last delivered something
+	broke := false         // the connection before this one broke
 	for {
-		msg, err := nc.ps.Receive(nc.ctx)
+		var sc *subConn
+		select {
+		case sc = <-nc.handoff:
+		case <-nc.ctx.Done():
+			return
+		}
+		err := nc.read(sc, &lastRecv, broke)
+		refused := isRefusal(err)
+		if refused {
+			nc.refusal(err) // before the close fails the fence: Subscribe reports the refusal
+		}
+		sc.close()
+		nc.dropCurrent(sc)
 		if nc.ctx.Err() != nil {
 			return
 		}
-		if err == nil && failures > 0 && !lastRecv.IsZero() {
-			// Back after a break: what the node took meanwhile is in its
-			// history; read it before anything newer is dispatched.
-			nc.fillFromHistory(lastRecv.Add(-time.Second))
+		broke = true
+		nc.subUp.Store(false)
+		nc.lastErr.Store(&errBox{err})
+		nc.recheck.Store(true)
+		nc.wakeSub()
+		if nc.retired.Load() {
+			nc.c.log.Debug("fanout: connection to a node that left is closed", "node", nc, "err", err)
+		} else {
+			nc.c.m.reconnects.Inc()
+			if !refused {
+				nc.c.log.Warn("fanout: subscription connection broke", "node", nc, "err", err)
+			}
 		}
-		if err == nil {
-			lastRecv = time.Now()
+	}
+}
+
+// read dispatches what sc delivers until it fails. After a break, the
+// first confirmation of the new connection (its channels are subscribed
+// again) is when the history of the gap is read, before anything newer
+// is dispatched.
+func (nc *nodeConn) read(sc *subConn, lastRecv *time.Time, broke bool) error {
+	rd := sc.rd
+	fill := broke && !lastRecv.IsZero()
+	for {
+		if err := rd.next(); err != nil {
+			var bad *respguard.Error
+			if errors.As(err, &bad) {
+				nc.badReply(bad)
+			}
+			return err
 		}
-		if err != nil {
-			failures++
+		switch rd.kind {
+		case '*':
+			if len(rd.elems) == 0 {
+				return fmt.Errorf("%w: an empty array", errUnexpectedReply)
+			}
+			switch k := rd.elems[0]; {
+			case bytes.Equal(k, kindMessage) && len(rd.elems) == 3:
+				nc.c.dispatch(nc, rd.elems[1], nil, rd.elems[2])
+			case bytes.Equal(k, kindPMessage) && len(rd.elems) == 4:
+				nc.c.dispatch(nc, rd.elems[2], rd.elems[1], rd.elems[3])
+			case bytes.Equal(k, kindPong) && len(rd.elems) == 2:
+				nc.fenceDone(rd.elems[1])
+			case fill && (bytes.Equal(k, kindSub) || bytes.Equal(k, kindPSub)):
+				fill = false
+				nc.fillFromHistory(lastRecv.Add(-time.Second))
+			}
+		case '$': // PING's answer before anything is subscribed
+			nc.fenceDone(rd.str)
+		case '-':
+			// A command refused (NOPERM on SUBSCRIBE): the connection
+			// stays; the subscriptions are not all there.
+			err := errReply(rd.str)
 			nc.subUp.Store(false)
 			nc.lastErr.Store(&errBox{err})
 			nc.recheck.Store(true)
-			nc.wakeSub()
-			refused := isRefusal(err)
-			if refused {
+			if isRefusal(err) {
 				nc.refusal(err) // logged once, as an error
+			} else {
+				nc.c.log.Warn("fanout: node refused a subscription command", "node", nc, "err", err)
 			}
-			if failures == 1 && nc.retired.Load() {
-				nc.c.log.Debug("fanout: connection to a node that left is closed", "node", nc, "err", err)
-			} else if failures == 1 {
-				nc.c.m.reconnects.Inc()
-				if !refused {
-					nc.c.log.Warn("fanout: subscription connection broke", "node", nc, "err", err)
-				}
-			}
-			sleep(nc.ctx, min(time.Duration(failures)*50*time.Millisecond, time.Second))
-			continue
 		}
-		failures = 0
-		switch m := msg.(type) {
-		case *redis.Message:
-			nc.c.dispatch(nc, m)
-		case *redis.Pong:
-			nc.fenceMu.Lock()
-			if ch, ok := nc.fences[m.Payload]; ok {
-				close(ch)
-				delete(nc.fences, m.Payload)
-			}
-			nc.fenceMu.Unlock()
-		}
+		*lastRecv = time.Now()
 	}
+}
+
+// fenceDone ends the fence whose PING carried token.
+func (nc *nodeConn) fenceDone(token []byte) {
+	nc.fenceMu.Lock()
+	if ch, ok := nc.fences[string(token)]; ok {
+		close(ch)
+		delete(nc.fences, string(token))
+	}
+	nc.fenceMu.Unlock()
+}
+
+// current is the subscription connection while it is up.
+func (nc *nodeConn) current() *subConn {
+	nc.curMu.Lock()
+	defer nc.curMu.Unlock()
+	return nc.cur
+}
+
+// dropCurrent forgets sc if it is the current connection.
+func (nc *nodeConn) dropCurrent(sc *subConn) {
+	nc.curMu.Lock()
+	defer nc.curMu.Unlock()
+	if nc.cur == sc {
+		nc.cur = nil
+	}
+}
+
+// connect dials a new subscription connection, makes it current and hands
+// it to the receive goroutine; one that was not taken yet is closed.
+func (nc *nodeConn) connect() (*subConn, error) {
+	if old := nc.current(); old != nil {
+		old.close()
+		nc.dropCurrent(old)
+	}
+	sc, err := nc.dialSub(nc.ctx)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case stale := <-nc.handoff:
+		stale.close()
+	default:
+	}
+	nc.curMu.Lock()
+	nc.cur = sc
+	nc.curMu.Unlock()
+	nc.handoff <- sc
+	return sc, nil
 }
 
 // enqueue queues r unless publishing to the node is closed.
@@ -428,8 +520,15 @@ func (nc *nodeConn) close(grace time.Duration) {
 		sleep(nc.ctx, grace)
 	}
 	nc.cancel()
-	nc.ps.Close()
+	if sc := nc.current(); sc != nil {
+		sc.close()
+	}
 	nc.wg.Wait()
+	select {
+	case sc := <-nc.handoff:
+		sc.close()
+	default:
+	}
 	nc.rdb.Close()
 }
 

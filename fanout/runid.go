@@ -39,14 +39,19 @@ func checkRunID(want string) func(context.Context, *redis.Conn) error {
 		if err != nil {
 			return fmt.Errorf("fanout: check run_id: %w", err)
 		}
-		for _, line := range strings.Split(info, "\n") {
-			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "run_id:"); ok {
-				if v != want {
-					return fmt.Errorf("%w: registered %s, found %s", errRestarted, want, v)
-				}
-				return nil
-			}
-		}
-		return fmt.Errorf("fanout: check run_id: no run_id in INFO server")
+		return runIDMatches(info, want)
 	}
+}
+
+// runIDMatches checks the run_id in the text of INFO server.
+func runIDMatches(info, want string) error {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "run_id:"); ok {
+			if v != want {
+				return fmt.Errorf("%w: registered %s, found %s", errRestarted, want, v)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("fanout: check run_id: no run_id in INFO server")
 }

@@ -197,7 +197,14 @@ func (nc *nodeConn) subFailed(err error, first bool, failures int) {
 // subscribe command gets the outcome.
 func (nc *nodeConn) runSub(cmds []subCmd, all bool) error {
 	var err error
-	if all {
+	if nc.current() == nil {
+		// A new connection has nothing subscribed: the whole set goes.
+		if _, err = nc.connect(); err != nil {
+			err = fmt.Errorf("fanout: subscription connection to %s: %w", nc, err)
+		}
+		all = true
+	}
+	if all && err == nil {
 		chans, pats := nc.c.subs.names()
 		err = nc.send(false, false, chans)
 		if err == nil {
@@ -237,25 +244,27 @@ func (nc *nodeConn) runSub(cmds []subCmd, all bool) error {
 	return err
 }
 
-// send writes one (P)SUBSCRIBE or (P)UNSUBSCRIBE. It uses the conn's own
-// context: a caller's deadline must never reach ps, because go-redis
-// drops the connection of a command whose context ran out.
+// send writes one (P)SUBSCRIBE or (P)UNSUBSCRIBE on the current
+// subscription connection; a write that fails closes it (the receive
+// goroutine sees it, and the loop dials again).
 func (nc *nodeConn) send(unsub, patterns bool, names []string) error {
 	if len(names) == 0 {
 		return nil
 	}
-	var err error
+	sc := nc.current()
+	if sc == nil {
+		return fmt.Errorf("fanout: (un)subscribe on %s: %w", nc, errSubClosed)
+	}
+	cmd := "SUBSCRIBE"
 	switch {
 	case unsub && patterns:
-		err = nc.ps.PUnsubscribe(nc.ctx, names...)
+		cmd = "PUNSUBSCRIBE"
 	case unsub:
-		err = nc.ps.Unsubscribe(nc.ctx, names...)
+		cmd = "UNSUBSCRIBE"
 	case patterns:
-		err = nc.ps.PSubscribe(nc.ctx, names...)
-	default:
-		err = nc.ps.Subscribe(nc.ctx, names...)
+		cmd = "PSUBSCRIBE"
 	}
-	if err != nil {
+	if err := sc.write(append([]string{cmd}, names...)...); err != nil {
 		return fmt.Errorf("fanout: (un)subscribe on %s: %w", nc, err)
 	}
 	return nil
@@ -275,7 +284,11 @@ func (nc *nodeConn) fence() error {
 		delete(nc.fences, token)
 		nc.fenceMu.Unlock()
 	}()
-	if err := nc.ps.Ping(nc.ctx, token); err != nil {
+	sc := nc.current()
+	if sc == nil {
+		return fmt.Errorf("fanout: fence on %s: %w", nc, errSubClosed)
+	}
+	if err := sc.write("PING", token); err != nil {
 		return fmt.Errorf("fanout: fence on %s: %w", nc, err)
 	}
 	t := time.NewTimer(nc.c.cfg.PublishTimeout + nc.c.cfg.DialTimeout)
@@ -283,6 +296,8 @@ func (nc *nodeConn) fence() error {
 	select {
 	case <-ch:
 		return nil
+	case <-sc.done:
+		return fmt.Errorf("fanout: fence on %s: %w", nc, errSubClosed)
 	case <-t.C:
 		return fmt.Errorf("fanout: fence on %s: no answer within %s", nc, nc.c.cfg.PublishTimeout+nc.c.cfg.DialTimeout)
 	case <-nc.ctx.Done():

@@ -193,11 +193,22 @@ type registry struct {
 	channels map[string]map[*Subscription]struct{}
 	patterns map[string]map[*Subscription]struct{}
 	since    map[string]int64 // channel -> when its first current subscriber came
+	// canonC and canonP map each subscribed channel and pattern to the
+	// registry's string, so a message read from the wire gets its name
+	// without an allocation.
+	canonC, canonP map[string]string
 }
 
 func newRegistry() *registry {
 	return &registry{channels: map[string]map[*Subscription]struct{}{}, patterns: map[string]map[*Subscription]struct{}{},
-		since: map[string]int64{}}
+		since: map[string]int64{}, canonC: map[string]string{}, canonP: map[string]string{}}
+}
+
+func (r *registry) canonOf(patterns bool) map[string]string {
+	if patterns {
+		return r.canonP
+	}
+	return r.canonC
 }
 
 func (r *registry) table(patterns bool) map[string]map[*Subscription]struct{} {
@@ -217,6 +228,7 @@ func (r *registry) add(s *Subscription) []string {
 	for _, n := range s.names {
 		if t[n] == nil {
 			t[n] = map[*Subscription]struct{}{}
+			r.canonOf(s.patterns)[n] = n
 			fresh = append(fresh, n)
 			if !s.patterns {
 				r.since[n] = now
@@ -237,6 +249,7 @@ func (r *registry) remove(s *Subscription) []string {
 		delete(t[n], s)
 		if len(t[n]) == 0 && t[n] != nil {
 			delete(t, n)
+			delete(r.canonOf(s.patterns), n)
 			gone = append(gone, n)
 			if !s.patterns {
 				delete(r.since, n)
@@ -267,6 +280,17 @@ func (r *registry) names() (chans, pats []string) {
 	sort.Strings(chans)
 	sort.Strings(pats)
 	return chans, pats
+}
+
+// intern returns name as a string: the registry's own when it is
+// subscribed (no allocation), else a copy.
+func (r *registry) intern(name []byte, pattern bool) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if n, ok := r.canonOf(pattern)[string(name)]; ok {
+		return n
+	}
+	return string(name)
 }
 
 func (r *registry) has(name string, pattern bool) bool {

@@ -202,10 +202,10 @@ func TestSubscribeDoesNotWaitForADeadNode(t *testing.T) {
 }
 
 // TestPayloadsAreNotShared: a delivered payload belongs to its message.
-// The client hands go-redis's read buffer to the subscriber without a copy
-// (fanout.ownedBytes), which is right only while go-redis reads every
-// payload into a buffer of its own; messages held while later ones are
-// read must keep their bytes, and changing one changes no other.
+// The subscription reader reads every message into one reused buffer
+// (respreader.go) and the client copies the payload out once; messages
+// held while later ones are read must keep their bytes, and changing one
+// changes no other.
 func TestPayloadsAreNotShared(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
