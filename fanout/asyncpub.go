@@ -11,25 +11,50 @@ import (
 // PublishResult is the outcome of one PublishAsync: Done is closed when
 // the publish finished, one way or the other; Err then says how.
 type PublishResult struct {
-	done chan struct{}
-	err  error
+	mu       sync.Mutex
+	finished bool
+	err      error
+	done     chan struct{} // made by the first Done or Err before the end
 }
+
+// closedChan is the Done of every result that finished before anyone
+// asked: most are never waited for, and cost no channel.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // Done is closed once the publish has been accepted by a node (by
 // Replicas nodes, or as many as could take it) or has failed.
-func (r *PublishResult) Done() <-chan struct{} { return r.done }
+func (r *PublishResult) Done() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done == nil {
+		if r.finished {
+			return closedChan
+		}
+		r.done = make(chan struct{})
+	}
+	return r.done
+}
 
 // Err waits for the publish to finish and returns nil if a node accepted
 // it, or why none did (the same errors Publish returns).
 func (r *PublishResult) Err() error {
-	<-r.done
+	<-r.Done()
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	return r.err
 }
 
+func (r *PublishResult) finish(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.finished, r.err = true, err
+	if r.done != nil {
+		close(r.done)
+	}
+}
+
 func failedResult(err error) *PublishResult {
-	r := &PublishResult{done: make(chan struct{}), err: err}
-	close(r.done)
-	return r
+	return &PublishResult{finished: true, err: err}
 }
 
 // PublishAsync queues payload for channel and returns without waiting for
@@ -77,8 +102,7 @@ func (c *Client) PublishAsync(ctx context.Context, channel string, payload []byt
 	seq, prev := c.prevs.nextSent(channel, func() uint64 { return c.seq.Add(1) }, start.UnixNano())
 	data := appendEnvelope(make([]byte, 0, len(payload)+64), envelope{pub: c.pubID, seq: seq, prev: prev.seq, ts: start.UnixNano()}, payload)
 	ar := &asyncReq{
-		c: c, res: &PublishResult{done: make(chan struct{})},
-		channel: channel, data: data, size: size, epoch: epoch, seq: seq, prev: prev, start: start,
+		c: c, channel: channel, data: data, size: size, epoch: epoch, seq: seq, prev: prev, start: start,
 	}
 	if o, ok := c.historyOf(channel); ok {
 		ar.hist = newHistArgs(channel, data, prev.ts, c.cfg.Replicas, o)
@@ -86,7 +110,7 @@ func (c *Client) PublishAsync(ctx context.Context, channel string, payload []byt
 	rs, err := c.waitReady(ctx)
 	if err != nil {
 		ar.finish(err)
-		return ar.res
+		return &ar.res
 	}
 	ar.route(rs)
 	if c.async.gate(ar) {
@@ -94,7 +118,7 @@ func (c *Client) PublishAsync(ctx context.Context, channel string, payload []byt
 		ar.send(ctx)
 		ar.mu.Unlock()
 	}
-	return ar.res
+	return &ar.res
 }
 
 // route ranks the nodes of rs for the publish.
@@ -102,7 +126,7 @@ func (ar *asyncReq) route(rs *readySet) {
 	ar.mu.Lock()
 	defer ar.mu.Unlock()
 	ar.rs = rs
-	ar.order = rank(ar.order[:0], channelHash(ar.channel), rs.seeds, func(i int) bool { return rs.conns[i].suspect() })
+	ar.order = rank(ar.orderBuf[:0], channelHash(ar.channel), rs.seeds, func(i int) bool { return rs.conns[i].suspect() })
 	ar.next = 0
 	ar.need = min(ar.c.cfg.Replicas, len(ar.order))
 }
@@ -131,8 +155,8 @@ func (c *Client) Flush(ctx context.Context) error {
 // node publisher goroutines, which must never block: a failed attempt is
 // handed to the client's retry goroutine.
 type asyncReq struct {
+	res     PublishResult // returned to the caller: one allocation for both
 	c       *Client
-	res     *PublishResult
 	channel string
 	data    []byte
 	hist    *histArgs
@@ -153,6 +177,9 @@ type asyncReq struct {
 	sending  int // sends queueing attempts (the lock is let go around each enqueue): not finished yet
 	lastErr  error
 	finished bool
+
+	orderBuf [4]int // order's room for up to 4 nodes without an allocation
+	first    pubReq // the first attempt's request, the only one most need
 }
 
 // send queues attempts until need are pending or accepted, or no node is
@@ -164,7 +191,11 @@ func (ar *asyncReq) send(ctx context.Context) {
 	for ar.pending+ar.accepted < ar.need && ar.next < len(ar.order) {
 		nc := ar.rs.conns[ar.order[ar.next]]
 		ar.next++
-		r := &pubReq{channel: ar.channel, data: ar.data, hist: ar.hist, node: nc, async: ar}
+		r := &pubReq{}
+		if ar.next == 1 {
+			r = &ar.first
+		}
+		*r = pubReq{channel: ar.channel, data: ar.data, hist: ar.hist, node: nc, async: ar}
 		ar.pending++ // before enqueue: the answer may come before it returns
 		c.async.attempting(ar.channel, nc)
 		ar.mu.Unlock()
@@ -221,8 +252,7 @@ func (ar *asyncReq) finishLocked(err error) {
 		c.prevs.unsent(ar.channel, ar.seq, ar.prev)
 		c.m.publishErrors.Inc()
 	}
-	ar.res.err = err
-	close(ar.res.done)
+	ar.res.finish(err)
 	c.async.release(ar.size, ar.epoch, err)
 }
 
@@ -256,7 +286,8 @@ type asyncPublisher struct {
 	bytes    int64
 	epoch    uint64           // the current Flush generation: Flush starts a new one
 	counts   map[uint64]int64 // outstanding publishes per generation, zeros removed
-	changed  chan struct{}    // closed and replaced whenever one finishes
+	changed  chan struct{}    // closed and replaced when one finishes while waiting is set
+	waiting  bool             // someone waits on changed (reserve, Flush, Close)
 	firstErr error
 	failed   int
 	retries  []asyncRetry
@@ -291,6 +322,7 @@ func (a *asyncPublisher) reserve(ctx context.Context, size int64) (uint64, error
 			return e, nil
 		}
 		ch := a.changed
+		a.waiting = true
 		a.mu.Unlock()
 		a.c.m.asyncBlocked.Inc()
 		select {
@@ -316,8 +348,10 @@ func (a *asyncPublisher) release(size int64, epoch uint64, err error) {
 		}
 		a.failed++
 	}
-	close(a.changed)
-	a.changed = make(chan struct{})
+	if a.waiting {
+		close(a.changed)
+		a.changed, a.waiting = make(chan struct{}), false
+	}
 	a.mu.Unlock()
 }
 
@@ -347,6 +381,7 @@ func (a *asyncPublisher) wait(ctx context.Context, upTo uint64, stop <-chan time
 			return nil
 		}
 		ch := a.changed
+		a.waiting = true
 		a.mu.Unlock()
 		select {
 		case <-ch:
