@@ -32,7 +32,8 @@ type hubShard struct {
 	channels map[string]*channel
 }
 
-// channel is one fanout subscription and its local subscribers.
+// channel is one fanout subscription and its local subscribers: a channel,
+// or a pattern (its name is then patternKey(pattern)).
 type channel struct {
 	name string
 	// ready is closed once feed or err is set.
@@ -71,7 +72,7 @@ func (b *hub) shard(name string) *hubShard {
 // reply before any message, and the position it carries covers nothing c
 // is owed. A resume passes nil: c holds the channel's frames itself
 // (resume.go) and replies once it has read history.
-func (b *hub) subscribe(ctx context.Context, s *session, name string, ok func(pos string) []byte) (*channel, error) {
+func (b *hub) subscribe(ctx context.Context, s *session, name string, ok func(pos string) *outFrame) (*channel, error) {
 	sh := b.shard(name)
 	sh.mu.Lock()
 	ch := sh.channels[name]
@@ -108,7 +109,7 @@ func (b *hub) subscribe(ctx context.Context, s *session, name string, ok func(po
 		if p := ch.pos.Load(); p != nil {
 			pos = *p
 		}
-		s.enqueue(&outFrame{b: ok(pos)})
+		s.enqueue(ok(pos))
 	}
 	subs := append(slices.Clone(*ch.subs.Load()), s)
 	ch.subs.Store(&subs)
@@ -120,8 +121,11 @@ func (b *hub) subscribe(ctx context.Context, s *session, name string, ok func(po
 // pump.
 func (b *hub) open(sh *hubShard, ch *channel) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.h.cfg.OpTimeout)
-	feed, err := b.h.client.Subscribe(ctx, ch.name)
-	if err == nil {
+	var feed *fanout.Subscription
+	var err error
+	if pattern, ok := patternOf(ch.name); ok {
+		feed, err = b.h.client.PSubscribe(ctx, pattern)
+	} else if feed, err = b.h.client.Subscribe(ctx, ch.name); err == nil {
 		b.seed(ctx, ch)
 	}
 	cancel()
@@ -186,10 +190,16 @@ func (b *hub) release(s *session, ch *channel) {
 // out: a subscriber that joins in between is handed a position covering a
 // message it does not get, one published before it joined.
 func (b *hub) pump(sh *hubShard, ch *channel, feed *fanout.Subscription) {
+	pattern, isPattern := patternOf(ch.name)
 	for m := range feed.Messages() {
 		b.h.metrics.messagesFanout.Inc()
 		id, pos := m.ID(), m.Position()
-		f := &outFrame{b: encodeMessage(ch.name, m.Payload, id, m.PublishedAt, pos), msg: true, id: id, pos: pos}
+		var f *outFrame
+		if isPattern {
+			f = &outFrame{b: encodePatternMessage(pattern, m.Channel, m.Payload, id, m.PublishedAt), msg: true, id: id, channel: m.Channel}
+		} else {
+			f = &outFrame{b: encodeMessage(ch.name, m.Payload, id, m.PublishedAt, pos), msg: true, id: id, pos: pos, channel: ch.name}
+		}
 		if pos != "" {
 			ch.pos.Store(&pos)
 		}
@@ -214,6 +224,19 @@ func (b *hub) pump(sh *hubShard, ch *channel, feed *fanout.Subscription) {
 			s.close(CloseInternal, "subscription lost")
 		}
 	}
+}
+
+// patternKey is the hub's (and a session's subs') key of a pattern
+// subscription: a channel name never starts with a NUL byte
+// (fanout.ValidateChannel), so the two never collide.
+func patternKey(pattern string) string { return "\x00" + pattern }
+
+// patternOf returns the pattern of a hub key, if it is one.
+func patternOf(key string) (string, bool) {
+	if len(key) > 0 && key[0] == 0 {
+		return key[1:], true
+	}
+	return "", false
 }
 
 // channelCount is the number of channels with a fanout subscription or one

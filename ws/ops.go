@@ -35,6 +35,14 @@ func (s *session) handle(data []byte) {
 		if e = s.history(f); e == nil {
 			return // history queued the reply itself
 		}
+	case OpPSubscribe:
+		if e = s.psubscribe(f); e == nil {
+			return // psubscribe queued the reply itself
+		}
+	case OpPUnsubscribe:
+		e = s.punsubscribe(f)
+	case OpRefresh:
+		e = s.refresh(f)
 	}
 	if e != nil {
 		s.replyError(e)
@@ -67,7 +75,9 @@ func (s *session) subscribe(f Frame) *Error {
 	if f.Since != "" {
 		return s.resume(f)
 	}
-	ch, err := s.h.hub.subscribe(s.ctx, s, f.Channel, func(pos string) []byte { return subscribedFrame(f.ID, pos) })
+	ch, err := s.h.hub.subscribe(s.ctx, s, f.Channel, func(pos string) *outFrame {
+		return &outFrame{b: subscribedFrame(f.ID, pos), channel: f.Channel, pos: pos, reply: true}
+	})
 	if err != nil {
 		if s.ctx.Err() != nil {
 			return nil // closing: no reply needed

@@ -203,7 +203,7 @@ func (s *session) resume(f Frame) *Error {
 	s.log.Debug("ws: resumed", "channel", f.Channel, "result", result, "messages", len(hist.Messages))
 	// The reply and the messages wait for room in the queue (reply): the
 	// client asked for them, and they may be more than the queue holds.
-	if !s.reply(&outFrame{b: resumedFrame(f.ID, hist.Recovered, len(hist.Messages))}) {
+	if !s.reply(&outFrame{b: resumedFrame(f.ID, hist.Recovered, len(hist.Messages)), channel: f.Channel, pos: hist.Position, reply: true}) {
 		s.dropHold(f.Channel)
 		return nil
 	}
@@ -211,7 +211,7 @@ func (s *session) resume(f Frame) *Error {
 	for _, m := range hist.Messages {
 		id := m.ID()
 		sent[id] = true
-		if !s.reply(&outFrame{b: encodeMessage(f.Channel, m.Payload, id, m.PublishedAt, m.Position()), msg: true, id: id, pos: m.Position()}) {
+		if !s.reply(&outFrame{b: encodeMessage(f.Channel, m.Payload, id, m.PublishedAt, m.Position()), msg: true, id: id, pos: m.Position(), channel: f.Channel}) {
 			s.dropHold(f.Channel)
 			return nil
 		}

@@ -17,7 +17,11 @@ type outFrame struct {
 	b   []byte // shared between sessions: never modified
 	msg bool
 	id  string // a message's id, to drop it after a resume that delivered it from history
-	pos string // a message's position (history channels): the SSE id
+	pos string // a message's position (history channels), or a subscribe's: the SSE id
+	// channel of a message, or of the ok of a subscribe (reply set): the
+	// streaming transports read them, the WebSocket one only b.
+	channel string
+	reply   bool // the ok of a subscribe (SSE event subscribed)
 }
 
 // session is one client, whatever its transport (WebSocket, SSE, HTTP

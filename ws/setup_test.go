@@ -418,6 +418,10 @@ func (g *gw) metric(name string, labels ...string) float64 {
 		c = m.recoveries.WithLabelValues(labels...)
 	case "history_requests":
 		c = m.historyRequests.WithLabelValues(labels...)
+	case "streams":
+		c = m.streams.WithLabelValues(labels...)
+	case "refreshes":
+		c = m.refreshes.WithLabelValues(labels...)
 	default:
 		panic(name)
 	}
