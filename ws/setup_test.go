@@ -196,6 +196,7 @@ type frame struct {
 	Code    string          `json:"code"`
 	Message string          `json:"message"`
 	Channel string          `json:"channel"`
+	Pattern string          `json:"pattern"`
 	Data    json.RawMessage `json:"data"`
 	TS      int64           `json:"ts"`
 	// History: pos of messages, of a subscribe's ok and of a history
