@@ -106,8 +106,9 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 		// Origin is checked before Upgrade (checkOrigin), to count it.
 		CheckOrigin: func(*http.Request) bool { return true },
 		// Idle connections hold no write buffer.
-		WriteBufferPool:  &sync.Pool{},
-		HandshakeTimeout: cfg.WriteTimeout,
+		WriteBufferPool:   &sync.Pool{},
+		HandshakeTimeout:  cfg.WriteTimeout,
+		EnableCompression: cfg.Compression,
 	}
 	h.mux = http.NewServeMux()
 	h.mux.HandleFunc("GET /ws", h.serveWS)
