@@ -32,8 +32,8 @@ import (
 //
 // on top of one fanout client, whose cluster configuration it follows (see
 // Config). It is safe for concurrent use. Shutdown
-// closes its WebSocket connections; the fanout client is the caller's to
-// close, after Shutdown.
+// closes its sessions (WebSocket connections and streams); the fanout
+// client is the caller's to close, after Shutdown.
 type Handler struct {
 	client   *fanout.Client
 	cfg      Config
@@ -174,8 +174,8 @@ func (h *Handler) refuse(w http.ResponseWriter, err error) {
 	writeError(w, http.StatusUnauthorized, &Error{Code: CodeUnauthorized, Message: err.Error()})
 }
 
-// Shutdown stops accepting WebSocket connections, sends every client a
-// close frame (1001, "gateway shutting down") and waits until they are
+// Shutdown stops accepting sessions, sends every client a close frame
+// (1001, "gateway shutting down"; a stream's close event) and waits until they are
 // gone or ctx is done, when it drops the rest. Later calls wait for the
 // first to finish and return nil. The fanout client is not closed.
 func (h *Handler) Shutdown(ctx context.Context) error {

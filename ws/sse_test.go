@@ -2,10 +2,12 @@ package ws
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/url"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -409,4 +411,39 @@ func TestHTTPStream(t *testing.T) {
 		t.Fatalf("since without history: %d %v", code, body)
 	}
 	waitFor(t, 10*time.Second, "the stream gauge to drop to 1", func() bool { return g.metric("streams", "stream") == 1 })
+}
+
+// TestCurlStream: `curl -N` is a subscriber of GET /api/stream/{channel}:
+// it prints the subscribe's ok, then each message on its own line as it
+// is published.
+func TestCurlStream(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("curl is not installed")
+	}
+	t.Parallel()
+	g := newGW(t, Config{APIKeys: []string{"key"}}, gwOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, curl, "-sSN", "-H", "Authorization: Bearer key", g.url+"/api/stream/news")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() || !strings.HasPrefix(lines.Text(), `{"op":"ok","id":"news"`) {
+		t.Fatalf("first line %q", lines.Text())
+	}
+	for i := 1; i <= 3; i++ {
+		if code, body := g.post(t, "/api/publish/news", "key", []byte(strconv.Itoa(i))); code != 200 {
+			t.Fatalf("publish: %d %v", code, body)
+		}
+		if !lines.Scan() || !strings.HasPrefix(lines.Text(), `{"op":"message","channel":"news","data":`+strconv.Itoa(i)+`,`) {
+			t.Fatalf("line for message %d: %q", i, lines.Text())
+		}
+	}
 }

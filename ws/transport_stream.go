@@ -77,6 +77,12 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, p *Princip
 	defer h.unregister(s)
 
 	hd := w.Header()
+	if origin := r.Header.Get("Origin"); origin != "" {
+		// checkOrigin let it in: a cross-origin EventSource may read the
+		// stream (a same-origin one ignores the header).
+		hd.Set("Access-Control-Allow-Origin", origin)
+		hd.Set("Vary", "Origin")
+	}
 	hd.Set("Content-Type", req.contentType)
 	hd.Set("Cache-Control", "no-store")
 	hd.Set("X-Content-Type-Options", "nosniff")
