@@ -130,6 +130,12 @@ type Config struct {
 	// ShutdownTimeout bounds Serve's graceful shutdown. Default: 10s.
 	ShutdownTimeout time.Duration
 
+	// Compression negotiates permessage-deflate (RFC 7692) with WebSocket
+	// clients that offer it: each frame is compressed for each connection
+	// that negotiated it (no context takeover), which costs CPU per
+	// subscriber. Default: off.
+	Compression bool
+
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger
 	// Metrics is the registry the handler registers its metrics in and

@@ -1,5 +1,6 @@
-// Package ws is pubmesh's WebSocket gateway: it serves browsers and apps
-// over WebSocket and backends over HTTP, on top of one fanout client.
+// Package ws is pubmesh's gateway: it serves browsers and apps over
+// WebSocket, Server-Sent Events and HTTP streaming, and backends over HTTP,
+// on top of one fanout client.
 //
 //	client, _ := fanout.New(ctx, fanout.Config{Etcd: etcdCfg, Overflow: fanout.Block, Registerer: reg})
 //	h, err := ws.NewHandler(client, ws.Config{JWTSecret: secret, Metrics: reg})
@@ -26,6 +27,15 @@
 // fields that are set override the cluster's values for this gateway.
 // A namespace that allows anonymous clients lets clients without a
 // credential connect (see Handler and docs/protocol.md).
+//
+// Structure: a session (session.go) is one client of any transport: its
+// principal, subscriptions, resume holds and bounded outbound queue. The
+// operations (ops.go, pattern.go, refresh.go, history.go) run on sessions,
+// each in one order for every transport: validate, authorize, rate-limit,
+// call fanout. The hub (hub.go) fans out to sessions. Each transport only
+// translates frames: transport_ws.go (WebSocket), transport_sse.go (SSE,
+// GET /sse), transport_stream.go (their shared stream writer, and NDJSON
+// at GET /api/stream/{channel}).
 //
 // Efficiency: the gateway holds one fanout subscription per channel,
 // however many clients want it (reference counted), encodes each message

@@ -6,10 +6,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +19,8 @@ import (
 // Handler is the gateway: an http.Handler serving
 //
 //	GET  /ws                       WebSocket clients (docs/protocol.md)
+//	GET  /sse                      Server-Sent Events (EventSource) clients
+//	GET  /api/stream/{channel}     newline-delimited JSON messages of a channel
 //	POST /api/publish/{channel}    publish the JSON body
 //	GET  /api/history/{channel}    the channel's history (docs/history.md)
 //	GET  /api/nodes                the nodes as the gateway sees them
@@ -32,8 +32,8 @@ import (
 //
 // on top of one fanout client, whose cluster configuration it follows (see
 // Config). It is safe for concurrent use. Shutdown
-// closes its WebSocket connections; the fanout client is the caller's to
-// close, after Shutdown.
+// closes its sessions (WebSocket connections and streams); the fanout
+// client is the caller's to close, after Shutdown.
 type Handler struct {
 	client   *fanout.Client
 	cfg      Config
@@ -52,10 +52,10 @@ type Handler struct {
 	ctx    context.Context // canceled by Shutdown
 	cancel context.CancelFunc
 
-	mu       sync.Mutex // guards conns, shutdown
-	conns    map[*conn]struct{}
+	mu       sync.Mutex // guards sessions, shutdown
+	sessions map[*session]struct{}
 	shutdown bool
-	running  sync.WaitGroup // connections being served; Add only under mu while !shutdown
+	running  sync.WaitGroup // sessions being served; Add only under mu while !shutdown
 	done     chan struct{}  // closed when Shutdown has closed every connection
 }
 
@@ -89,8 +89,8 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 		subjects:       newSubjects(l.publishRate, l.publishBurst, l.maxConnsPerSubject, maxLimitedSubjects),
 		anonPublishers: newSubjects(l.publishRate, l.publishBurst, -1, maxLimitedSubjects),
 		ctx:            ctx, cancel: cancel,
-		conns: make(map[*conn]struct{}),
-		done:  make(chan struct{}),
+		sessions: make(map[*session]struct{}),
+		done:     make(chan struct{}),
 	}
 	h.live.cur.Store(l)
 	if auth.open {
@@ -106,11 +106,14 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 		// Origin is checked before Upgrade (checkOrigin), to count it.
 		CheckOrigin: func(*http.Request) bool { return true },
 		// Idle connections hold no write buffer.
-		WriteBufferPool:  &sync.Pool{},
-		HandshakeTimeout: cfg.WriteTimeout,
+		WriteBufferPool:   &sync.Pool{},
+		HandshakeTimeout:  cfg.WriteTimeout,
+		EnableCompression: cfg.Compression,
 	}
 	h.mux = http.NewServeMux()
 	h.mux.HandleFunc("GET /ws", h.serveWS)
+	h.mux.HandleFunc("GET /sse", h.serveSSE)
+	h.mux.HandleFunc("GET /api/stream/{channel...}", h.serveStreamHTTP)
 	h.mux.HandleFunc("POST /api/publish/{channel...}", h.servePublish)
 	h.mux.HandleFunc("GET /api/history/{channel...}", h.serveHistory)
 	h.mux.HandleFunc("GET /api/nodes", h.serveNodes)
@@ -126,71 +129,6 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 
 // ServeHTTP routes r.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
-
-func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
-	if !h.checkOrigin(r) {
-		h.metrics.authFailures.WithLabelValues("origin").Inc()
-		writeError(w, http.StatusForbidden, &Error{Code: CodeForbidden, Message: "origin not allowed"})
-		return
-	}
-	// Without a credential a client may connect while a namespace allows
-	// anonymous clients; each subscribe and publish then checks its
-	// channel's namespace.
-	l := h.limits()
-	p, err := h.authenticate(r, l.anonymous, "ws")
-	if err != nil {
-		h.refuse(w, err)
-		return
-	}
-	if !websocket.IsWebSocketUpgrade(r) {
-		writeError(w, http.StatusBadRequest, &Error{Code: CodeBadRequest, Message: "expected a WebSocket upgrade"})
-		return
-	}
-	h.mu.Lock()
-	down := h.shutdown
-	if !down {
-		h.running.Add(1)
-	}
-	h.mu.Unlock()
-	if down {
-		writeError(w, http.StatusServiceUnavailable, &Error{Code: CodeUnavailable, Message: "gateway shutting down"})
-		return
-	}
-	defer h.running.Done()
-	if p.Kind == "jwt" {
-		// The place is taken before the upgrade, so that a subject at its
-		// limit gets a status a client can read instead of a close.
-		if !h.subjects.acquire(p.Subject, time.Now()) {
-			h.metrics.subjectConnRefusals.Inc()
-			w.Header().Set("Retry-After", "1")
-			h.httpError(w, &Error{Code: CodeLimit, Message: "at most " + strconv.Itoa(l.maxConnsPerSubject) +
-				" connections per subject: " + strconv.Quote(p.Subject) + " has them all open"})
-			return
-		}
-		defer h.subjects.release(p.Subject, time.Now())
-	}
-
-	hw := &hijackWriter{ResponseWriter: w}
-	wsc, err := h.up.Upgrade(hw, r, nil)
-	if err != nil {
-		return // Upgrade has answered
-	}
-	c := newConn(h, wsc, hw.conn, p, l)
-	h.mu.Lock()
-	h.conns[c] = struct{}{}
-	down = h.shutdown
-	h.mu.Unlock()
-	if down {
-		c.close(CloseGoingAway, "gateway shutting down")
-	}
-	h.metrics.connections.Inc()
-	h.metrics.connects.Inc()
-	c.run()
-	h.metrics.connections.Dec()
-	h.mu.Lock()
-	delete(h.conns, c)
-	h.mu.Unlock()
-}
 
 // checkOrigin allows requests without Origin (not from a browser), the
 // gateway's own origin, and AllowOrigins.
@@ -236,17 +174,17 @@ func (h *Handler) refuse(w http.ResponseWriter, err error) {
 	writeError(w, http.StatusUnauthorized, &Error{Code: CodeUnauthorized, Message: err.Error()})
 }
 
-// Shutdown stops accepting WebSocket connections, sends every client a
-// close frame (1001, "gateway shutting down") and waits until they are
+// Shutdown stops accepting sessions, sends every client a close frame
+// (1001, "gateway shutting down"; a stream's close event) and waits until they are
 // gone or ctx is done, when it drops the rest. Later calls wait for the
 // first to finish and return nil. The fanout client is not closed.
 func (h *Handler) Shutdown(ctx context.Context) error {
 	h.mu.Lock()
 	first := !h.shutdown
 	h.shutdown = true
-	conns := make([]*conn, 0, len(h.conns))
-	for c := range h.conns {
-		conns = append(conns, c)
+	sessions := make([]*session, 0, len(h.sessions))
+	for s := range h.sessions {
+		sessions = append(sessions, s)
 	}
 	h.mu.Unlock()
 	if !first {
@@ -259,8 +197,8 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 	defer close(h.done)
 	h.cancel()
 	<-h.live.followed
-	for _, c := range conns {
-		c.close(CloseGoingAway, "gateway shutting down")
+	for _, s := range sessions {
+		s.close(CloseGoingAway, "gateway shutting down")
 	}
 	waited := make(chan struct{})
 	go func() { h.running.Wait(); close(waited) }()
@@ -271,8 +209,8 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 	}
 	// Out of time: close the sockets; the connections end at once.
 	h.mu.Lock()
-	for c := range h.conns {
-		c.ws.NetConn().Close()
+	for s := range h.sessions {
+		s.abort()
 	}
 	h.mu.Unlock()
 	<-waited

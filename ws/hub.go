@@ -32,7 +32,8 @@ type hubShard struct {
 	channels map[string]*channel
 }
 
-// channel is one fanout subscription and its local subscribers.
+// channel is one fanout subscription and its local subscribers: a channel,
+// or a pattern (its name is then patternKey(pattern)).
 type channel struct {
 	name string
 	// ready is closed once feed or err is set.
@@ -44,7 +45,7 @@ type channel struct {
 	refs   int
 	closed bool // feed has been closed (or was never opened)
 	// subs is the copy-on-write list the pump reads without a lock.
-	subs atomic.Pointer[[]*conn]
+	subs atomic.Pointer[[]*session]
 	// pos is the channel's position for a subscriber joining now, on a
 	// history channel: that of the newest message the pump handled, or
 	// else the one read when the channel opened (seed); nil when unknown.
@@ -71,14 +72,14 @@ func (b *hub) shard(name string) *hubShard {
 // reply before any message, and the position it carries covers nothing c
 // is owed. A resume passes nil: c holds the channel's frames itself
 // (resume.go) and replies once it has read history.
-func (b *hub) subscribe(ctx context.Context, c *conn, name string, ok func(pos string) []byte) (*channel, error) {
+func (b *hub) subscribe(ctx context.Context, s *session, name string, ok func(pos string) *outFrame) (*channel, error) {
 	sh := b.shard(name)
 	sh.mu.Lock()
 	ch := sh.channels[name]
 	first := ch == nil
 	if first {
 		ch = &channel{name: name, ready: make(chan struct{})}
-		ch.subs.Store(new([]*conn))
+		ch.subs.Store(new([]*session))
 		sh.channels[name] = ch
 	}
 	ch.refs++
@@ -90,14 +91,14 @@ func (b *hub) subscribe(ctx context.Context, c *conn, name string, ok func(pos s
 	select {
 	case <-ch.ready:
 	case <-ctx.Done():
-		b.release(c, ch)
+		b.release(s, ch)
 		return nil, ctx.Err()
 	}
 	sh.mu.Lock()
 	if ch.err != nil || ch.closed {
 		err := ch.err
 		sh.mu.Unlock()
-		b.release(c, ch)
+		b.release(s, ch)
 		if err == nil {
 			err = fmt.Errorf("ws: subscription to %s ended", name)
 		}
@@ -108,9 +109,9 @@ func (b *hub) subscribe(ctx context.Context, c *conn, name string, ok func(pos s
 		if p := ch.pos.Load(); p != nil {
 			pos = *p
 		}
-		c.enqueue(&outFrame{b: ok(pos)})
+		s.enqueue(ok(pos))
 	}
-	subs := append(slices.Clone(*ch.subs.Load()), c)
+	subs := append(slices.Clone(*ch.subs.Load()), s)
 	ch.subs.Store(&subs)
 	sh.mu.Unlock()
 	return ch, nil
@@ -120,8 +121,11 @@ func (b *hub) subscribe(ctx context.Context, c *conn, name string, ok func(pos s
 // pump.
 func (b *hub) open(sh *hubShard, ch *channel) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.h.cfg.OpTimeout)
-	feed, err := b.h.client.Subscribe(ctx, ch.name)
-	if err == nil {
+	var feed *fanout.Subscription
+	var err error
+	if pattern, ok := patternOf(ch.name); ok {
+		feed, err = b.h.client.PSubscribe(ctx, pattern)
+	} else if feed, err = b.h.client.Subscribe(ctx, ch.name); err == nil {
 		b.seed(ctx, ch)
 	}
 	cancel()
@@ -150,12 +154,12 @@ func (b *hub) open(sh *hubShard, ch *channel) {
 
 // release removes c from ch; the last one out closes the fanout
 // subscription.
-func (b *hub) release(c *conn, ch *channel) {
+func (b *hub) release(s *session, ch *channel) {
 	sh := b.shard(ch.name)
 	sh.mu.Lock()
 	ch.refs--
-	if old := *ch.subs.Load(); slices.Contains(old, c) {
-		subs := slices.DeleteFunc(slices.Clone(old), func(x *conn) bool { return x == c })
+	if old := *ch.subs.Load(); slices.Contains(old, s) {
+		subs := slices.DeleteFunc(slices.Clone(old), func(x *session) bool { return x == s })
 		ch.subs.Store(&subs)
 	}
 	var feed *fanout.Subscription
@@ -186,15 +190,21 @@ func (b *hub) release(c *conn, ch *channel) {
 // out: a subscriber that joins in between is handed a position covering a
 // message it does not get, one published before it joined.
 func (b *hub) pump(sh *hubShard, ch *channel, feed *fanout.Subscription) {
+	pattern, isPattern := patternOf(ch.name)
 	for m := range feed.Messages() {
 		b.h.metrics.messagesFanout.Inc()
 		id, pos := m.ID(), m.Position()
-		f := &outFrame{b: encodeMessage(ch.name, m.Payload, id, m.PublishedAt, pos), msg: true, id: id}
+		var f *outFrame
+		if isPattern {
+			f = &outFrame{b: encodePatternMessage(pattern, m.Channel, m.Payload, id, m.PublishedAt), msg: true, id: id, channel: m.Channel}
+		} else {
+			f = &outFrame{b: encodeMessage(ch.name, m.Payload, id, m.PublishedAt, pos), msg: true, id: id, pos: pos, channel: ch.name}
+		}
 		if pos != "" {
 			ch.pos.Store(&pos)
 		}
-		for _, c := range *ch.subs.Load() {
-			c.deliver(ch.name, f)
+		for _, s := range *ch.subs.Load() {
+			s.deliver(ch.name, f)
 		}
 	}
 	sh.mu.Lock()
@@ -210,10 +220,23 @@ func (b *hub) pump(sh *hubShard, ch *channel, feed *fanout.Subscription) {
 	if lost {
 		b.h.metrics.channels.Dec()
 		b.h.log.Warn("ws: fanout subscription ended", "channel", ch.name, "subscribers", len(subs))
-		for _, c := range subs {
-			c.close(CloseInternal, "subscription lost")
+		for _, s := range subs {
+			s.close(CloseInternal, "subscription lost")
 		}
 	}
+}
+
+// patternKey is the hub's (and a session's subs') key of a pattern
+// subscription: a channel name never starts with a NUL byte
+// (fanout.ValidateChannel), so the two never collide.
+func patternKey(pattern string) string { return "\x00" + pattern }
+
+// patternOf returns the pattern of a hub key, if it is one.
+func patternOf(key string) (string, bool) {
+	if len(key) > 0 && key[0] == 0 {
+		return key[1:], true
+	}
+	return "", false
 }
 
 // channelCount is the number of channels with a fanout subscription or one

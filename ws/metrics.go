@@ -30,6 +30,10 @@ type metrics struct {
 
 	recoveries      *prometheus.CounterVec // subscribes with since, by result
 	historyRequests *prometheus.CounterVec // history reads, by transport
+
+	streams      *prometheus.GaugeVec   // open streaming sessions, by transport (sse, stream)
+	streamsTotal *prometheus.CounterVec // streaming sessions accepted, by transport
+	refreshes    *prometheus.CounterVec // refresh ops, by result
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -72,8 +76,14 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "pubmesh_ws_recoveries_total", Help: "Subscribes with since answered, by result: recovered (history proved it had every missed message) or not_recovered (recovered:false)."}, []string{"result"}),
 		historyRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pubmesh_ws_history_requests_total", Help: "History reads answered, by transport: the history op (ws) and GET /api/history (http)."}, []string{"transport"}),
+		streams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pubmesh_ws_streams", Help: "Open streaming sessions (WebSocket ones are pubmesh_ws_connections), by transport: sse (GET /sse) or stream (GET /api/stream)."}, []string{"transport"}),
+		streamsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pubmesh_ws_streams_total", Help: "Streaming sessions accepted, by transport (sse, stream)."}, []string{"transport"}),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pubmesh_ws_token_refreshes_total", Help: "refresh ops, by result: ok, invalid (expired or not valid), subject (a token for another subject)."}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.connects, m.subscriptions, m.channels, m.messagesIn,
+	for _, c := range []prometheus.Collector{m.streams, m.streamsTotal, m.refreshes, m.connections, m.connects, m.subscriptions, m.channels, m.messagesIn,
 		m.messagesFanout, m.messagesOut, m.writeBatches, m.slowConsumers, m.errors, m.authFailures, m.closes, m.subscribeErrors, m.subjectConnRefusals,
 		m.namespaceRefusals, m.anonymous, m.overrides, m.recoveries, m.historyRequests} {
 		if err := reg.Register(c); err != nil {
@@ -91,6 +101,14 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		m.messagesIn.WithLabelValues(t)
 		m.anonymous.WithLabelValues(t)
 		m.historyRequests.WithLabelValues(t)
+	}
+	for _, t := range []string{"sse", "stream"} {
+		m.streams.WithLabelValues(t)
+		m.streamsTotal.WithLabelValues(t)
+		m.anonymous.WithLabelValues(t)
+	}
+	for _, r := range []string{"ok", "invalid", "subject"} {
+		m.refreshes.WithLabelValues(r)
 	}
 	m.recoveries.WithLabelValues("recovered")
 	m.recoveries.WithLabelValues("not_recovered")

@@ -19,10 +19,22 @@ const (
 	OpPing        = "ping"
 	// OpHistory reads a channel's history; its reply has the same op.
 	OpHistory = "history"
+	// OpPSubscribe and OpPUnsubscribe subscribe to a channel pattern and
+	// end that (pattern.go).
+	OpPSubscribe   = "psubscribe"
+	OpPUnsubscribe = "punsubscribe"
+	// OpRefresh replaces the session's token (refresh.go).
+	OpRefresh = "refresh"
 	// Server to client.
 	OpOK      = "ok"
 	OpError   = "error"
 	OpMessage = "message"
+	// OpClose is the last frame of a stream (SSE, HTTP streaming) that the
+	// gateway ends, with the close code a WebSocket would get.
+	OpClose = "close"
+	// OpUnsubscribed tells a client that the gateway ended one of its
+	// subscriptions (a refresh whose claims no longer allow it).
+	OpUnsubscribed = "unsubscribed"
 )
 
 // Error codes of error frames and HTTP error bodies.
@@ -68,6 +80,10 @@ type Frame struct {
 	Limit int
 	// Reverse asks a history read for the newest messages, newest first.
 	Reverse bool
+	// Pattern of a psubscribe or punsubscribe.
+	Pattern string
+	// Token of a refresh.
+	Token string
 }
 
 // Error is a protocol error: the reply to a frame the gateway refuses.
@@ -92,6 +108,8 @@ type wireFrame struct {
 	Since   string          `json:"since"`
 	Limit   int             `json:"limit"`
 	Reverse bool            `json:"reverse"`
+	Pattern string          `json:"pattern"`
+	Token   string          `json:"token"`
 }
 
 // DecodeFrame parses one client frame. It checks the shape (an object with
@@ -138,6 +156,18 @@ func DecodeFrame(b []byte) (Frame, error) {
 		}
 		f.Data = w.Data
 	case OpPing:
+		return f, nil
+	case OpPSubscribe, OpPUnsubscribe:
+		if w.Pattern == "" {
+			return Frame{}, badRequest(id, "%s needs a pattern", w.Op)
+		}
+		f.Pattern = w.Pattern
+		return f, nil
+	case OpRefresh:
+		if w.Token == "" {
+			return Frame{}, badRequest(id, "refresh needs a token")
+		}
+		f.Token = w.Token
 		return f, nil
 	case "":
 		return Frame{}, badRequest(id, "missing op")
@@ -248,6 +278,19 @@ func encodeMessage(channel string, payload []byte, id string, ts time.Time, pos 
 	b := make([]byte, 0, 80+len(channel)+len(payload)+len(id)+len(pos))
 	b = append(b, `{"op":"message",`...)
 	return append(appendMessage(b, channel, payload, id, ts, pos), '}')
+}
+
+// encodePatternMessage is the message frame of a pattern subscription:
+//
+//	{"op":"message","pattern":"news.*","channel":"news.eu","data":<JSON>,"id":"<message id>","ts":<ms>}
+//
+// (no pos: history does not apply to patterns).
+func encodePatternMessage(pattern, channel string, payload []byte, id string, ts time.Time) []byte {
+	b := make([]byte, 0, 96+len(pattern)+len(channel)+len(payload)+len(id))
+	b = append(b, `{"op":"message","pattern":`...)
+	b = appendString(b, pattern)
+	b = append(b, ',')
+	return append(appendMessage(b, channel, payload, id, ts, ""), '}')
 }
 
 // appendMessage appends the fields of a message, without braces:

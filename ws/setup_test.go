@@ -196,6 +196,7 @@ type frame struct {
 	Code    string          `json:"code"`
 	Message string          `json:"message"`
 	Channel string          `json:"channel"`
+	Pattern string          `json:"pattern"`
 	Data    json.RawMessage `json:"data"`
 	TS      int64           `json:"ts"`
 	// History: pos of messages, of a subscribe's ok and of a history
@@ -418,6 +419,10 @@ func (g *gw) metric(name string, labels ...string) float64 {
 		c = m.recoveries.WithLabelValues(labels...)
 	case "history_requests":
 		c = m.historyRequests.WithLabelValues(labels...)
+	case "streams":
+		c = m.streams.WithLabelValues(labels...)
+	case "refreshes":
+		c = m.refreshes.WithLabelValues(labels...)
 	default:
 		panic(name)
 	}

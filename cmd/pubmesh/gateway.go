@@ -47,6 +47,7 @@ func gatewayFlags() []cli.Flag {
 		&cli.StringFlag{Name: "jwt-public-key", Usage: "PEM file of the RSA (RS256) or ECDSA (ES256) public key that verifies client tokens", DefaultText: "none", EnvVars: []string{"PUBMESH_JWT_PUBLIC_KEY"}},
 		&cli.StringSliceFlag{Name: "api-key", Usage: "API key with full access, for backends (repeat or comma-separate for several)", DefaultText: "none", EnvVars: []string{"PUBMESH_API_KEY"}},
 		&cli.StringFlag{Name: "api-key-file", Usage: "file with one API key per line", DefaultText: "none", EnvVars: []string{"PUBMESH_API_KEY_FILE"}},
+		&cli.BoolFlag{Name: "compression", Usage: "compress WebSocket frames (permessage-deflate) for clients that offer it: less bandwidth, more CPU per subscriber", EnvVars: []string{"PUBMESH_COMPRESSION"}},
 		&cli.BoolFlag{Name: "insecure", Usage: "run without authentication: anyone who reaches the port may subscribe and publish to every channel", EnvVars: []string{"PUBMESH_INSECURE"}},
 		&cli.StringSliceFlag{Name: "allow-origin", Usage: "browser origins allowed to connect: https://app.example.com, https://*.example.com or *", DefaultText: "the gateway's own origin", EnvVars: []string{"PUBMESH_ALLOW_ORIGIN"}},
 		// The limits that are cluster configuration keys have no Value: unset,
@@ -76,6 +77,7 @@ func clusterDefault(v any) string { return fmt.Sprintf("cluster configuration (d
 func gatewayConfig(c *cli.Context, log *slog.Logger) (ws.Config, error) {
 	cfg := ws.Config{
 		Insecure:        c.Bool("insecure"),
+		Compression:     c.Bool("compression"),
 		AllowOrigins:    c.StringSlice("allow-origin"),
 		MaxChannelBytes: c.Int("max-channel-bytes"),
 		ShutdownTimeout: c.Duration("shutdown-timeout"),

@@ -29,6 +29,20 @@
 // with their count), or, when history no longer covers the whole gap,
 // 'recoveryFailed' fires so that the app reloads its state. history()
 // reads a channel's history.
+//
+// Token refresh: with getToken (an async function returning a fresh JWT),
+// the client asks for a new token shortly before the current one expires
+// (its exp, read from the JWT) and hands it to the gateway with the
+// refresh op, without reconnecting: a long-lived page never sees 4001.
+// Subscriptions the new token no longer allows end ('unsubscribed').
+//
+// Transports: WebSocket first. When it cannot connect twice in a row
+// (a proxy that refuses or blocks the upgrade), the client falls back by
+// itself to Server-Sent Events (EventSource on /sse) for what it receives
+// and plain HTTP (POST /api/publish, GET /api/history) for what it sends,
+// keeps resuming history channels from their positions, and stays there.
+// pm.transport says which is in use ('websocket' or 'sse'), and the
+// 'transport' event fires when it changes.
 
 /** An error reply, or a request that could not complete. */
 export class PubMeshError extends Error {
@@ -74,12 +88,26 @@ export class PubMesh {
    * @param {number} [opts.idle=30000] after this long without a frame, ping; no reply
    *   within timeout means the connection is dead: the socket is dropped at once
    *   (close event code 4000) and replaced.
+   * @param {function():Promise<string>} [opts.getToken] returns a fresh token; called
+   *   before the current one expires (then sent with the refresh op, or, over SSE,
+   *   used to reopen the stream), and to connect when opts.token is not given.
+   * @param {boolean} [opts.fallback=true] fall back to SSE when WebSocket cannot connect.
+   * @param {string} [opts.sseURL] http:// or https:// URL of /sse. Default: derived from url.
    * @param {boolean} [opts.connect=true] connect at once.
    * @param {typeof WebSocket} [opts.WebSocket] WebSocket implementation.
    */
   constructor(opts = {}) {
     this.url = opts.url || defaultURL();
-    this.token = opts.token ?? null;
+    this.getToken = opts.getToken || null;
+    this.token = opts.token ?? this.getToken ?? null;
+    this.fallback = opts.fallback !== false && typeof globalThis.EventSource === 'function';
+    this.sseURL = opts.sseURL || this.url.replace(/^ws/, 'http').replace(/\/ws(\?|$)/, '/sse$1');
+    this._transport = null; // 'websocket' or 'sse' once connected
+    this._wsFailures = 0; // WebSocket dials in a row that never opened
+    this._es = null; // the EventSource, over SSE
+    this._tok = null; // the token of the current connection
+    this._refreshTimer = null;
+    this._reopen = null; // a pending reopen of the SSE stream
     this.minDelay = opts.minDelay ?? 500;
     this.maxDelay = opts.maxDelay ?? 15000;
     this.timeout = opts.timeout ?? 10000;
@@ -105,6 +133,17 @@ export class PubMesh {
     this._state = 'closed';
     this._stopped = true;
     if (opts.connect !== false) this.connect();
+  }
+
+  /** The transport in use: 'websocket', 'sse', or null before the first connection. */
+  get transport() {
+    return this._transport;
+  }
+
+  _setTransport(t) {
+    if (this._transport === t) return;
+    this._transport = t;
+    this._emit('transport', t);
   }
 
   /** 'connecting', 'open' or 'closed'. */
@@ -143,8 +182,10 @@ export class PubMesh {
    * (PubMeshError), 'close' ({code, reason}) or 'tokenExpired' ({renew}: the
    * gateway closed with 4001; renew is true when a token function will be
    * called for a fresh token, false when the client has stopped and waits for
-   * pm.token to be set and pm.connect()). Returns a function that removes the
-   * listener.
+   * pm.token to be set and pm.connect()), 'transport' ('websocket' or 'sse'),
+   * 'unsubscribed' ({channel, code, message}: the gateway ended a subscription,
+   * e.g. a refreshed token no longer allows it) or 'refreshed' ({exp}: the
+   * gateway took a fresh token). Returns a function that removes the listener.
    */
   on(event, fn) {
     if (!this._handlers.has(event)) this._handlers.set(event, new Set());
@@ -197,6 +238,11 @@ export class PubMesh {
     // close() came during the fetch (and maybe connect(), which dials anew).
     if (gen !== this._gen || this._stopped) return;
     this._dialing = false;
+    this._tok = tok || null;
+    if (this.fallback && (this._transport === 'sse' || this._wsFailures >= 2)) {
+      this._openSSE();
+      return;
+    }
     if (tok) url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(tok);
     let ws;
     try {
@@ -207,12 +253,17 @@ export class PubMesh {
       return;
     }
     this._ws = ws;
+    let opened = false;
     ws.onopen = () => {
       if (this._ws !== ws) return;
+      opened = true;
       this._attempt = 0;
+      this._wsFailures = 0;
       this._lastFrame = Date.now();
+      this._setTransport('websocket');
       this._setState('open');
       this._startIdleCheck();
+      this._scheduleRefresh();
       // Re-subscribe everything, then release requests made while offline.
       for (const channel of this._channels.keys()) this._subscribeNow(channel);
       const waiting = [...this._openWaiters];
@@ -224,15 +275,25 @@ export class PubMesh {
       this._lastFrame = Date.now();
       this._onFrame(ev.data);
     };
-    ws.onclose = (ev) => this._closed(ws, ev.code, ev.reason);
+    ws.onclose = (ev) => {
+      if (!opened && this._ws === ws) this._wsFailures++;
+      this._closed(ws, ev.code, ev.reason);
+    };
     ws.onerror = () => {}; // a close event follows
   }
 
   // _closed ends the connection ws (if still current) and decides what
   // comes next: a reconnect, or nothing (close(), or 4001 with a fixed token).
   _closed(ws, code, reason) {
-    if (this._ws !== ws) return;
+    if (this._ws !== ws && this._es !== ws) return;
     this._ws = null;
+    if (this._es) {
+      this._es.onopen = this._es.onerror = null;
+      this._es.close();
+      this._es = null;
+    }
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
     this._stopIdleCheck();
     for (const ch of this._channels.values()) {
       // Subscribed again on the next open; the channel's waiters keep
@@ -352,6 +413,10 @@ export class PubMesh {
       this._emit('message', m);
       return;
     }
+    if (f.op === 'unsubscribed') {
+      this._ended(f.channel || f.pattern, f.code, f.message);
+      return;
+    }
     const p = f.id !== undefined ? this._pending.get(f.id) : undefined;
     if (!p) {
       if (f.op === 'error') this._emit('error', new PubMeshError(f.code, f.message));
@@ -380,11 +445,18 @@ export class PubMesh {
         reject(err);
       };
       waiter.go = () => {
+        if (this._transport === 'sse') {
+          this._http(frame).then(
+            (r) => { clearTimeout(timer); resolve(r); },
+            (e) => { clearTimeout(timer); reject(e); },
+          );
+          return;
+        }
         const id = this._nextId++;
         this._pending.set(id, { op, channel, timer, resolve, reject });
         this._ws.send(JSON.stringify({ ...frame, id }));
       };
-      if (this._ws && this._ws.readyState === 1) {
+      if ((this._ws && this._ws.readyState === 1) || (this._transport === 'sse' && this._state === 'open')) {
         waiter.go();
       } else if (this._stopped) {
         waiter.fail(new PubMeshError('closed', 'pubmesh: client closed'));
@@ -403,6 +475,10 @@ export class PubMesh {
   _subscribeNow(channel) {
     const ch = this._channels.get(channel);
     if (!ch || ch.active || ch.req || this._state !== 'open') return;
+    if (this._transport === 'sse') {
+      this._reopenSSE(); // the stream names its channels: open it again with this one
+      return;
+    }
     clearTimeout(ch.retry);
     ch.retry = null;
     const req = {};
@@ -413,26 +489,7 @@ export class PubMesh {
       (reply) => {
         if (ch.req !== req) return; // unsubscribed, or the connection was lost
         ch.req = null;
-        ch.active = true;
-        ch.attempt = 0;
-        ch.recovering = 0;
-        if (since && reply.recovered !== undefined) {
-          ch.recovering = reply.count || 0;
-        } else if (reply.pos) {
-          ch.pos = reply.pos;
-        }
-        for (const w of ch.waiters) w.resolve();
-        ch.waiters = [];
-        this._emit('subscribed', channel);
-        if (!since) return;
-        const count = ch.recovering;
-        if (reply.recovered === true) {
-          this._emit('recovered', { channel, count });
-        } else if (reply.recovered === false) {
-          this._emit('recoveryFailed', { channel, count, code: 'not_recovered', message: `pubmesh: history does not cover everything published to ${channel} since the last position` });
-        } else {
-          this._emit('recoveryFailed', { channel, count: 0, code: 'not_resumed', message: `pubmesh: the gateway did not resume ${channel}` });
-        }
+        this._confirmed(channel, ch, since, reply);
       },
       (err) => {
         if (ch.req !== req) return;
@@ -465,6 +522,43 @@ export class PubMesh {
         }, Math.round(step / 2 + Math.random() * (step / 2)));
       },
     );
+  }
+
+  // _confirmed applies the gateway's ok to a subscribe of channel (over
+  // SSE, its subscribed event): since is the position it resumed from.
+  _confirmed(channel, ch, since, reply) {
+    ch.active = true;
+    ch.attempt = 0;
+    ch.recovering = 0;
+    if (since && reply.recovered !== undefined) {
+      ch.recovering = reply.count || 0;
+    } else if (reply.pos) {
+      ch.pos = reply.pos;
+    }
+    for (const w of ch.waiters) w.resolve();
+    ch.waiters = [];
+    this._emit('subscribed', channel);
+    if (!since) return;
+    const count = ch.recovering;
+    if (reply.recovered === true) {
+      this._emit('recovered', { channel, count });
+    } else if (reply.recovered === false) {
+      this._emit('recoveryFailed', { channel, count, code: 'not_recovered', message: `pubmesh: history does not cover everything published to ${channel} since the last position` });
+    } else {
+      this._emit('recoveryFailed', { channel, count: 0, code: 'not_resumed', message: `pubmesh: the gateway did not resume ${channel}` });
+    }
+  }
+
+  // _ended drops a subscription the gateway ended (or refused for good).
+  _ended(channel, code, message) {
+    const ch = this._channels.get(channel);
+    if (!ch) return;
+    this._channels.delete(channel);
+    clearTimeout(ch.retry);
+    const err = new PubMeshError(code || 'unsubscribed', message || 'pubmesh: unsubscribed by the gateway');
+    for (const w of ch.waiters) w.reject(err);
+    ch.waiters = [];
+    this._emit('unsubscribed', { channel, code: err.code, message: err.message });
   }
 
   // _failWaiters rejects every request waiting for the connection and every
@@ -522,6 +616,10 @@ export class PubMesh {
     ch.req = null;
     for (const w of ch.waiters) w.reject(new PubMeshError('unsubscribed', 'pubmesh: unsubscribed'));
     if (this._state !== 'open') return Promise.resolve();
+    if (this._transport === 'sse') {
+      this._reopenSSE();
+      return Promise.resolve();
+    }
     return this._send({ op: 'unsubscribe', channel }, 'unsubscribe', channel).then(() => undefined);
   }
 
@@ -556,6 +654,204 @@ export class PubMesh {
     }));
   }
 
+  /**
+   * Hand the gateway a fresh token now (getToken's, or tok): over WebSocket
+   * with the refresh op (same subject; the new claims apply at once), over
+   * SSE by reopening the stream with it. Resolves once the gateway took it.
+   */
+  async refresh(tok) {
+    if (tok === undefined) tok = await this.getToken();
+    if (this._transport === 'sse') {
+      this._tok = tok;
+      if (typeof this.token !== 'function') this.token = tok;
+      this._reopenSSE();
+    } else {
+      await this._send({ op: 'refresh', token: tok }, 'refresh');
+      this._tok = tok;
+      if (typeof this.token !== 'function') this.token = tok;
+      this._scheduleRefresh();
+    }
+    this._emit('refreshed', { exp: jwtExp(tok) });
+  }
+
+  // _scheduleRefresh arms the refresh of the current token before its exp
+  // (a fifth of its remaining life ahead, between 1 s and 1 min), when
+  // getToken is given.
+  _scheduleRefresh() {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    const exp = jwtExp(this._tok);
+    if (!this.getToken || !exp) return;
+    const left = exp - Date.now();
+    const lead = Math.min(60000, Math.max(1000, left / 5));
+    this._refreshTimer = setTimeout(() => {
+      this._refreshTimer = null;
+      this.refresh().catch((e) => {
+        this._emit('error', e instanceof PubMeshError ? e : new PubMeshError('token', 'pubmesh: refreshing the token failed: ' + e));
+        // Try again while the token lasts; past its exp the gateway closes
+        // with 4001 and the client reconnects with getToken.
+        if (!this._refreshTimer && !this._stopped && jwtExp(this._tok) > Date.now() + 1000) {
+          this._refreshTimer = setTimeout(() => { this._refreshTimer = null; this._scheduleRefresh(); }, 1000);
+        }
+      });
+    }, Math.max(0, left - lead));
+  }
+
+  // _openSSE opens the EventSource for every channel, resuming those with a
+  // position (last_event_id: channel=position pairs, the stream position
+  // the gateway's SSE ids carry).
+  _openSSE() {
+    const q = new URLSearchParams();
+    const last = new URLSearchParams();
+    const since = new Map();
+    for (const [name, ch] of [...this._channels].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      q.append('channel', name);
+      if (ch.pos) last.append(name, ch.pos);
+      since.set(name, ch.pos);
+      ch.active = false;
+      ch.req = null;
+    }
+    this._sseSince = since;
+    if (this._channels.size === 0) {
+      this._sseReady(); // nothing to stream yet: publishes and history go over HTTP
+      return;
+    }
+    if (this._tok) q.set('token', this._tok);
+    if ([...last].length) q.set('last_event_id', last.toString());
+    const es = new globalThis.EventSource(this.sseURL + (this.sseURL.includes('?') ? '&' : '?') + q);
+    this._es = es;
+    let opened = false;
+    es.onopen = () => {
+      if (this._es !== es) return;
+      opened = true;
+      this._sseReady();
+    };
+    const parse = (ev) => {
+      try {
+        return JSON.parse(ev.data);
+      } catch {
+        return null;
+      }
+    };
+    es.addEventListener('subscribed', (ev) => {
+      const f = this._es === es && parse(ev);
+      const ch = f && this._channels.get(f.id);
+      if (ch) this._confirmed(f.id, ch, this._sseSince.get(f.id), f);
+    });
+    es.addEventListener('message', (ev) => {
+      if (this._es !== es) return;
+      this._lastFrame = Date.now();
+      this._onFrame(ev.data);
+    });
+    es.addEventListener('close', (ev) => {
+      if (this._es !== es) return;
+      const f = parse(ev) || {};
+      this._closed(es, f.code || 1000, f.reason || '');
+    });
+    es.addEventListener('error', (ev) => {
+      if (this._es !== es) return;
+      if (ev.data !== undefined) {
+        // The gateway's event error: a subscribe failed; the stream ends.
+        const f = parse(ev) || {};
+        const ch = typeof f.id === 'string' ? this._channels.get(f.id) : undefined;
+        if (ch && ch.pos && (f.code === 'bad_request' || f.code === 'no_history')) {
+          // The position cannot be resumed from: the next stream subscribes
+          // afresh (as over WebSocket).
+          ch.pos = undefined;
+          this._emit('recoveryFailed', { channel: f.id, count: 0, code: f.code, message: f.message });
+        } else if (ch && REFUSALS.has(f.code)) {
+          this._ended(f.id, f.code, f.message);
+        } else {
+          this._emit('error', new PubMeshError(f.code || 'unknown', f.message));
+        }
+        return;
+      }
+      if (es.readyState === 2) {
+        // Refused (an HTTP error) or failed for good: reconnect with
+        // backoff, maybe with WebSocket again if SSE never worked.
+        if (!opened && this._transport !== 'sse') this._wsFailures = 0;
+        this._closed(es, 1006, 'event stream failed');
+        return;
+      }
+      // EventSource reconnects by itself, with the last id it got.
+      for (const [name, ch] of this._channels) {
+        ch.active = false;
+        this._sseSince.set(name, ch.pos);
+      }
+      this._setState('connecting', { attempt: this._attempt });
+    });
+  }
+
+  _sseReady() {
+    this._attempt = 0;
+    this._setTransport('sse');
+    this._setState('open');
+    this._scheduleRefresh();
+    const waiting = [...this._openWaiters];
+    this._openWaiters.clear();
+    for (const w of waiting) w.go();
+    for (const name of this._channels.keys()) {
+      if (!this._sseSince.has(name)) {
+        this._reopenSSE(); // subscribed while the stream was not open
+        break;
+      }
+    }
+  }
+
+  // _reopenSSE replaces the stream (its channels or its token changed),
+  // once per turn of the event loop.
+  _reopenSSE() {
+    if (this._reopen) return;
+    this._reopen = setTimeout(() => {
+      this._reopen = null;
+      if (this._transport !== 'sse' || this._stopped) return;
+      const old = this._es;
+      this._es = null;
+      if (old) old.close();
+      this._openSSE();
+    }, 0);
+  }
+
+  // _http performs a request over HTTP, for the SSE transport.
+  async _http(frame) {
+    const base = this.sseURL.replace(/\/sse(\?.*)?$/, '');
+    const headers = this._tok ? { Authorization: 'Bearer ' + this._tok } : {};
+    let url;
+    let init = { headers };
+    switch (frame.op) {
+      case 'ping':
+        return { op: 'ok' };
+      case 'publish':
+        url = base + '/api/publish/' + encodeURIComponent(frame.channel);
+        init = { method: 'POST', headers: { ...headers, 'Content-Type': 'application/json' }, body: JSON.stringify(frame.data) };
+        break;
+      case 'history': {
+        const q = new URLSearchParams();
+        if (frame.since) q.set('since', frame.since);
+        if (frame.limit) q.set('limit', String(frame.limit));
+        if (frame.reverse) q.set('reverse', 'true');
+        url = base + '/api/history/' + encodeURIComponent(frame.channel) + (q.toString() ? '?' + q : '');
+        break;
+      }
+      default:
+        throw new PubMeshError('bad_request', `pubmesh: ${frame.op} is not available over SSE`);
+    }
+    let resp;
+    try {
+      resp = await fetch(url, init);
+    } catch (e) {
+      throw new PubMeshError('disconnected', 'pubmesh: ' + e);
+    }
+    let body = {};
+    try {
+      body = await resp.json();
+    } catch {
+      // no JSON body
+    }
+    if (!resp.ok) throw new PubMeshError(body.code || 'unavailable', body.message || `pubmesh: HTTP ${resp.status}`);
+    return frame.op === 'history' ? { op: 'history', ...body } : { op: 'ok' };
+  }
+
   /** Close for good (until connect() is called again). */
   close() {
     this._stopped = true;
@@ -568,13 +864,31 @@ export class PubMesh {
       clearTimeout(ch.retry);
       ch.retry = null;
     }
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    clearTimeout(this._reopen);
+    this._reopen = null;
     const ws = this._ws;
     if (ws) {
       ws.close(1000, 'bye');
     } else {
+      if (this._es) this._closed(this._es, 1000, 'bye');
       this._setState('closed');
     }
     this._failWaiters(new PubMeshError('closed', 'pubmesh: client closed'));
+  }
+}
+
+// jwtExp is the exp of a JWT in ms, or 0 (not a JWT, no exp).
+function jwtExp(tok) {
+  const parts = typeof tok === 'string' ? tok.split('.') : [];
+  if (parts.length !== 3) return 0;
+  try {
+    const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    const claims = JSON.parse(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)));
+    return typeof claims.exp === 'number' ? claims.exp * 1000 : 0;
+  } catch {
+    return 0;
   }
 }
 
