@@ -1,31 +1,18 @@
 package ws
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
-	"github.com/pubmesh/pubmesh/clusterconfig"
 	"io"
 	"net/http"
 	"time"
 )
 
-// publish sends data (valid, compact JSON) through the fanout client.
-func (h *Handler) publish(ctx context.Context, id json.RawMessage, channel string, data []byte, source string) *Error {
-	ctx, cancel := context.WithTimeout(ctx, h.cfg.OpTimeout)
-	defer cancel()
-	if err := h.client.Publish(ctx, channel, data); err != nil {
-		return &Error{Code: CodeUnavailable, Message: "publish failed: " + err.Error(), ID: id}
-	}
-	h.metrics.messagesIn.WithLabelValues(source).Inc()
-	return nil
-}
-
-// httpAccess authenticates an HTTP request on the channel in its path and
-// authorizes op there (a credential-less request only where the
-// namespace allows anonymous clients for op), answering the request itself
-// when it is refused.
-func (h *Handler) httpAccess(w http.ResponseWriter, r *http.Request, op string) (*limits, *Principal, clusterconfig.Namespace, string, bool) {
+// httpAuthenticate authenticates an HTTP request on the channel in its
+// path, for op: a request without a credential is let in (as the
+// anonymous principal) only where the channel's namespace allows anonymous
+// clients for op. It answers the request itself when it is refused; the
+// op (ops.go) then authorizes the principal.
+func (h *Handler) httpAuthenticate(w http.ResponseWriter, r *http.Request, op string) (*Principal, string, bool) {
 	l := h.limits()
 	channel := r.PathValue("channel")
 	anonymous := l.anonymousPublish(channel)
@@ -35,45 +22,33 @@ func (h *Handler) httpAccess(w http.ResponseWriter, r *http.Request, op string) 
 	p, err := h.authenticate(r, anonymous, "http")
 	if err != nil {
 		h.refuse(w, err)
-		return nil, nil, clusterconfig.Namespace{}, "", false
+		return nil, "", false
 	}
-	ns, e := h.authorize(l, nil, p, op, channel)
-	if e != nil {
-		h.httpError(w, e)
-		return nil, nil, clusterconfig.Namespace{}, "", false
-	}
-	return l, p, ns, channel, true
+	return p, channel, true
 }
 
 // servePublish is POST /api/publish/{channel}: the body is the data.
 // Without a credential it is accepted only for a channel whose namespace
 // allows anonymous publishes (otherwise 401, as without such a namespace).
+// The body is read up to one byte past the namespace's limit, so that
+// publishOp refuses a larger one (413) after the channel and the access.
 func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request) {
-	l, p, ns, channel, ok := h.httpAccess(w, r, OpPublish)
+	p, channel, ok := h.httpAuthenticate(w, r, OpPublish)
 	if !ok {
 		return
 	}
-	if e := h.allowPublish(l, nil, p, nil, clientAddr(r)); e != nil {
-		w.Header().Set("Retry-After", "1")
-		h.httpError(w, e)
-		return
-	}
-	max := l.maxPublishBytes(ns)
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(max)))
+	l := h.limits()
+	max := l.maxPublishBytes(l.doc.For(channel))
+	body, err := io.ReadAll(io.LimitReader(r.Body, int64(max)+1))
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			h.httpError(w, &Error{Code: CodeTooLarge, Message: "body larger than " + byteSize(max)})
-		} else {
-			h.httpError(w, badRequest(nil, "read body: %v", err))
-		}
+		h.httpError(w, badRequest(nil, "read body: %v", err))
 		return
 	}
-	data, e := h.checkData(nil, body, max)
-	if e == nil {
-		e = h.publish(r.Context(), nil, channel, data, "http")
-	}
+	e := h.publishOp(r.Context(), publishRequest{p: p, addr: clientAddr(r), channel: channel, data: body, source: "http"})
 	if e != nil {
+		if e.Code == CodeRateLimited {
+			w.Header().Set("Retry-After", "1")
+		}
 		h.httpError(w, e)
 		return
 	}

@@ -132,7 +132,7 @@ func TestBrowserDemo(t *testing.T) {
 	// Drop the page's connection as a gateway restart would: the client
 	// reconnects with backoff, re-subscribes, and gets the next message.
 	g.h.mu.Lock()
-	for c := range g.h.conns {
+	for c := range g.h.sessions {
 		c.close(CloseGoingAway, "test: dropped")
 	}
 	g.h.mu.Unlock()

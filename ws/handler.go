@@ -6,10 +6,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,10 +50,10 @@ type Handler struct {
 	ctx    context.Context // canceled by Shutdown
 	cancel context.CancelFunc
 
-	mu       sync.Mutex // guards conns, shutdown
-	conns    map[*conn]struct{}
+	mu       sync.Mutex // guards sessions, shutdown
+	sessions map[*session]struct{}
 	shutdown bool
-	running  sync.WaitGroup // connections being served; Add only under mu while !shutdown
+	running  sync.WaitGroup // sessions being served; Add only under mu while !shutdown
 	done     chan struct{}  // closed when Shutdown has closed every connection
 }
 
@@ -89,8 +87,8 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 		subjects:       newSubjects(l.publishRate, l.publishBurst, l.maxConnsPerSubject, maxLimitedSubjects),
 		anonPublishers: newSubjects(l.publishRate, l.publishBurst, -1, maxLimitedSubjects),
 		ctx:            ctx, cancel: cancel,
-		conns: make(map[*conn]struct{}),
-		done:  make(chan struct{}),
+		sessions: make(map[*session]struct{}),
+		done:     make(chan struct{}),
 	}
 	h.live.cur.Store(l)
 	if auth.open {
@@ -126,71 +124,6 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 
 // ServeHTTP routes r.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
-
-func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
-	if !h.checkOrigin(r) {
-		h.metrics.authFailures.WithLabelValues("origin").Inc()
-		writeError(w, http.StatusForbidden, &Error{Code: CodeForbidden, Message: "origin not allowed"})
-		return
-	}
-	// Without a credential a client may connect while a namespace allows
-	// anonymous clients; each subscribe and publish then checks its
-	// channel's namespace.
-	l := h.limits()
-	p, err := h.authenticate(r, l.anonymous, "ws")
-	if err != nil {
-		h.refuse(w, err)
-		return
-	}
-	if !websocket.IsWebSocketUpgrade(r) {
-		writeError(w, http.StatusBadRequest, &Error{Code: CodeBadRequest, Message: "expected a WebSocket upgrade"})
-		return
-	}
-	h.mu.Lock()
-	down := h.shutdown
-	if !down {
-		h.running.Add(1)
-	}
-	h.mu.Unlock()
-	if down {
-		writeError(w, http.StatusServiceUnavailable, &Error{Code: CodeUnavailable, Message: "gateway shutting down"})
-		return
-	}
-	defer h.running.Done()
-	if p.Kind == "jwt" {
-		// The place is taken before the upgrade, so that a subject at its
-		// limit gets a status a client can read instead of a close.
-		if !h.subjects.acquire(p.Subject, time.Now()) {
-			h.metrics.subjectConnRefusals.Inc()
-			w.Header().Set("Retry-After", "1")
-			h.httpError(w, &Error{Code: CodeLimit, Message: "at most " + strconv.Itoa(l.maxConnsPerSubject) +
-				" connections per subject: " + strconv.Quote(p.Subject) + " has them all open"})
-			return
-		}
-		defer h.subjects.release(p.Subject, time.Now())
-	}
-
-	hw := &hijackWriter{ResponseWriter: w}
-	wsc, err := h.up.Upgrade(hw, r, nil)
-	if err != nil {
-		return // Upgrade has answered
-	}
-	c := newConn(h, wsc, hw.conn, p, l)
-	h.mu.Lock()
-	h.conns[c] = struct{}{}
-	down = h.shutdown
-	h.mu.Unlock()
-	if down {
-		c.close(CloseGoingAway, "gateway shutting down")
-	}
-	h.metrics.connections.Inc()
-	h.metrics.connects.Inc()
-	c.run()
-	h.metrics.connections.Dec()
-	h.mu.Lock()
-	delete(h.conns, c)
-	h.mu.Unlock()
-}
 
 // checkOrigin allows requests without Origin (not from a browser), the
 // gateway's own origin, and AllowOrigins.
@@ -244,9 +177,9 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 	h.mu.Lock()
 	first := !h.shutdown
 	h.shutdown = true
-	conns := make([]*conn, 0, len(h.conns))
-	for c := range h.conns {
-		conns = append(conns, c)
+	sessions := make([]*session, 0, len(h.sessions))
+	for s := range h.sessions {
+		sessions = append(sessions, s)
 	}
 	h.mu.Unlock()
 	if !first {
@@ -259,8 +192,8 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 	defer close(h.done)
 	h.cancel()
 	<-h.live.followed
-	for _, c := range conns {
-		c.close(CloseGoingAway, "gateway shutting down")
+	for _, s := range sessions {
+		s.close(CloseGoingAway, "gateway shutting down")
 	}
 	waited := make(chan struct{})
 	go func() { h.running.Wait(); close(waited) }()
@@ -271,8 +204,8 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 	}
 	// Out of time: close the sockets; the connections end at once.
 	h.mu.Lock()
-	for c := range h.conns {
-		c.ws.NetConn().Close()
+	for s := range h.sessions {
+		s.abort()
 	}
 	h.mu.Unlock()
 	<-waited

@@ -22,29 +22,16 @@ const HistoryLimit = 1000
 // have (its pos is then the last included message's).
 const historyReplyBytes = 1 << 20
 
-// history answers the history op, authorized as a subscribe:
-//
-//	{"op":"history","id":2,"channel":"c","messages":[{…},…],"pos":"…","recovered":true}
-func (c *conn) history(f Frame) *Error {
-	l := c.h.limits()
-	ns, e := c.h.authorize(l, f.ID, c.p, OpSubscribe, f.Channel)
+// historyOp is the history read of every transport, authorized as a
+// subscribe (the channel name, the namespace rule, the claims).
+func (h *Handler) historyOp(ctx context.Context, id json.RawMessage, p *Principal, channel, since string,
+	limit int, reverse bool, transport string) (*fanout.History, *Error) {
+	l := h.limits()
+	ns, e := h.authorize(l, id, p, OpSubscribe, channel)
 	if e != nil {
-		return e
+		return nil, e
 	}
-	hist, e := c.h.readHistory(c.ctx, f.ID, f.Channel, ns, f.Since, f.Limit, f.Reverse, "ws")
-	if e != nil {
-		if c.ctx.Err() != nil {
-			return nil // closing: no reply needed
-		}
-		return e
-	}
-	b := openReply(OpHistory, f.ID, 64+len(f.Channel))
-	b = append(b, `,"channel":`...)
-	b = appendString(b, f.Channel)
-	b = append(b, ',')
-	b = appendHistory(b, f.Channel, hist, f.Reverse)
-	c.reply(&outFrame{b: append(b, '}')})
-	return nil
+	return h.readHistory(ctx, id, channel, ns, since, limit, reverse, transport)
 }
 
 // serveHistory is GET /api/history/{channel}?since=&limit=&reverse=,
@@ -53,7 +40,7 @@ func (c *conn) history(f Frame) *Error {
 //
 //	{"messages":[{"channel":…,"data":…,"id":…,"ts":…,"pos":…},…],"pos":"…","recovered":true}
 func (h *Handler) serveHistory(w http.ResponseWriter, r *http.Request) {
-	_, _, ns, channel, ok := h.httpAccess(w, r, OpSubscribe)
+	p, channel, ok := h.httpAuthenticate(w, r, OpSubscribe)
 	if !ok {
 		return
 	}
@@ -73,7 +60,7 @@ func (h *Handler) serveHistory(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	hist, e := h.readHistory(r.Context(), nil, channel, ns, q.Get("since"), limit, reverse, "http")
+	hist, e := h.historyOp(r.Context(), nil, p, channel, q.Get("since"), limit, reverse, "http")
 	if e != nil {
 		h.httpError(w, e)
 		return

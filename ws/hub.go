@@ -44,7 +44,7 @@ type channel struct {
 	refs   int
 	closed bool // feed has been closed (or was never opened)
 	// subs is the copy-on-write list the pump reads without a lock.
-	subs atomic.Pointer[[]*conn]
+	subs atomic.Pointer[[]*session]
 	// pos is the channel's position for a subscriber joining now, on a
 	// history channel: that of the newest message the pump handled, or
 	// else the one read when the channel opened (seed); nil when unknown.
@@ -71,14 +71,14 @@ func (b *hub) shard(name string) *hubShard {
 // reply before any message, and the position it carries covers nothing c
 // is owed. A resume passes nil: c holds the channel's frames itself
 // (resume.go) and replies once it has read history.
-func (b *hub) subscribe(ctx context.Context, c *conn, name string, ok func(pos string) []byte) (*channel, error) {
+func (b *hub) subscribe(ctx context.Context, s *session, name string, ok func(pos string) []byte) (*channel, error) {
 	sh := b.shard(name)
 	sh.mu.Lock()
 	ch := sh.channels[name]
 	first := ch == nil
 	if first {
 		ch = &channel{name: name, ready: make(chan struct{})}
-		ch.subs.Store(new([]*conn))
+		ch.subs.Store(new([]*session))
 		sh.channels[name] = ch
 	}
 	ch.refs++
@@ -90,14 +90,14 @@ func (b *hub) subscribe(ctx context.Context, c *conn, name string, ok func(pos s
 	select {
 	case <-ch.ready:
 	case <-ctx.Done():
-		b.release(c, ch)
+		b.release(s, ch)
 		return nil, ctx.Err()
 	}
 	sh.mu.Lock()
 	if ch.err != nil || ch.closed {
 		err := ch.err
 		sh.mu.Unlock()
-		b.release(c, ch)
+		b.release(s, ch)
 		if err == nil {
 			err = fmt.Errorf("ws: subscription to %s ended", name)
 		}
@@ -108,9 +108,9 @@ func (b *hub) subscribe(ctx context.Context, c *conn, name string, ok func(pos s
 		if p := ch.pos.Load(); p != nil {
 			pos = *p
 		}
-		c.enqueue(&outFrame{b: ok(pos)})
+		s.enqueue(&outFrame{b: ok(pos)})
 	}
-	subs := append(slices.Clone(*ch.subs.Load()), c)
+	subs := append(slices.Clone(*ch.subs.Load()), s)
 	ch.subs.Store(&subs)
 	sh.mu.Unlock()
 	return ch, nil
@@ -150,12 +150,12 @@ func (b *hub) open(sh *hubShard, ch *channel) {
 
 // release removes c from ch; the last one out closes the fanout
 // subscription.
-func (b *hub) release(c *conn, ch *channel) {
+func (b *hub) release(s *session, ch *channel) {
 	sh := b.shard(ch.name)
 	sh.mu.Lock()
 	ch.refs--
-	if old := *ch.subs.Load(); slices.Contains(old, c) {
-		subs := slices.DeleteFunc(slices.Clone(old), func(x *conn) bool { return x == c })
+	if old := *ch.subs.Load(); slices.Contains(old, s) {
+		subs := slices.DeleteFunc(slices.Clone(old), func(x *session) bool { return x == s })
 		ch.subs.Store(&subs)
 	}
 	var feed *fanout.Subscription
@@ -189,12 +189,12 @@ func (b *hub) pump(sh *hubShard, ch *channel, feed *fanout.Subscription) {
 	for m := range feed.Messages() {
 		b.h.metrics.messagesFanout.Inc()
 		id, pos := m.ID(), m.Position()
-		f := &outFrame{b: encodeMessage(ch.name, m.Payload, id, m.PublishedAt, pos), msg: true, id: id}
+		f := &outFrame{b: encodeMessage(ch.name, m.Payload, id, m.PublishedAt, pos), msg: true, id: id, pos: pos}
 		if pos != "" {
 			ch.pos.Store(&pos)
 		}
-		for _, c := range *ch.subs.Load() {
-			c.deliver(ch.name, f)
+		for _, s := range *ch.subs.Load() {
+			s.deliver(ch.name, f)
 		}
 	}
 	sh.mu.Lock()
@@ -210,8 +210,8 @@ func (b *hub) pump(sh *hubShard, ch *channel, feed *fanout.Subscription) {
 	if lost {
 		b.h.metrics.channels.Dec()
 		b.h.log.Warn("ws: fanout subscription ended", "channel", ch.name, "subscribers", len(subs))
-		for _, c := range subs {
-			c.close(CloseInternal, "subscription lost")
+		for _, s := range subs {
+			s.close(CloseInternal, "subscription lost")
 		}
 	}
 }

@@ -242,13 +242,13 @@ func TestManyClients(t *testing.T) {
 }
 
 // serverConn is the gateway's side of c.
-func (g *gw) serverConn(t *testing.T, c *wsClient) *conn {
+func (g *gw) serverConn(t *testing.T, c *wsClient) *session {
 	t.Helper()
 	local := c.c.LocalAddr().String()
 	g.h.mu.Lock()
 	defer g.h.mu.Unlock()
-	for sc := range g.h.conns {
-		if sc.ws.RemoteAddr().String() == local {
+	for sc := range g.h.sessions {
+		if sc.remote == local {
 			return sc
 		}
 	}

@@ -133,9 +133,9 @@ func (h *Handler) switchConfig() *limits {
 	h.anonPublishers.setLimits(l.publishRate, l.publishBurst, -1, now)
 	h.live.cur.Store(l)
 	h.mu.Lock()
-	for c := range h.conns {
-		if c.limiter != nil {
-			c.limiter.update(l, now)
+	for s := range h.sessions {
+		if s.limiter != nil {
+			s.limiter.update(l, now)
 		}
 	}
 	h.mu.Unlock()

@@ -460,13 +460,13 @@ func TestLiveConnectionSettings(t *testing.T) {
 	fresh.mustOK(OpPing, "", nil)
 	// The settings of each connection, as it was opened.
 	g.h.mu.Lock()
-	for c := range g.h.conns {
+	for c := range g.h.sessions {
 		wantQ, wantFrame, wantPing := DefaultSendQueue, DefaultMaxFrameBytes, DefaultPingInterval
-		if c.p.Subject == "bob" {
+		if c.principal().Subject == "bob" {
 			wantQ, wantFrame, wantPing = 8, 1024, 3*time.Second
 		}
 		if cap(c.send) != wantQ || c.maxFrameBytes != wantFrame || c.pingInterval != wantPing {
-			t.Errorf("%s's connection: queue %d, frames %d, ping %s; want %d, %d, %s", c.p.Subject,
+			t.Errorf("%s's connection: queue %d, frames %d, ping %s; want %d, %d, %s", c.principal().Subject,
 				cap(c.send), c.maxFrameBytes, c.pingInterval, wantQ, wantFrame, wantPing)
 		}
 	}

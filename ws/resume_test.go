@@ -182,7 +182,7 @@ func TestResumeJunction(t *testing.T) {
 	var heldSeen sync.Once
 	heldOK := make(chan struct{})
 	var g *gw
-	cfg.hooks.held = func(c *conn, channel string) {
+	cfg.hooks.held = func(c *session, channel string) {
 		// Publish 5 while held, and wait until the hub handed them to the
 		// hold: history will have them as well. (A server goroutine: no
 		// t.Fatal here.)
@@ -275,7 +275,7 @@ func TestResumeHoldOverflow(t *testing.T) {
 	cfg := Config{Insecure: true, resumeHold: 3}
 	var g *gw
 	var once sync.Once
-	cfg.hooks.held = func(c *conn, channel string) {
+	cfg.hooks.held = func(c *session, channel string) {
 		// The first resume gets 5 live messages while it may hold 3. (A
 		// server goroutine: no t.Fatal here.)
 		once.Do(func() {

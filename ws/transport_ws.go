@@ -1,0 +1,303 @@
+package ws
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// maxBatch bounds how many queued frames one flush may carry, so a ping or
+// a close is never stuck behind a long queue.
+const maxBatch = 128
+
+// The WebSocket transport: it reads client frames into the session's ops
+// (ops.go) and writes the session's queue as text frames. Two goroutines
+// serve a connection: the reader (the ServeHTTP goroutine: reads frames,
+// calls the ops, owns the session's subscriptions) and the writer
+// (writeLoop: the only one that writes frames, closes the socket when it
+// returns).
+type wsConn struct {
+	s  *session
+	ws *websocket.Conn
+	bc *bufConn
+
+	pings chan string // pong payloads the writer owes the client
+
+	readDone   chan struct{} // closed when the reader returns; readErr, peerCode and peerReason are set before
+	readErr    error
+	peerCode   int           // close code the client sent, 0 if none
+	peerReason string        // and its reason
+	writeDone  chan struct{} // closed when writeLoop returns
+}
+
+func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
+	if !h.checkOrigin(r) {
+		h.metrics.authFailures.WithLabelValues("origin").Inc()
+		writeError(w, http.StatusForbidden, &Error{Code: CodeForbidden, Message: "origin not allowed"})
+		return
+	}
+	// Without a credential a client may connect while a namespace allows
+	// anonymous clients; each subscribe and publish then checks its
+	// channel's namespace.
+	l := h.limits()
+	p, err := h.authenticate(r, l.anonymous, "ws")
+	if err != nil {
+		h.refuse(w, err)
+		return
+	}
+	if !websocket.IsWebSocketUpgrade(r) {
+		writeError(w, http.StatusBadRequest, &Error{Code: CodeBadRequest, Message: "expected a WebSocket upgrade"})
+		return
+	}
+	release, ok := h.admit(w, p, l)
+	if !ok {
+		return
+	}
+	defer release()
+
+	hw := &hijackWriter{ResponseWriter: w}
+	wsc, err := h.up.Upgrade(hw, r, nil)
+	if err != nil {
+		return // Upgrade has answered
+	}
+	s := newSession(h, "ws", wsc.RemoteAddr().String(), p, l)
+	c := &wsConn{s: s, ws: wsc, bc: hw.conn,
+		pings:     make(chan string, 1),
+		readDone:  make(chan struct{}),
+		writeDone: make(chan struct{}),
+	}
+	s.onClose = func() { c.bc.capDeadline(time.Now().Add(h.cfg.CloseGrace)) }
+	s.abort = func() { wsc.NetConn().Close() }
+	h.register(s)
+	h.metrics.connections.Inc()
+	h.metrics.connects.Inc()
+	c.run()
+	h.metrics.connections.Dec()
+	h.unregister(s)
+}
+
+// admit counts a new session in the handler (refusing it with 503 while
+// shutting down) and, for a token, in its subject's connections (refusing
+// it with 429 at max_connections_per_subject). The place is taken before
+// the WebSocket upgrade or the first byte of a stream, so that a subject
+// at its limit gets a status a client can read instead of a close. Each
+// true must be followed by one call of release.
+func (h *Handler) admit(w http.ResponseWriter, p *Principal, l *limits) (release func(), ok bool) {
+	h.mu.Lock()
+	down := h.shutdown
+	if !down {
+		h.running.Add(1)
+	}
+	h.mu.Unlock()
+	if down {
+		writeError(w, http.StatusServiceUnavailable, &Error{Code: CodeUnavailable, Message: "gateway shutting down"})
+		return nil, false
+	}
+	if p.Kind != "jwt" {
+		return h.running.Done, true
+	}
+	subject := p.Subject
+	if !h.subjects.acquire(subject, time.Now()) {
+		h.running.Done()
+		h.metrics.subjectConnRefusals.Inc()
+		w.Header().Set("Retry-After", "1")
+		h.httpError(w, &Error{Code: CodeLimit, Message: "at most " + strconv.Itoa(l.maxConnsPerSubject) +
+			" connections per subject: " + strconv.Quote(subject) + " has them all open"})
+		return nil, false
+	}
+	return func() { h.subjects.release(subject, time.Now()); h.running.Done() }, true
+}
+
+// run serves the connection until it ends, then leaves every channel.
+func (c *wsConn) run() {
+	s := c.s
+	s.setExpiry(s.principal().ExpiresAt)
+	go c.writeLoop()
+	c.readLoop()
+	// The connection is over: a writer stuck on a dead client gives up
+	// within CloseGrace.
+	c.bc.capDeadline(time.Now().Add(s.h.cfg.CloseGrace))
+	close(c.readDone)
+	<-c.writeDone
+	s.finished()
+}
+
+func (c *wsConn) readLoop() {
+	s := c.s
+	c.ws.SetReadLimit(int64(s.maxFrameBytes))
+	alive := func() { c.ws.SetReadDeadline(time.Now().Add(s.pingInterval + s.h.cfg.PongTimeout)) }
+	c.ws.SetPongHandler(func(string) error { alive(); return nil })
+	c.ws.SetPingHandler(func(data string) error {
+		alive()
+		select {
+		case c.pings <- data:
+		default: // one pong owed is enough
+		}
+		return nil
+	})
+	// The writer echoes the close frame; gorilla's default handler would
+	// write it from this goroutine.
+	c.ws.SetCloseHandler(func(code int, text string) error { c.peerCode, c.peerReason = code, text; return nil })
+	for {
+		alive()
+		typ, data, err := c.ws.ReadMessage()
+		if err != nil {
+			c.readErr = err
+			if errors.Is(err, websocket.ErrReadLimit) {
+				// gorilla has sent the 1009 close frame.
+				s.close(CloseTooBig, "frame too large")
+			}
+			return
+		}
+		if s.isClosing() {
+			continue // closing: read until the client's close frame, ignore the rest
+		}
+		if typ != websocket.TextMessage {
+			s.replyError(badRequest(nil, "binary frames are not supported: send JSON text frames"))
+			continue
+		}
+		s.handle(data)
+	}
+}
+
+// writeLoop is the only writer of frames. It closes the socket when it
+// returns.
+func (c *wsConn) writeLoop() {
+	s := c.s
+	defer close(c.writeDone)
+	defer c.ws.Close()
+	ping := time.NewTicker(s.pingInterval)
+	defer ping.Stop()
+	for {
+		select {
+		case <-s.closing:
+			c.finish()
+			return
+		default:
+		}
+		var err error
+		select {
+		case f := <-s.send:
+			err = c.writeBatch(f)
+		case data := <-c.pings:
+			err = c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(s.h.cfg.WriteTimeout))
+		case <-ping.C:
+			err = c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(s.h.cfg.WriteTimeout))
+		case <-s.closing:
+		case <-c.readDone:
+			c.afterRead()
+			return
+		}
+		if err != nil {
+			s.log.Debug("ws: write failed", "err", err)
+			return
+		}
+	}
+}
+
+// writeBatch writes f and whatever else is queued (up to maxBatch frames)
+// in one flush.
+func (c *wsConn) writeBatch(f *outFrame) error {
+	s := c.s
+	c.bc.beginBatch()
+	c.ws.SetWriteDeadline(time.Now().Add(s.h.cfg.WriteTimeout))
+	n, msgs := 0, 0
+	var err error
+	for {
+		if err = c.ws.WriteMessage(websocket.TextMessage, f.b); err != nil {
+			break
+		}
+		n++
+		if f.msg {
+			msgs++
+		}
+		if n == maxBatch {
+			break
+		}
+		var ok bool
+		select {
+		case f, ok = <-s.send:
+		case <-s.closing:
+		default:
+		}
+		if !ok {
+			break
+		}
+	}
+	if ferr := c.bc.endBatch(); err == nil {
+		err = ferr
+	}
+	s.h.metrics.writeBatches.Inc()
+	s.h.metrics.messagesOut.Add(float64(msgs))
+	return err
+}
+
+// finish sends the close frame and waits, at most CloseGrace, for the
+// client's.
+func (c *wsConn) finish() {
+	s := c.s
+	if s.closeCode == CloseGoingAway {
+		// A graceful shutdown: what is already queued for the client was
+		// accepted for it, so it goes out before the close frame (within
+		// CloseGrace: ended capped the socket's deadline). A slow consumer
+		// (4008) or a protocol error gets no such flush.
+		c.flushQueued()
+	}
+	msg := websocket.FormatCloseMessage(s.closeCode, s.closeReason)
+	if s.closeCode != CloseTooBig { // gorilla has sent that one itself
+		err := c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(s.h.cfg.CloseGrace))
+		s.log.Debug("ws: close frame", "code", s.closeCode, "err", err)
+	}
+	t := time.NewTimer(s.h.cfg.CloseGrace)
+	defer t.Stop()
+	select {
+	case <-c.readDone:
+	case <-t.C:
+	}
+}
+
+// flushQueued writes the frames queued for the client, without waiting
+// for more.
+func (c *wsConn) flushQueued() {
+	for {
+		select {
+		case f := <-c.s.send:
+			if err := c.writeBatch(f); err != nil {
+				return
+			}
+		default:
+			return
+		}
+	}
+}
+
+// afterRead ends a connection whose reader stopped: the client closed
+// (echo its close frame), or the socket failed or timed out (nothing to
+// say).
+func (c *wsConn) afterRead() {
+	s := c.s
+	var ce *websocket.CloseError
+	if !errors.As(c.readErr, &ce) {
+		if s.ended(websocket.CloseAbnormalClosure, "read failed") {
+			s.log.Debug("ws: read failed", "err", c.readErr)
+		}
+		return
+	}
+	code, reason := c.peerCode, c.peerReason
+	// Echo the client's code and reason (RFC 6455 5.5.1): the client sees
+	// its own close confirmed, and the reason reaches the logs.
+	msg := websocket.FormatCloseMessage(code, reason)
+	if code == websocket.CloseNoStatusReceived {
+		msg = []byte{}
+	}
+	c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(s.h.cfg.CloseGrace))
+	if reason == "" {
+		reason = "client closed"
+	}
+	if s.ended(code, reason) {
+		s.log.Debug("ws: client closed", "code", code, "reason", reason)
+	}
+}
