@@ -35,6 +35,10 @@ func (s *session) handle(data []byte) {
 		if e = s.history(f); e == nil {
 			return // history queued the reply itself
 		}
+	case OpPresence, OpPresenceStats:
+		if e = s.presence(f); e == nil {
+			return // presence queued the reply itself
+		}
 	}
 	if e != nil {
 		s.replyError(e)
@@ -54,9 +58,12 @@ func (s *session) subscribe(f Frame) *Error {
 		return e
 	}
 	if _, ok := s.subs[f.Channel]; ok {
-		// Already subscribed (since or not): the subscription goes on.
-		s.reply(&outFrame{b: okFrame(f.ID)})
-		return nil
+		if _, evicted := s.evicted.LoadAndDelete(f.Channel); !evicted {
+			// Already subscribed (since or not): the subscription goes on.
+			s.reply(&outFrame{b: okFrame(f.ID)})
+			return nil
+		}
+		s.leave(f.Channel) // unsubscribed by the server API: afresh
 	}
 	if f.Since != "" && ns.HistorySize == 0 {
 		return noHistory(f.ID, f.Channel, ns)
@@ -65,7 +72,11 @@ func (s *session) subscribe(f Frame) *Error {
 		return e
 	}
 	if f.Since != "" {
-		return s.resume(f)
+		e := s.resume(f)
+		if e == nil && s.subs[f.Channel] != nil {
+			s.presenceJoin(ns, f.Channel)
+		}
+		return e
 	}
 	ch, err := s.h.hub.subscribe(s.ctx, s, f.Channel, func(pos string) []byte { return subscribedFrame(f.ID, pos) })
 	if err != nil {
@@ -76,6 +87,7 @@ func (s *session) subscribe(f Frame) *Error {
 	}
 	s.subs[f.Channel] = ch
 	s.h.metrics.subscriptions.Inc()
+	s.presenceJoin(ns, f.Channel)
 	return nil
 }
 
@@ -105,6 +117,7 @@ func (s *session) leave(key string) bool {
 	delete(s.subs, key)
 	s.h.hub.release(s, ch)
 	s.h.metrics.subscriptions.Dec()
+	s.presenceLeave(key)
 	return true
 }
 
