@@ -68,7 +68,8 @@ type presenceState struct {
 	store *fanout.Presence
 	ctx   context.Context
 	stop  context.CancelFunc
-	wg    sync.WaitGroup // removals and event publishes in flight; the feed
+	wg    sync.WaitGroup // removals and event publishes in flight
+	fed   chan struct{}  // closed when follow returns
 
 	ops    *prometheus.CounterVec // presence queries by source and result
 	events *prometheus.CounterVec // join/leave frames published and delivered
@@ -99,7 +100,7 @@ func (h *Handler) startPresence() error {
 	}
 	ps.store = store
 	h.pres = ps
-	ps.wg.Add(1)
+	ps.fed = make(chan struct{})
 	go ps.follow()
 	return nil
 }
@@ -107,7 +108,7 @@ func (h *Handler) startPresence() error {
 // follow subscribes to the join/leave channel (retrying until the cluster
 // has a node) and delivers each event to the local subscribers.
 func (ps *presenceState) follow() {
-	defer ps.wg.Done()
+	defer close(ps.fed)
 	for ps.ctx.Err() == nil {
 		ctx, cancel := context.WithTimeout(ps.ctx, 10*time.Second)
 		sub, err := ps.h.client.Subscribe(ctx, presenceEventsChannel)
@@ -198,6 +199,8 @@ func (ps *presenceState) close() {
 	case <-time.After(ps.h.cfg.OpTimeout):
 	}
 	ps.stop()
+	<-ps.fed
+	ps.wg.Wait() // publishes started meanwhile end with ps.ctx
 	ctx, cancel := context.WithTimeout(context.Background(), ps.h.cfg.OpTimeout)
 	defer cancel()
 	if err := ps.store.Close(ctx); err != nil {
