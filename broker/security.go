@@ -24,7 +24,8 @@ import (
 // the checks of the configuration, and how the agent itself connects to its
 // Redis (AUTH, and TLS pinned to the node's own certificate).
 
-// pubsubOnly are the permissions of a named ACL user (Config.Username):
+// pubsubOnly are the permissions of a named ACL user (Config.Username),
+// and presence (docs/presence.md) on the presence keys (~pm:p*):
 // pub/sub on every channel, the connection commands go-redis sends, the INFO
 // and CLIENT LIST the agent reads, and history (docs/history.md) on the
 // history keys only (~pm:h*: the streams pm:h:<channel> and
@@ -36,9 +37,14 @@ import (
 // original ids, PEXPIRE, SADD). No other key, no SCAN or KEYS, no CONFIG,
 // no admin commands: a service that holds the password can publish,
 // subscribe and read history, nothing else.
-const pubsubOnly = "resetchannels &* resetkeys ~pm:h* -@all +@pubsub +ping +echo +hello +auth +quit +reset +info " +
+const pubsubOnly = "resetchannels &* resetkeys ~pm:h* ~pm:p* -@all +@pubsub +ping +echo +hello +auth +quit +reset +info " +
 	"+client|list +client|setname +client|getname +client|id " +
-	historyCommands
+	historyCommands + " " + presenceCommands
+
+// presenceCommands are what the presence scripts (fanout/presence.go)
+// run, on the presence keys only (~pm:p*: pm:pm:, pm:pi:, pm:pu:
+// <channel>).
+const presenceCommands = "+zadd +zrem +zrange +zrangebyscore +zcard +hget +hset +hdel +hincrby +hgetall +hlen +exists"
 
 // historyCommands are the history commands of pubsubOnly.
 const historyCommands = "+evalsha +eval +script|load +script|exists " +

@@ -45,9 +45,11 @@ type Namespace struct {
 	HistorySize int `json:"history_size"`
 	// HistoryTTL is how long a kept message stays. Default: 1h.
 	HistoryTTL Duration `json:"history_ttl"`
-	// Presence: the gateway tracks who is subscribed. Default: false.
+	// Presence: the gateways keep, in the nodes, who is subscribed to each
+	// channel (docs/presence.md). Default: false.
 	Presence bool `json:"presence"`
-	// JoinLeave: subscribers get join and leave events. Default: false.
+	// JoinLeave: subscribers get join and leave events. It needs Presence.
+	// Default: false.
 	JoinLeave bool `json:"join_leave"`
 	// AllowSubscribe: which clients may subscribe. Default: token.
 	AllowSubscribe Access `json:"allow_subscribe"`

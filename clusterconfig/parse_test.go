@@ -114,6 +114,9 @@ func TestParseRefuses(t *testing.T) {
 		{"partial double star", "namespaces: [{match: 'a.b**'}]", "namespaces[0].match"},
 		{"zero ttl", "namespaces: [{match: a, history_ttl: 0s}]", "namespaces[0].history_ttl"},
 		{"huge publish", "namespaces: [{match: a, max_publish_bytes: 100000000}]", "namespaces[0].max_publish_bytes"},
+		{"join_leave without presence", "namespaces: [{match: a, join_leave: true}]", "namespaces[0].join_leave"},
+		{"presence not a bool", "namespaces: [{match: a, presence: 1}]", "namespaces[0].presence"},
+		{"join_leave not a bool", "namespaces: [{match: a, presence: true, join_leave: 'yes'}]", "namespaces[0].join_leave"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := clusterconfig.Parse([]byte(tc.in))
@@ -122,6 +125,29 @@ func TestParseRefuses(t *testing.T) {
 				t.Fatalf("Parse(%q) = %v; want one problem at %s", tc.in, err, tc.path)
 			}
 		})
+	}
+}
+
+func TestParsePresence(t *testing.T) {
+	for _, tc := range []struct {
+		in                  string
+		presence, joinLeave bool
+	}{
+		{"namespaces: [{match: a}]", false, false},
+		{"namespaces: [{match: a, presence: true}]", true, false},
+		{"namespaces: [{match: a, presence: true, join_leave: true}]", true, true},
+		{"namespaces: [{match: a, presence: false, join_leave: false}]", false, false},
+	} {
+		d, err := clusterconfig.Parse([]byte(tc.in))
+		if err != nil {
+			t.Fatalf("Parse(%q): %v", tc.in, err)
+		}
+		if ns := d.For("a"); ns.Presence != tc.presence || ns.JoinLeave != tc.joinLeave {
+			t.Errorf("Parse(%q): presence %v join_leave %v; want %v %v", tc.in, ns.Presence, ns.JoinLeave, tc.presence, tc.joinLeave)
+		}
+	}
+	if ns := clusterconfig.Defaults().For("x"); ns.Presence || ns.JoinLeave {
+		t.Errorf("the default namespace has presence %v join_leave %v; want both false", ns.Presence, ns.JoinLeave)
 	}
 }
 

@@ -55,6 +55,12 @@ func (d *Document) validate(probs *[]Problem) {
 			}
 		}
 		intRange(p+".max_publish_bytes", ns.MaxPublishBytes, MinMaxPublishBytes, MaxMaxPublishBytes)
+		// Join and leave events are derived from presence entries (a
+		// crashed gateway's clients leave when their entries expire), so
+		// they need them.
+		if ns.JoinLeave && !ns.Presence {
+			add(p+".join_leave", true, "needs presence: true (join and leave events come from presence entries)")
+		}
 	}
 	g := d.Gateway
 	if g.PublishRate < 0 || g.PublishRate > 1e6 {

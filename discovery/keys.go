@@ -11,6 +11,7 @@ import (
 //	<prefix>/<cluster>/nodes/<node-id>            Node JSON, under the agent's lease
 //	<prefix>/<cluster>/drain/<node-id>            drain request, under a 10 min lease
 //	<prefix>/<cluster>/clients/<client-id>        ClientInfo JSON, under the client's lease
+//	<prefix>/<cluster>/gateways/<gateway-id>      GatewayInfo JSON, under the gateway's lease
 //	<prefix>/<cluster>/acks/<node-id>/<client-id> Ack JSON, under the client's lease;
 //	                                              ClearAcks deletes a node's acks once it left
 //	<prefix>/<cluster>/config                     cluster configuration (clusterconfig), JSON as written

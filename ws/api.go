@@ -102,6 +102,7 @@ var httpStatus = map[string]int{
 	CodeUnavailable:  http.StatusServiceUnavailable,
 	CodeUnauthorized: http.StatusUnauthorized,
 	CodeNoHistory:    http.StatusNotFound,
+	CodeNoPresence:   http.StatusNotFound,
 }
 
 func (h *Handler) httpError(w http.ResponseWriter, e *Error) {

@@ -129,6 +129,15 @@ type Config struct {
 	OpTimeout time.Duration
 	// ShutdownTimeout bounds Serve's graceful shutdown. Default: 10s.
 	ShutdownTimeout time.Duration
+	// PresenceTTL is how long a presence entry lives without a refresh
+	// (the gateway refreshes every third of it): a crashed gateway's
+	// clients leave presence within it. Default: fanout.DefaultPresenceTTL
+	// (15s).
+	PresenceTTL time.Duration
+	// APITimeout bounds how long the server API (POST /api/disconnect,
+	// /api/unsubscribe, GET /api/channels, /api/info) waits for the other
+	// gateways' answers. Default: 2s.
+	APITimeout time.Duration
 
 	// Compression negotiates permessage-deflate (RFC 7692) with WebSocket
 	// clients that offer it: each frame is compressed for each connection
@@ -176,6 +185,7 @@ func (c *Config) setDefaults() error {
 	defDur(&c.CloseGrace, DefaultCloseGrace)
 	defDur(&c.OpTimeout, DefaultOpTimeout)
 	defDur(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	defDur(&c.APITimeout, 2*time.Second)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

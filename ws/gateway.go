@@ -36,6 +36,9 @@ type GatewayConfig struct {
 	Listen   string
 	// TLS, if set, serves HTTPS and WSS. Default: plain HTTP and WS.
 	TLS *tls.Config
+	// PublicURL is the base URL other gateways and `pubmesh gateways`
+	// show for this gateway (its registry key). Default: URL().
+	PublicURL string
 }
 
 // Gateway is a running gateway. Close stops it.
@@ -97,6 +100,13 @@ func StartGateway(ctx context.Context, cfg GatewayConfig) (*Gateway, error) {
 	g := &Gateway{client: client, h: h, cancel: cancel, served: make(chan error, 1),
 		url: scheme + "://" + l.Addr().String() + "/"}
 	go func() { g.served <- h.Serve(sctx, l) }()
+	public := cfg.PublicURL
+	if public == "" {
+		public = g.url
+	}
+	if err := h.RegisterGateway(ctx, public); err != nil {
+		h.log.Warn("ws: gateway not registered in etcd yet, retrying in the background", "err", err)
+	}
 	h.log.Info("gateway serving", "url", g.url, "websocket", g.WebSocketURL())
 	return g, nil
 }

@@ -25,6 +25,11 @@ import (
 //	GET  /api/history/{channel}    the channel's history (docs/history.md)
 //	GET  /api/nodes                the nodes as the gateway sees them
 //	GET  /api/config               the cluster configuration the gateway runs, and its overrides
+//	GET  /api/presence/{channel}   who is subscribed to a presence channel, cluster-wide (…/stats: the counts)
+//	POST /api/disconnect           server API (API key): close sessions of a subject or a client, on every gateway
+//	POST /api/unsubscribe          server API: unsubscribe a subject from a channel, on every gateway
+//	GET  /api/channels             server API: active channels cluster-wide with subscriber counts
+//	GET  /api/info                 server API: the gateways, their connections, the nodes
 //	GET  /healthz                  200 while this gateway is subscribed on and can publish to a ready node
 //	GET  /metrics                  Prometheus metrics
 //	GET  /                         the demo page
@@ -45,6 +50,10 @@ type Handler struct {
 	// credential, per client address.
 	anonPublishers *subjects
 	live           liveConfig
+	pres           *presenceState // presence and join/leave (presence.go)
+	ctl            *control       // the server API's control channel (serverapi.go)
+	regMu          sync.Mutex     // guards greg
+	greg           *gatewayRegistry
 	mux            *http.ServeMux
 	up             websocket.Upgrader
 	log            *slog.Logger
@@ -118,10 +127,19 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 	h.mux.HandleFunc("GET /api/history/{channel...}", h.serveHistory)
 	h.mux.HandleFunc("GET /api/nodes", h.serveNodes)
 	h.mux.HandleFunc("GET /api/config", h.serveConfig)
+	h.mux.HandleFunc("GET /api/presence/{channel...}", h.servePresence)
+	h.mux.HandleFunc("POST /api/disconnect", h.serveDisconnect)
+	h.mux.HandleFunc("POST /api/unsubscribe", h.serveUnsubscribe)
+	h.mux.HandleFunc("GET /api/channels", h.serveChannels)
+	h.mux.HandleFunc("GET /api/info", h.serveInfo)
 	h.mux.HandleFunc("GET /healthz", h.serveHealth)
 	h.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{Registry: cfg.Metrics}))
 	h.mux.HandleFunc("GET /{$}", serveStatic("index.html", "text/html; charset=utf-8"))
 	h.mux.HandleFunc("GET /pubmesh.js", serveStatic("pubmesh.js", "text/javascript; charset=utf-8"))
+	if err := h.startCluster(); err != nil {
+		cancel()
+		return nil, err
+	}
 	h.live.followed = make(chan struct{})
 	go h.followConfig()
 	return h, nil
@@ -195,6 +213,7 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	defer close(h.done)
+	defer h.stopCluster()
 	h.cancel()
 	<-h.live.followed
 	for _, s := range sessions {

@@ -20,6 +20,9 @@ func (h *Handler) checkChannel(id json.RawMessage, name string) *Error {
 	if err := fanout.ValidateChannel(name); err != nil {
 		return badRequest(id, "bad channel name: %v", err)
 	}
+	if IsReserved(name) {
+		return badRequest(id, "channels starting with %q are reserved for the gateways", ReservedPrefix)
+	}
 	return nil
 }
 

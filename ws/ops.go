@@ -43,6 +43,10 @@ func (s *session) handle(data []byte) {
 		e = s.punsubscribe(f)
 	case OpRefresh:
 		e = s.refresh(f)
+	case OpPresence, OpPresenceStats:
+		if e = s.presence(f); e == nil {
+			return // presence queued the reply itself
+		}
 	}
 	if e != nil {
 		s.replyError(e)
@@ -62,9 +66,12 @@ func (s *session) subscribe(f Frame) *Error {
 		return e
 	}
 	if _, ok := s.subs[f.Channel]; ok {
-		// Already subscribed (since or not): the subscription goes on.
-		s.reply(&outFrame{b: okFrame(f.ID)})
-		return nil
+		if _, evicted := s.evicted.LoadAndDelete(f.Channel); !evicted {
+			// Already subscribed (since or not): the subscription goes on.
+			s.reply(&outFrame{b: okFrame(f.ID)})
+			return nil
+		}
+		s.leave(f.Channel) // unsubscribed by the server API: afresh
 	}
 	if f.Since != "" && ns.HistorySize == 0 {
 		return noHistory(f.ID, f.Channel, ns)
@@ -73,7 +80,11 @@ func (s *session) subscribe(f Frame) *Error {
 		return e
 	}
 	if f.Since != "" {
-		return s.resume(f)
+		e := s.resume(f)
+		if e == nil && s.subs[f.Channel] != nil {
+			s.presenceJoin(ns, f.Channel)
+		}
+		return e
 	}
 	ch, err := s.h.hub.subscribe(s.ctx, s, f.Channel, func(pos string) *outFrame {
 		return &outFrame{b: subscribedFrame(f.ID, pos), channel: f.Channel, pos: pos, reply: true}
@@ -86,6 +97,7 @@ func (s *session) subscribe(f Frame) *Error {
 	}
 	s.subs[f.Channel] = ch
 	s.h.metrics.subscriptions.Inc()
+	s.presenceJoin(ns, f.Channel)
 	return nil
 }
 
@@ -115,6 +127,7 @@ func (s *session) leave(key string) bool {
 	delete(s.subs, key)
 	s.h.hub.release(s, ch)
 	s.h.metrics.subscriptions.Dec()
+	s.presenceLeave(key)
 	return true
 }
 

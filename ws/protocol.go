@@ -25,6 +25,10 @@ const (
 	OpPUnsubscribe = "punsubscribe"
 	// OpRefresh replaces the session's token (refresh.go).
 	OpRefresh = "refresh"
+	// OpPresence lists who is subscribed to a presence channel, and
+	// OpPresenceStats counts them; their replies have the same op.
+	OpPresence      = "presence"
+	OpPresenceStats = "presence_stats"
 	// Server to client.
 	OpOK      = "ok"
 	OpError   = "error"
@@ -35,6 +39,10 @@ const (
 	// OpUnsubscribed tells a client that the gateway ended one of its
 	// subscriptions (a refresh whose claims no longer allow it).
 	OpUnsubscribed = "unsubscribed"
+	// OpJoin and OpLeave frames tell the subscribers of a join_leave
+	// channel that a client joined or left it.
+	OpJoin  = "join"
+	OpLeave = "leave"
 )
 
 // Error codes of error frames and HTTP error bodies.
@@ -47,6 +55,7 @@ const (
 	CodeUnavailable  = "unavailable"  // the fanout client failed (no ready node, timeout)
 	CodeUnauthorized = "unauthorized" // HTTP only: missing, invalid or expired credential
 	CodeNoHistory    = "no_history"   // since or history on a channel whose namespace keeps no history (history_size 0)
+	CodeNoPresence   = "no_presence"  // presence on a channel whose namespace has presence: false
 )
 
 // Close codes the gateway sends, besides 1000 (an echo of the client's own
@@ -57,6 +66,10 @@ const (
 	CloseInternal     = 1011 // the gateway lost its subscription to a channel
 	CloseTokenExpired = 4001 // the token's exp passed; reconnect with a fresh one
 	CloseSlowConsumer = 4008 // the send queue overflowed: the client reads too slowly
+	// Closes by the server API (POST /api/disconnect): 4000 asks the
+	// client to reconnect, 4009 not to (docs/protocol.md).
+	CloseDisconnectReconnect = 4000
+	CloseDisconnect          = 4009
 )
 
 // maxIDBytes bounds the id a client may send; the gateway echoes it.
@@ -144,7 +157,7 @@ func DecodeFrame(b []byte) (Frame, error) {
 	switch w.Op {
 	case OpSubscribe:
 		f.Since = w.Since
-	case OpUnsubscribe:
+	case OpUnsubscribe, OpPresence, OpPresenceStats:
 	case OpHistory:
 		if w.Limit < 0 {
 			return Frame{}, badRequest(id, "limit must not be negative")

@@ -2,6 +2,7 @@ package ws
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -69,6 +70,19 @@ type session struct {
 
 	expiryMu sync.Mutex
 	expiry   *time.Timer // closes the session with 4001 at the token's exp; nil without one
+
+	// id names the session in the cluster (presence entries, join and
+	// leave frames, POST /api/disconnect); info is what the client
+	// supplied at connect (?info=, at most 1 KiB of JSON) for presence.
+	id          string
+	info        json.RawMessage
+	connectedAt time.Time
+	// inPresence holds the channels whose presence has this session's
+	// entry. Owner goroutine only.
+	inPresence map[string]bool
+	// evicted holds the channels the server API unsubscribed the session
+	// from (hub.evict): a subscribe to one of them starts afresh.
+	evicted sync.Map
 }
 
 func newSession(h *Handler, transport, remote string, p *Principal, l *limits) *session {
@@ -90,6 +104,8 @@ func newSession(h *Handler, transport, remote string, p *Principal, l *limits) *
 		subs:          make(map[string]*channel),
 		onClose:       func() {},
 		abort:         func() {},
+		id:            newSessionID(),
+		connectedAt:   time.Now().UTC(),
 	}
 	s.p.Store(p)
 	return s
@@ -206,6 +222,7 @@ func (s *session) finished() {
 		s.h.hub.release(s, ch)
 		delete(s.subs, name)
 		s.h.metrics.subscriptions.Dec()
+		s.presenceLeave(name)
 	}
 }
 

@@ -52,6 +52,11 @@ func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, &Error{Code: CodeBadRequest, Message: "expected a WebSocket upgrade"})
 		return
 	}
+	info, e := clientInfo(r)
+	if e != nil {
+		h.httpError(w, e)
+		return
+	}
 	release, ok := h.admit(w, p, l)
 	if !ok {
 		return
@@ -64,6 +69,7 @@ func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
 		return // Upgrade has answered
 	}
 	s := newSession(h, "ws", wsc.RemoteAddr().String(), p, l)
+	s.info = info
 	c := &wsConn{s: s, ws: wsc, bc: hw.conn,
 		pings:     make(chan string, 1),
 		readDone:  make(chan struct{}),

@@ -48,6 +48,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			nodeCommand(),
 			nodesCommand(),
 			clientsCommand(),
+			gatewaysCommand(),
 			drainCommand(),
 			publishCommand(),
 			subscribeCommand(),
