@@ -196,6 +196,9 @@ func (b *hub) pump(sh *hubShard, ch *channel, feed *fanout.Subscription) {
 		id, pos := m.ID(), m.Position()
 		var f *outFrame
 		if isPattern {
+			if IsReserved(m.Channel) {
+				continue // the gateways' own channels are never a client's, whatever the pattern
+			}
 			f = &outFrame{b: encodePatternMessage(pattern, m.Channel, m.Payload, id, m.PublishedAt), msg: true, id: id, channel: m.Channel}
 		} else {
 			f = &outFrame{b: encodeMessage(ch.name, m.Payload, id, m.PublishedAt, pos), msg: true, id: id, pos: pos, channel: ch.name}

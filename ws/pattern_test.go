@@ -1,6 +1,7 @@
 package ws
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -134,5 +135,30 @@ func TestPSubscribe(t *testing.T) {
 	}
 	if code, body := g.get(t, "/sse?pattern=*&token="+news, ""); code != 403 || body["code"] != CodeForbidden {
 		t.Fatalf("SSE pattern * with claim news.*: %d %v", code, body)
+	}
+}
+
+// A pattern that matches the gateways' own channels ($pm.*) never
+// delivers their messages: join/leave events and server-API requests
+// stay among the gateways.
+func TestPatternSkipsReservedChannels(t *testing.T) {
+	t.Parallel()
+	g := newGW(t, Config{Insecure: true}, gwOptions{})
+	c := g.dial(t, "", nil)
+	if f := c.call(map[string]any{"op": OpPSubscribe, "pattern": "*"}); f.Op != OpOK {
+		t.Fatalf("psubscribe *: %+v", f)
+	}
+	if f := c.call(map[string]any{"op": OpPSubscribe, "pattern": ReservedPrefix + "*"}); f.Code != CodeBadRequest {
+		t.Fatalf("psubscribe %s*: %+v, want bad_request", ReservedPrefix, f)
+	}
+	ctx := context.Background()
+	if err := g.client.Publish(ctx, ReservedPrefix+"control", []byte(`{"internal":true}`)); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := g.post(t, "/api/publish/news", "", []byte(`1`)); code != 200 {
+		t.Fatalf("publish: %d %v", code, body)
+	}
+	if m := c.message(10 * time.Second); m.Channel != "news" {
+		t.Fatalf("first message on pattern *: %+v, want news (not the reserved channel)", m)
 	}
 }
