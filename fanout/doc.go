@@ -13,6 +13,12 @@
 //	err = c.Publish(ctx, "orders.eu", []byte("hello"))
 //	for m := range sub.Messages() { ... }
 //
+// Publish returns once a node accepted the message. PublishAsync returns
+// at once with a *PublishResult, and Flush waits for every publish queued
+// before it: one goroutine then fills the nodes' pipelines as many calling
+// Publish would, with the same retries and the same order per channel, and
+// at most Config.MaxPendingPublishBytes outstanding.
+//
 // Semantics:
 //   - A subscriber receives each message published after Subscribe returned
 //     once: message ids (the envelope) drop duplicates within
@@ -53,6 +59,11 @@
 // ErrNoNodes wrapping the *NodeError when none took the message, and the
 // refusal is logged once per node connection and counted in
 // pubmesh_fanout_node_refusals_total. See docs/security.md.
+//
+// The subscription connection to each node is the client's own (dial,
+// AUTH, a check of the node's run, SUBSCRIBE, fences), read by a RESP
+// reader that costs no allocation per message but the message kept by the
+// subscribers; every other command goes through go-redis.
 //
 // Client and Subscription are safe for concurrent use. Close on either can
 // be called twice; later calls return ErrClosed. See docs/wire-format.md for
