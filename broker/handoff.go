@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -42,6 +43,9 @@ const (
 // handoffChunk is how many entries one XRANGE reads and one pipeline of
 // XADDs writes.
 const handoffChunk = 1000
+
+// handoffWorkers is how many streams a hand-off copies at once.
+const handoffWorkers = 16
 
 // errNoPeer: the last node of a cluster has nowhere to hand its history to.
 var errNoPeer = errors.New("no other ready node to hand the history to")
@@ -87,9 +91,15 @@ func (a *Agent) handOff(ctx context.Context, s *runState, bound context.Context)
 	res := a.copyHistory(hctx, s)
 	took := time.Since(t0).Round(time.Millisecond)
 	complete := res.err == nil && res.copied == res.streams
-	if complete {
+	switch {
+	case complete:
 		a.log.Info("history handed off", "run_id", s.runs.id, "streams", res.copied, "entries", res.entries, "took", took)
-	} else {
+	case errors.Is(res.err, errNoPeer):
+		// The last node of a cluster that stops as a whole (pubmesh dev,
+		// Ctrl-C): expected, and said once, without alarm.
+		a.log.Info("history not handed off: no other ready node (the run ends without hand-off; recoveries across it will say recovered:false)",
+			"run_id", s.runs.id, "streams", res.streams)
+	default:
 		a.log.Warn("history hand-off incomplete: the run ends without hand-off, and recoveries across it will say recovered:false",
 			"run_id", s.runs.id, "streams", res.streams, "copied", res.copied, "entries", res.entries, "took", took, "err", res.err)
 	}
@@ -139,6 +149,7 @@ func (a *Agent) copyHistory(ctx context.Context, s *runState) handoffResult {
 		return fail(errNoPeer)
 	}
 	fallback := longestHistoryTTL(s.conf.current().Doc)
+	var mu sync.Mutex // guards dsts, bad, res and the metrics' consistency
 	dsts := map[string]*redis.Client{}
 	defer func() {
 		for _, c := range dsts {
@@ -146,50 +157,90 @@ func (a *Agent) copyHistory(ctx context.Context, s *runState) handoffResult {
 		}
 	}()
 	bad := map[string]error{} // peers that failed once are not tried again
-	for i, key := range keys {
-		if ctx.Err() != nil {
-			a.m.handoffErrors.Add(float64(len(keys) - i))
-			res.err = fmt.Errorf("%d of %d streams left: %w", len(keys)-i, len(keys), context.Cause(ctx))
-			return res
+	// peer returns the client for p, or the error that ruled it out.
+	peer := func(p discovery.Node) (*redis.Client, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err, ok := bad[p.ID]; ok {
+			return nil, err
 		}
+		if dst, ok := dsts[p.ID]; ok {
+			return dst, nil
+		}
+		opt, err := a.peerOptions(p)
+		if err != nil {
+			bad[p.ID] = err
+			return nil, err
+		}
+		dst := redis.NewClient(opt)
+		dsts[p.ID] = dst
+		return dst, nil
+	}
+	copyOne := func(key string) {
 		channel, dstKey, _ := handoffKey(key, s.runs.id)
 		var lastErr error
-		copied := false
 		for _, p := range targetOrder(peers, channel) {
-			if err, ok := bad[p.ID]; ok {
+			dst, err := peer(p)
+			if err != nil {
 				lastErr = err
 				continue
 			}
-			dst, ok := dsts[p.ID]
-			if !ok {
-				opt, err := a.peerOptions(p)
-				if err != nil {
-					bad[p.ID], lastErr = err, err
-					continue
-				}
-				dst = redis.NewClient(opt)
-				dsts[p.ID] = dst
-			}
 			n, err := copyStream(ctx, src, dst, key, dstKey, channel, fallback)
-			res.entries += n
 			a.m.handoffEntries.Add(float64(n))
+			mu.Lock()
+			res.entries += n
 			if err != nil {
 				lastErr = fmt.Errorf("%s to node %s (%s): %w", key, p.ID, p.Addr, err)
 				bad[p.ID] = lastErr
+				mu.Unlock()
 				a.log.Warn("history hand-off: cannot copy a stream; trying another node", "err", lastErr)
 				continue
 			}
+			res.copied++
+			mu.Unlock()
+			a.m.handoffStreams.Inc()
 			a.log.Debug("history stream handed off", "key", key, "to", p.ID, "as", dstKey, "entries", n)
-			copied = true
+			return
+		}
+		a.m.handoffErrors.Inc()
+		mu.Lock()
+		res.err = lastErr
+		mu.Unlock()
+	}
+	// Streams are copied handoffWorkers at a time: each copy is a few round
+	// trips, so one after another a node with thousands of channels would
+	// spend its DrainTimeout waiting on the network.
+	keyc := make(chan string)
+	var wg sync.WaitGroup
+	for range min(handoffWorkers, len(keys)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for key := range keyc {
+				copyOne(key)
+			}
+		}()
+	}
+	left := 0
+	for i, key := range keys {
+		if ctx.Err() != nil {
+			left = len(keys) - i
 			break
 		}
-		if copied {
-			res.copied++
-			a.m.handoffStreams.Inc()
-		} else {
-			a.m.handoffErrors.Inc()
-			res.err = lastErr
+		select {
+		case keyc <- key:
+		case <-ctx.Done():
+			left = len(keys) - i
 		}
+		if left > 0 {
+			break
+		}
+	}
+	close(keyc)
+	wg.Wait()
+	if left > 0 {
+		a.m.handoffErrors.Add(float64(left))
+		res.err = fmt.Errorf("%d of %d streams left: %w", left, len(keys), context.Cause(ctx))
 	}
 	return res
 }
@@ -312,6 +363,9 @@ func copyStream(ctx context.Context, src, dst *redis.Client, srcKey, dstKey, cha
 		n += len(es)
 		have = true
 		start = "(" + es[len(es)-1].id
+		if len(es) < handoffChunk {
+			break // the last chunk: no need to ask again
+		}
 	}
 	if !have {
 		return 0, nil // an empty stream: nothing to hand off

@@ -269,7 +269,7 @@ func TestHandOffWithoutPeers(t *testing.T) {
 		errors    float64
 		log       string
 	}{
-		{"last node with history", 2, true, false, 2, "history hand-off incomplete"},
+		{"last node with history", 2, true, false, 2, "history not handed off: no other ready node"},
 		{"no history", 0, true, true, 0, "history handed off"},
 		{"stopped without a drain", 2, false, false, 0, "history run ended"},
 	} {
