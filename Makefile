@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FUZZ_TARGETS := ./ws:FuzzDecodeFrame ./ws:FuzzEncodeMessage ./fanout:FuzzEnvelope ./fanout:FuzzRespReader ./discovery:FuzzDecodeNode ./internal/respguard:FuzzConn ./clusterconfig:FuzzParse
 FUZZ_TIME    ?= 1m
 
-.PHONY: all build run test deps vet fmt-check tidy-check fuzz bench chaos
+.PHONY: all build run test deps vet fmt-check tidy-check fuzz bench chaos dist
 
 all: build
 
@@ -34,6 +34,26 @@ deps:
 		$(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium; \
 	fi
+	@if ! command -v systemd-analyze >/dev/null 2>&1; then \
+		echo "systemd-analyze not found: installing systemd with apt-get (checks deploy/systemd)"; \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y systemd; \
+	fi
+
+## dist: static, versioned release binaries in dist/ (linux amd64 and arm64), with
+## SHA256SUMS; `dist/pubmesh-VERSION-linux-amd64 version` prints what it is.
+DIST_VERSION := $(shell sed -n 's/^const Version = "\(.*\)"/\1/p' internal/version/version.go)
+DIST_COMMIT  := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD 2>/dev/null || echo -modified)
+dist:
+	@rm -rf dist && mkdir -p dist
+	@for arch in amd64 arm64; do \
+		out=dist/pubmesh-$(DIST_VERSION)-linux-$$arch; \
+		echo "building $$out"; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath \
+			-ldflags "-s -w -X github.com/pubmesh/pubmesh/internal/version.Commit=$(DIST_COMMIT)" \
+			-o $$out ./cmd/pubmesh || exit 1; \
+	done
+	@cd dist && sha256sum pubmesh-* > SHA256SUMS && cat SHA256SUMS
 
 ## run: build, then run a local cluster (embedded etcd + 3 nodes); Ctrl-C stops it
 run: build deps

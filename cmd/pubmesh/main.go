@@ -57,6 +57,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			tokenCommand(),
 			configCommand(),
 			benchCommand(),
+			versionCommand(),
 		},
 		Writer:    stdout,
 		ErrWriter: stderr,
