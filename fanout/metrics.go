@@ -67,6 +67,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "publish_seconds", Help: "Time from Publish to acceptance by the node(s).",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16)}),
 	}
+	// Both results exist from the start, at 0, so dashboards and alerts see
+	// them before the first recovery.
+	m.recoveries.WithLabelValues("recovered")
+	m.recoveries.WithLabelValues("not_recovered")
 	if reg != nil {
 		reg.MustRegister(m.publishes, m.publishErrors, m.retries, m.deliveries, m.duplicates, m.overflowDrops,
 			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.badReplies, m.memberGaps, m.gapDrops, m.subQueueFull, m.stale, m.nodes, m.publishLatency,
