@@ -21,6 +21,7 @@ import (
 //	GET  /ws                       WebSocket clients (docs/protocol.md)
 //	GET  /sse                      Server-Sent Events (EventSource) clients
 //	GET  /api/stream/{channel}     newline-delimited JSON messages of a channel
+//	GET  /api/stream?channel=&pattern=  the same for several channels and patterns
 //	POST /api/publish/{channel}    publish the JSON body
 //	GET  /api/history/{channel}    the channel's history (docs/history.md)
 //	GET  /api/nodes                the nodes as the gateway sees them
@@ -123,6 +124,7 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 	h.mux.HandleFunc("GET /ws", h.serveWS)
 	h.mux.HandleFunc("GET /sse", h.serveSSE)
 	h.mux.HandleFunc("GET /api/stream/{channel...}", h.serveStreamHTTP)
+	h.mux.HandleFunc("GET /api/stream", h.serveStreamQuery)
 	h.mux.HandleFunc("POST /api/publish/{channel...}", h.servePublish)
 	h.mux.HandleFunc("GET /api/history/{channel...}", h.serveHistory)
 	h.mux.HandleFunc("GET /api/nodes", h.serveNodes)

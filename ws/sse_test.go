@@ -454,3 +454,60 @@ func TestCurlStream(t *testing.T) {
 		}
 	}
 }
+
+// GET /api/stream?channel=&pattern= streams several channels and a
+// pattern as NDJSON: each message line names its channel (and pattern).
+func TestHTTPStreamQuery(t *testing.T) {
+	t.Parallel()
+	g := newGW(t, Config{Insecure: true}, gwOptions{})
+	resp, err := g.openStream("/api/stream?channel=q.a&pattern=p.*", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/x-ndjson" {
+		t.Fatalf("status %d, type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	sc := bufio.NewScanner(resp.Body)
+	next := func() frame {
+		t.Helper()
+		for sc.Scan() {
+			if sc.Text() == "" {
+				continue
+			}
+			var f frame
+			if err := json.Unmarshal(sc.Bytes(), &f); err != nil {
+				t.Fatalf("line %q: %v", sc.Text(), err)
+			}
+			return f
+		}
+		t.Fatalf("stream ended: %v", sc.Err())
+		return frame{}
+	}
+	for range 2 { // the ok of each subscription
+		if f := next(); f.Op != OpOK {
+			t.Fatalf("first lines: %+v", f)
+		}
+	}
+	publishRange(t, g, "q.a", 1, 1)
+	publishRange(t, g, "p.x", 2, 2)
+	publishRange(t, g, "q.b", 3, 3) // neither subscribed nor matched
+	publishRange(t, g, "q.a", 4, 4)
+	// Channels and patterns are separate subscriptions: no order between them.
+	got := map[string]bool{}
+	for range 3 {
+		f := next()
+		if f.Op != OpMessage {
+			t.Fatalf("line %+v", f)
+		}
+		got[f.Channel+"|"+f.Pattern+"|"+string(f.Data)] = true
+	}
+	for _, w := range []string{"q.a||1", "p.x|p.*|2", "q.a||4"} {
+		if !got[w] {
+			t.Errorf("missing %s in %v", w, got)
+		}
+	}
+	if code, body := g.get(t, "/api/stream", ""); code != 400 {
+		t.Fatalf("no channel: %d %v", code, body)
+	}
+}

@@ -93,6 +93,26 @@ func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request) {
 		h.httpError(w, badRequest(nil, "Last-Event-ID is not a stream position: pass the id of an event unchanged"))
 		return
 	}
+	subs := streamSubs(q, since)
+	f := &sseFormat{pos: url.Values{}}
+	// The resumed channels start at the position sent, so that a
+	// reconnect before their next message resumes them from it again.
+	for _, sub := range subs {
+		if sub.since != "" {
+			f.pos.Set(sub.name, sub.since)
+		}
+	}
+	h.serveStream(w, r, p, l, streamRequest{
+		transport:   "sse",
+		contentType: "text/event-stream; charset=utf-8",
+		subs:        subs,
+		format:      f,
+	})
+}
+
+// streamSubs reads a stream's subscriptions from its query: each channel=
+// (resumed from its position in since, if any) and each pattern=, once.
+func streamSubs(q, since url.Values) []streamSub {
 	var subs []streamSub
 	seen := map[string]bool{}
 	for _, c := range q["channel"] {
@@ -108,18 +128,5 @@ func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request) {
 			subs = append(subs, streamSub{name: pat, pattern: true})
 		}
 	}
-	f := &sseFormat{pos: url.Values{}}
-	// The resumed channels start at the position sent, so that a
-	// reconnect before their next message resumes them from it again.
-	for _, sub := range subs {
-		if sub.since != "" {
-			f.pos.Set(sub.name, sub.since)
-		}
-	}
-	h.serveStream(w, r, p, l, streamRequest{
-		transport:   "sse",
-		contentType: "text/event-stream; charset=utf-8",
-		subs:        subs,
-		format:      f,
-	})
+	return subs
 }

@@ -272,6 +272,29 @@ func (h *Handler) serveStreamHTTP(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// serveStreamQuery is GET /api/stream?channel=a&channel=b&pattern=p: the
+// NDJSON stream of several channels and patterns at once (since= is for
+// the one-channel form).
+func (h *Handler) serveStreamQuery(w http.ResponseWriter, r *http.Request) {
+	if !h.checkOrigin(r) {
+		h.metrics.authFailures.WithLabelValues("origin").Inc()
+		writeError(w, http.StatusForbidden, &Error{Code: CodeForbidden, Message: "origin not allowed"})
+		return
+	}
+	l := h.limits()
+	p, err := h.authenticate(r, l.anonymous, "stream")
+	if err != nil {
+		h.refuse(w, err)
+		return
+	}
+	h.serveStream(w, r, p, l, streamRequest{
+		transport:   "stream",
+		contentType: "application/x-ndjson",
+		subs:        streamSubs(r.URL.Query(), nil),
+		format:      ndjsonFormat{},
+	})
+}
+
 // oneLine returns the JSON frame b without line breaks: a payload
 // published raw (not through pubmesh) is sent as it is, whitespace
 // included, and a line break inside it would end an NDJSON line or an SSE
