@@ -56,7 +56,7 @@ type Config struct {
 	// (row 2's shape) at the same rate as a reference for what the machine
 	// adds. Default: 0.25, 0.5, 0.75.
 	LoadFractions []float64
-	// Rows selects the rows of the main table (1 to 10). The scaling and
+	// Rows selects the rows of the main table (1 to 11). The scaling and
 	// latency tables need pubmesh and run unless SkipScaling/SkipLatency.
 	// Default: all.
 	Rows []int
@@ -128,7 +128,7 @@ func (c Config) withDefaults() Config {
 		c.LoadFractions = []float64{0.25, 0.5, 0.75}
 	}
 	if len(c.Rows) == 0 {
-		c.Rows = []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+		c.Rows = []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}
 	}
 	if c.PubsubBufferLimit == "" {
 		c.PubsubBufferLimit = broker.DefaultOutputBufferLimit.String()
@@ -156,8 +156,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("bench: %d nodes; at most 16", c.Nodes)
 	}
 	for _, r := range c.Rows {
-		if r < 1 || r > 10 {
-			return fmt.Errorf("bench: row %d: rows are 1 to 10", r)
+		if r < 1 || r > 11 {
+			return fmt.Errorf("bench: row %d: rows are 1 to 11", r)
 		}
 	}
 	for _, n := range c.NodeCounts {

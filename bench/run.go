@@ -66,7 +66,11 @@ func rowSpecs(cfg Config) []rowSpec {
 			}},
 		{row: 7, key: "gateway", label: fmt.Sprintf("pubmesh, %d nodes, via WebSocket gateway", n), nodes: n, replicas: 1,
 			open: func(ctx context.Context, e *env) (target, error) {
-				return newGatewayTarget(ctx, e.srv, e.etcd, e.cfg, n)
+				return newGatewayTarget(ctx, e.srv, e.etcd, e.cfg, n, false)
+			}},
+		{row: 11, key: "gateway-compression", label: fmt.Sprintf("pubmesh, %d nodes, via WebSocket gateway, compression on", n), nodes: n, replicas: 1,
+			open: func(ctx context.Context, e *env) (target, error) {
+				return newGatewayTarget(ctx, e.srv, e.etcd, e.cfg, n, true)
 			}},
 		{row: 8, key: "pubmesh-history", label: fmt.Sprintf("pubmesh, %d nodes, history on (every channel)", n), nodes: n, replicas: 1,
 			open: func(ctx context.Context, e *env) (target, error) {

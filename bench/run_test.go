@@ -32,8 +32,8 @@ func TestRunQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Rows) != 10 || len(rep.Scaling) != 2 || len(rep.Latency) != 2 {
-		t.Fatalf("got %d rows, %d scaling, %d latency; want 10, 2, 2", len(rep.Rows), len(rep.Scaling), len(rep.Latency))
+	if len(rep.Rows) != 11 || len(rep.Scaling) != 2 || len(rep.Latency) != 2 {
+		t.Fatalf("got %d rows, %d scaling, %d latency; want 11, 2, 2", len(rep.Rows), len(rep.Scaling), len(rep.Latency))
 	}
 	all := append(append(append([]bench.Result(nil), rep.Rows...), rep.Scaling...), rep.Latency...)
 	for _, r := range all {
@@ -60,16 +60,16 @@ func TestRunQuick(t *testing.T) {
 	if lat := rep.Latency[0]; lat.OfferedRate <= 0 || lat.LoadFraction != 0.5 {
 		t.Errorf("latency run: offered %g at fraction %g", lat.OfferedRate, lat.LoadFraction)
 	}
-	if len(rep.Ratios) != 11 {
-		t.Errorf("%d ratios, want 11", len(rep.Ratios))
+	if len(rep.Ratios) != 12 {
+		t.Errorf("%d ratios, want 12", len(rep.Ratios))
 	}
 	for _, x := range rep.Ratios {
 		if x.Missing != "" {
 			t.Errorf("ratio %s: %s", x.Name, x.Missing)
 		}
 	}
-	// rows 1-10 (1, 1, 3, 3, 2, 2, 2, 2, 2, 2), scaling 1+2, latency 2+1
-	if rep.ServersStarted != 1+1+3+3+2+2+2+2+2+2+1+2+2+1 {
+	// Rows 1 to 11, then the scaling (1 and 2 nodes) and latency runs.
+	if rep.ServersStarted != 1+1+3+3+2+2+2+2+2+2+2+1+2+2+1 {
 		t.Errorf("%d redis-servers started", rep.ServersStarted)
 	}
 	if len(rep.ServersLeft) != 0 {
@@ -146,6 +146,7 @@ func TestConfigValidate(t *testing.T) {
 		{PayloadSize: 10},
 		{Rate: -1},
 		{Rows: []int{99}},
+		{Rows: []int{0}},
 		{NodeCounts: []int{0}},
 		{LoadFractions: []float64{1.5}},
 		{PubsubBufferLimit: "lots"},

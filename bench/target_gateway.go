@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,13 +27,19 @@ import (
 // limit, and a send queue of MaxBacklog frames so that the benchmark's own
 // backlog bound, not the slow-consumer limit, paces the publishers. Its
 // CPU counts as client CPU: it runs in this process.
+//
+// Row 11 is row 7 with permessage-deflate: the gateway runs with
+// Compression and the subscribers offer it, so that the gateway compresses
+// every frame once per subscriber (and the subscribers inflate it): the
+// difference in client CPU per message is compression's cost.
 type gatewayTarget struct {
 	*pubmeshTarget
-	gw  *ws.Gateway
-	url string
+	gw       *ws.Gateway
+	url      string
+	compress bool
 }
 
-func newGatewayTarget(ctx context.Context, srv *servers, ee *etcdEnv, cfg Config, nodes int) (target, error) {
+func newGatewayTarget(ctx context.Context, srv *servers, ee *etcdEnv, cfg Config, nodes int, compress bool) (target, error) {
 	pt, err := newPubmeshTarget(ctx, srv, ee, cfg, nodes, 1, "")
 	if err != nil {
 		return nil, err
@@ -41,23 +48,27 @@ func newGatewayTarget(ctx context.Context, srv *servers, ee *etcdEnv, cfg Config
 	// fanout configuration (Overflow: Block) and handler.
 	gw, err := ws.StartGateway(ctx, ws.GatewayConfig{
 		Fanout:  fanout.Config{EtcdClient: pt.cli, Cluster: pt.cluster, Logger: pt.log},
-		Handler: ws.Config{Insecure: true, MaxSubscriptions: -1, SendQueue: cfg.MaxBacklog, Logger: pt.log},
+		Handler: ws.Config{Insecure: true, MaxSubscriptions: -1, SendQueue: cfg.MaxBacklog, Logger: pt.log, Compression: compress},
 		Listen:  "127.0.0.1:0",
 	})
 	if err != nil {
 		pt.close()
 		return nil, fmt.Errorf("bench: gateway: %w", err)
 	}
-	return &gatewayTarget{pubmeshTarget: pt, gw: gw, url: gw.WebSocketURL()}, nil
+	return &gatewayTarget{pubmeshTarget: pt, gw: gw, url: gw.WebSocketURL(), compress: compress}, nil
 }
 
 func (t *gatewayTarget) subscribe(ctx context.Context, channels []string, sk *sink) (func(), error) {
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second, EnableCompression: t.compress}
 	c, resp, err := d.DialContext(ctx, t.url, http.Header{})
 	if err != nil {
 		return nil, fmt.Errorf("bench: dial gateway: %w", err)
 	}
 	resp.Body.Close()
+	if t.compress && !strings.Contains(resp.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate") {
+		c.Close()
+		return nil, errors.New("bench: the gateway did not negotiate permessage-deflate")
+	}
 	fail := func(err error) (func(), error) {
 		c.Close()
 		return nil, err

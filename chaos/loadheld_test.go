@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"math/bits"
-	"net"
 	"net/http"
 	"os"
 	"runtime"
@@ -18,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pubmesh/pubmesh/fanout"
@@ -87,10 +85,11 @@ func (g *gateway) metric(name string) float64 {
 
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 
-// TestLoadHeld10k: a gateway holds 10 000 WebSocket connections (300 in the
-// short version) subscribed to one channel; one message published there
+// TestLoadHeld10k: a gateway holds 10 000 connections (300 in the short
+// version) subscribed to one channel, once over WebSocket and once over
+// SSE (a fresh cluster and gateway each); one message published there
 // reaches every one of them. It reports the gateway's memory per
-// connection and the time to deliver one message to all.
+// connection and the time to deliver one message to all, per transport.
 func TestLoadHeld10k(t *testing.T) {
 	n := 300
 	if full() {
@@ -107,6 +106,12 @@ func TestLoadHeld10k(t *testing.T) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
 	}
+	for _, tr := range heldTransports {
+		t.Run(tr.name, func(t *testing.T) { loadHeld(t, n, tr) })
+	}
+}
+
+func loadHeld(t *testing.T, n int, tr heldTransport) {
 	p := paramsFor()
 	c := newCluster(t, p, false)
 	c.addNode("n1", nodeOpts{})
@@ -119,13 +124,11 @@ func TestLoadHeld10k(t *testing.T) {
 	time.Sleep(time.Second)
 	before := gw.stats(t)
 
-	// Connect from several loopback source addresses, so that ephemeral
-	// ports (and TIME_WAIT from earlier tests) are never short.
-	conns := make([]*websocket.Conn, n)
+	conns := make([]heldConn, n)
 	t.Cleanup(func() {
-		for _, wc := range conns {
-			if wc != nil {
-				wc.Close()
+		for _, hc := range conns {
+			if hc != nil {
+				hc.close()
 			}
 		}
 	})
@@ -139,27 +142,12 @@ func TestLoadHeld10k(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			nd := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%8))}, Timeout: 30 * time.Second}
-			d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, NetDialContext: nd.DialContext, ReadBufferSize: 1024, WriteBufferSize: 1024}
-			wc, resp, err := d.Dial(gw.url(), nil)
-			if resp != nil && resp.Body != nil {
-				resp.Body.Close()
-			}
+			hc, err := tr.dial(gw, i)
 			if err != nil {
 				errs <- fmt.Errorf("connection %d: %v", i, err)
 				return
 			}
-			conns[i] = wc
-			wc.SetWriteDeadline(time.Now().Add(30 * time.Second))
-			if err := wc.WriteMessage(websocket.TextMessage, []byte(`{"op":"subscribe","channel":"all","id":1}`)); err != nil {
-				errs <- fmt.Errorf("connection %d: %v", i, err)
-				return
-			}
-			wc.SetReadDeadline(time.Now().Add(60 * time.Second))
-			_, b, err := wc.ReadMessage()
-			if err != nil || string(b) != `{"op":"ok","id":1}` {
-				errs <- fmt.Errorf("connection %d: subscribe answered %q, %v", i, b, err)
-			}
+			conns[i] = hc
 		}()
 	}
 	wg.Wait()
@@ -178,22 +166,19 @@ func TestLoadHeld10k(t *testing.T) {
 		recv[k] = make([]atomic.Int64, n)
 	}
 	var readers sync.WaitGroup
-	for i, wc := range conns {
+	for i, hc := range conns {
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
 			for got := 0; got < messages; {
-				wc.SetReadDeadline(time.Now().Add(3 * time.Minute))
-				_, b, err := wc.ReadMessage()
+				data, err := hc.next(time.Now().Add(3 * time.Minute))
 				if err != nil {
 					return
 				}
 				now := time.Now().UnixNano()
-				if data, ok := messageData(b); ok {
-					if k, err := strconv.Atoi(string(data)); err == nil && k >= 0 && k < messages {
-						recv[k][i].Store(now)
-						got++
-					}
+				if k, err := strconv.Atoi(string(data)); err == nil && k >= 0 && k < messages {
+					recv[k][i].Store(now)
+					got++
 				}
 			}
 		}()
@@ -225,24 +210,24 @@ func TestLoadHeld10k(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	for _, wc := range conns {
-		wc.Close()
+	for _, hc := range conns {
+		hc.close()
 	}
 	readers.Wait()
 	slices.Sort(took)
 	rss := (after.rss - before.rss) / int64(n)
 	heap := (after.heapInuse - before.heapInuse) / int64(n)
-	recordLoad("%d WebSocket connections on one gateway (`pubmesh gateway`, its own process), all subscribed to one channel: connected and subscribed in %s (64 dials at a time); "+
+	recordLoad("%d %s on one gateway (`pubmesh gateway`, its own process), all subscribed to one channel: connected and subscribed in %s (64 dials at a time); "+
 		"gateway RSS %s → %s (**%.1f KiB per connection**), heap in use %s → %s (%.1f KiB per connection), goroutines %d → %d; "+
 		"one message to all %d connections: **%s** (median of %d; %s)",
-		n, connected.Round(10*time.Millisecond), mib(before.rss), mib(after.rss), float64(rss)/1024, mib(before.heapInuse), mib(after.heapInuse), float64(heap)/1024,
+		n, tr.label, connected.Round(10*time.Millisecond), mib(before.rss), mib(after.rss), float64(rss)/1024, mib(before.heapInuse), mib(after.heapInuse), float64(heap)/1024,
 		before.goroutines, after.goroutines, n, took[len(took)/2].Round(time.Millisecond), len(took), durations(took))
-	t.Logf("%d connections: RSS %+.1f KiB/conn, heap %+.1f KiB/conn, goroutines %d → %d, one message to all in %v",
-		n, float64(rss)/1024, float64(heap)/1024, before.goroutines, after.goroutines, took)
+	t.Logf("%d %s: RSS %+.1f KiB/conn, heap %+.1f KiB/conn, goroutines %d → %d, one message to all in %v",
+		n, tr.label, float64(rss)/1024, float64(heap)/1024, before.goroutines, after.goroutines, took)
 	if rss > 256<<10 {
 		t.Errorf("gateway RSS grew %d KiB per connection", rss>>10)
 	}
-	if g := after.goroutines - before.goroutines; g > 3*n+100 {
+	if g := after.goroutines - before.goroutines; g > tr.goroutines*n+100 {
 		t.Errorf("gateway goroutines grew by %d for %d connections", g, n)
 	}
 }

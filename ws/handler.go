@@ -35,6 +35,7 @@ import (
 //	GET  /metrics                  Prometheus metrics
 //	GET  /                         the demo page
 //	GET  /pubmesh.js               the JavaScript client
+//	GET  /pubmesh-presence.js      its presence part (pubmesh.js imports it)
 //
 // on top of one fanout client, whose cluster configuration it follows (see
 // Config). It is safe for concurrent use. Shutdown
@@ -138,6 +139,7 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 	h.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{Registry: cfg.Metrics}))
 	h.mux.HandleFunc("GET /{$}", serveStatic("index.html", "text/html; charset=utf-8"))
 	h.mux.HandleFunc("GET /pubmesh.js", serveStatic("pubmesh.js", "text/javascript; charset=utf-8"))
+	h.mux.HandleFunc("GET /pubmesh-presence.js", serveStatic("pubmesh-presence.js", "text/javascript; charset=utf-8"))
 	if err := h.startCluster(); err != nil {
 		cancel()
 		return nil, err

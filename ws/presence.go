@@ -164,7 +164,7 @@ func (ps *presenceState) deliver(frame []byte) {
 	if !ps.h.limits().doc.For(ev.Channel).JoinLeave {
 		return
 	}
-	f := &outFrame{b: frame}
+	f := &outFrame{b: frame, event: ev.Op}
 	for _, s := range ps.h.hub.local(ev.Channel) {
 		if s.enqueue(f) {
 			ps.events.WithLabelValues("delivered").Inc()

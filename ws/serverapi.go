@@ -334,7 +334,7 @@ func (b *hub) evict(s *session, name string) bool {
 	f := openReply("unsubscribed", nil, 32+len(name))
 	f = append(f, `,"channel":`...)
 	f = appendString(f, name)
-	s.enqueue(&outFrame{b: append(f, '}')})
+	s.enqueue(&outFrame{b: append(f, '}'), event: OpUnsubscribed})
 	if ps := b.h.pres; ps != nil {
 		e := s.entry()
 		ps.wg.Add(1)

@@ -23,6 +23,9 @@ type outFrame struct {
 	// streaming transports read them, the WebSocket one only b.
 	channel string
 	reply   bool // the ok of a subscribe (SSE event subscribed)
+	// event names a frame that is neither a message nor a reply for SSE
+	// (join, leave, unsubscribed); empty: an error frame.
+	event string
 }
 
 // session is one client, whatever its transport (WebSocket, SSE, HTTP

@@ -5,11 +5,12 @@ import (
 	"net/http"
 )
 
-//go:embed static/index.html static/pubmesh.js
+//go:embed static/index.html static/pubmesh.js static/pubmesh-presence.js
 var static embed.FS
 
 // StaticFile returns an embedded file: "pubmesh.js" (the JavaScript
-// client) or "index.html" (the demo page).
+// client), "pubmesh-presence.js" (its presence part, which pubmesh.js
+// imports from next to itself) or "index.html" (the demo page).
 func StaticFile(name string) ([]byte, error) { return static.ReadFile("static/" + name) }
 
 func serveStatic(name, contentType string) http.HandlerFunc {

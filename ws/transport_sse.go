@@ -13,6 +13,8 @@ import (
 //	event: subscribed                      the ok of each subscribe (its id is the channel)
 //	event: message                         a message frame, as over WebSocket
 //	id: <stream position>                  on messages of history channels
+//	event: join, leave                     presence frames (join_leave namespaces), as over WebSocket
+//	event: unsubscribed                    the server API ended a subscription
 //	event: error                           an op failed: the stream ends after it
 //	event: close                           the gateway ends the stream (code, reason)
 //	: ping                                 a heartbeat every ping interval
@@ -44,6 +46,8 @@ func (f *sseFormat) frame(w *bufio.Writer, o *outFrame) {
 		event = OpMessage
 	case o.reply:
 		event = "subscribed"
+	case o.event != "":
+		event = o.event
 	}
 	if o.pos != "" && o.channel != "" && (o.msg || o.reply) {
 		f.pos.Set(o.channel, o.pos)

@@ -57,6 +57,11 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, p *Princip
 		h.httpError(w, e)
 		return
 	}
+	info, e := clientInfo(r) // as at a WebSocket connect: presence shows it
+	if e != nil {
+		h.httpError(w, e)
+		return
+	}
 	release, ok := h.admit(w, p, l)
 	if !ok {
 		return
@@ -64,6 +69,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, p *Princip
 	defer release()
 
 	s := newSession(h, req.transport, r.RemoteAddr, p, l)
+	s.info = info
 	rc := http.NewResponseController(w)
 	// The server's timeouts are for short requests: a stream has its own
 	// (WriteTimeout per batch; the client's leaving ends the request).

@@ -28,7 +28,8 @@ func benchCommand() *cli.Command {
 			"Main table rows: 1 go-redis one node hand-pipelined; 2 go-redis one node, one PUBLISH per call;\n" +
 			"3 Redis Cluster PUBLISH; 4 Redis Cluster SPUBLISH/SSUBSCRIBE; 5 pubmesh fanout, one Publish per call;\n" +
 			"6 the same with Replicas: 2; 7 pubmesh through the WebSocket gateway; 8 pubmesh with history on;\n" +
-			"9 pubmesh PublishAsync from one goroutine; 10 pubmesh Publish from 4 goroutines. Then pubmesh by node count,\n" +
+			"9 pubmesh PublishAsync from one goroutine; 10 pubmesh Publish from 4 goroutines;\n" +
+			"11 row 7 with permessage-deflate (--compression) negotiated by every subscriber. Then pubmesh by node count,\n" +
 			"and pubmesh latency at fixed fractions of row 5's max rate, each beside plain go-redis at the same\n" +
 			"rate. With the defaults a run takes about 2.5 minutes on 2 cores (24 measurements of 5 s, plus\n" +
 			"setup and drain; the main table is measured twice, see --repeat). Progress goes to stderr, one\n" +

@@ -26,8 +26,9 @@ func TestDevStartsAndStopsCleanly(t *testing.T) {
 		"--base-port", fmt.Sprint(base), "--data-dir", t.TempDir(), "--cluster", "devtest", "--gateway-listen", gwAddr,
 		"--metrics-listen", metricsAddr)
 	p.out.wait(t, `^etcd: http://`+etcdAddr, 30*time.Second)
-	// A fresh etcd gets dev's configuration: history for every channel.
-	revLine := p.out.wait(t, `^config: history on for every channel \(namespace "\*\*": history_size 1000, history_ttl 10m\), revision [0-9]+;`, 30*time.Second)
+	// A fresh etcd gets dev's configuration: history, presence and
+	// join/leave for every channel.
+	revLine := p.out.wait(t, `^config: history on for every channel \(namespace "\*\*": history_size 1000, history_ttl 10m, presence: true, join_leave: true\), revision [0-9]+;`, 30*time.Second)
 	rev := regexp.MustCompile(`revision ([0-9]+);`).FindStringSubmatch(revLine)[1]
 	p.out.wait(t, `^gateway: http://`+gwAddr+`/ `, 30*time.Second)
 	for i := range n {
@@ -35,7 +36,7 @@ func TestDevStartsAndStopsCleanly(t *testing.T) {
 	}
 	p.out.wait(t, `^cluster ready: 2 nodes`, 10*time.Second)
 	// The gateway serves the demo page and is healthy once nodes are ready.
-	for _, path := range []string{"/healthz", "/", "/pubmesh.js"} {
+	for _, path := range []string{"/healthz", "/", "/pubmesh.js", "/pubmesh-presence.js"} {
 		resp, err := http.Get("http://" + gwAddr + path)
 		if err != nil {
 			t.Fatal(err)

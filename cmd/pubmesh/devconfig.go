@@ -13,8 +13,10 @@ import (
 // devConfig is the cluster configuration `pubmesh dev` writes on an etcd
 // that has none: every channel keeps history, so that the demo page
 // recovers what was published while it was away (a gateway restart, a
-// network blip). A real cluster turns history on per namespace.
-const devConfig = `namespaces: [{match: "**", history_size: 1000, history_ttl: 10m}]`
+// network blip), and has presence with join and leave events, so that the
+// demo page shows who is on a channel, live. A real cluster turns these on
+// per namespace.
+const devConfig = `namespaces: [{match: "**", history_size: 1000, history_ttl: 10m, presence: true, join_leave: true}]`
 
 // writeDevConfig writes devConfig unless the cluster has a configuration
 // already (a --data-dir kept from an earlier run, changed with `pubmesh
@@ -25,7 +27,7 @@ func writeDevConfig(ctx context.Context, reg *discovery.Registry, out io.Writer)
 	if err != nil {
 		return fmt.Errorf("dev configuration: %w", err)
 	}
-	rev, err := reg.PutConfig(ctx, tree, 0, discovery.ConfigChange{Author: "pubmesh dev", Comment: "pubmesh dev's default: history for every channel"})
+	rev, err := reg.PutConfig(ctx, tree, 0, discovery.ConfigChange{Author: "pubmesh dev", Comment: "pubmesh dev's default: history, presence and join/leave for every channel"})
 	var conflict *discovery.ConflictError
 	switch {
 	case errors.As(err, &conflict):
@@ -34,6 +36,6 @@ func writeDevConfig(ctx context.Context, reg *discovery.Registry, out io.Writer)
 	case err != nil:
 		return fmt.Errorf("write the dev configuration: %w", err)
 	}
-	fmt.Fprintf(out, "config: history on for every channel (namespace \"**\": history_size 1000, history_ttl 10m), revision %d; `pubmesh config` changes it\n", rev)
+	fmt.Fprintf(out, "config: history on for every channel (namespace \"**\": history_size 1000, history_ttl 10m, presence: true, join_leave: true), revision %d; `pubmesh config` changes it\n", rev)
 	return nil
 }

@@ -46,6 +46,7 @@ func TestBadInput(t *testing.T) {
 		{"dev etcd port taken", []string{"dev", "--etcd-listen", takenAddr}, 1, "already in use"},
 		{"dev base port taken", []string{"dev", "--nodes", "1", "--etcd-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--base-port", takenPort}, 1, "already in use (another redis-server or pubmesh dev? pick another --base-port)"},
 		{"dev no nodes", []string{"dev", "--nodes", "0"}, 2, "invalid --nodes"},
+		{"gateway presence TTL too short", []string{"gateway", "--insecure", "--presence-ttl", "100ms"}, 2, "invalid --presence-ttl 100ms: at least 1s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
@@ -62,6 +63,7 @@ func gatewayFlags() []cli.Flag {
 		&cli.IntFlag{Name: "publish-burst", Usage: "publishes a token subject (or an API-key connection) may send at once above --publish-rate; overrides gateway.publish_burst", DefaultText: clusterDefault(ws.DefaultPublishBurst), EnvVars: []string{"PUBMESH_PUBLISH_BURST"}},
 		&cli.IntFlag{Name: "send-queue", Usage: "frames queued per connection; a client that lets it overflow is closed with 4008 \"slow consumer\"; overrides gateway.send_queue", DefaultText: clusterDefault(ws.DefaultSendQueue), EnvVars: []string{"PUBMESH_SEND_QUEUE"}},
 		&cli.DurationFlag{Name: "ping-interval", Usage: "how often idle clients are pinged; one silent for this plus 10s is closed; overrides gateway.ping_interval", DefaultText: clusterDefault(ws.DefaultPingInterval), EnvVars: []string{"PUBMESH_PING_INTERVAL"}},
+		&cli.DurationFlag{Name: "presence-ttl", Value: fanout.DefaultPresenceTTL, Usage: "how long a presence entry lives without a refresh (the gateway refreshes its own every third of it): a crashed gateway's clients leave presence within it, plus a third; every gateway of a cluster should use the same", EnvVars: []string{"PUBMESH_PRESENCE_TTL"}},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: ws.DefaultShutdownTimeout, Usage: "how long a graceful shutdown may take", EnvVars: []string{"PUBMESH_SHUTDOWN_TIMEOUT"}},
 		&cli.IntFlag{Name: "replicas", Value: 1, Usage: "nodes each message is published to (2: a single node crash loses nothing)", EnvVars: []string{"PUBMESH_REPLICAS"}},
 	}
@@ -81,6 +83,7 @@ func gatewayConfig(c *cli.Context, log *slog.Logger) (ws.Config, error) {
 		AllowOrigins:    c.StringSlice("allow-origin"),
 		MaxChannelBytes: c.Int("max-channel-bytes"),
 		ShutdownTimeout: c.Duration("shutdown-timeout"),
+		PresenceTTL:     c.Duration("presence-ttl"),
 		Logger:          log,
 	}
 	for _, f := range []struct {
@@ -119,6 +122,11 @@ func gatewayConfig(c *cli.Context, log *slog.Logger) (ws.Config, error) {
 	}
 	if c.Int("max-channel-bytes") < 1 {
 		return ws.Config{}, fmt.Errorf("invalid --max-channel-bytes %d: must be positive", c.Int("max-channel-bytes"))
+	}
+	if ttl := c.Duration("presence-ttl"); ttl < time.Second {
+		// Refreshed every third of it: below a second the refreshes alone
+		// would keep the nodes busy.
+		return ws.Config{}, fmt.Errorf("invalid --presence-ttl %s: at least 1s", ttl)
 	}
 	if c.Duration("shutdown-timeout") <= 0 {
 		return ws.Config{}, fmt.Errorf("invalid --shutdown-timeout %s: must be positive", c.Duration("shutdown-timeout"))

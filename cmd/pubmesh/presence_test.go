@@ -43,7 +43,7 @@ func TestGatewaysPresenceAndKill(t *testing.T) {
 	for range 2 {
 		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		p := startPubmeshEnv(t, cleanEnv(), "gateway", "--listen", addr, "--api-key-file", keyFile,
-			"--etcd", etcdEndpoint, "--cluster", cluster)
+			"--etcd", etcdEndpoint, "--cluster", cluster, "--presence-ttl", "3s")
 		p.out.wait(t, "^gateway: http://"+addr, 30*time.Second)
 		addrs, procs = append(addrs, addr), append(procs, p)
 	}
@@ -110,8 +110,15 @@ func TestGatewaysPresenceAndKill(t *testing.T) {
 		u, _ := m["users"].(float64)
 		return c, u
 	}
-	if c, u := stats(); c != 2 || u != 1 { // both are the API key's subject
-		t.Fatalf("presence stats with both gateways: %v clients %v users", c, u)
+	// The gateway adds the entry just after the subscribe's ok: wait for it.
+	for wait := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		c, u := stats()
+		if c == 2 && u == 1 { // both are the API key's subject
+			break
+		}
+		if time.Now().After(wait) {
+			t.Fatalf("presence stats with both gateways: %v clients %v users", c, u)
+		}
 	}
 	code, info := get(addrs[1], "/api/info", apiKey)
 	if gws, _ := info["gateways"].([]any); code != 200 || len(gws) != 2 {
@@ -124,8 +131,10 @@ func TestGatewaysPresenceAndKill(t *testing.T) {
 		if c, _ := stats(); c == 1 {
 			break
 		}
-		if time.Since(start) > 25*time.Second {
-			t.Fatal("the killed gateway's client still in presence after 25 s")
+		// --presence-ttl 3s: gone within 4 s (the TTL and a third) plus
+		// slack; the default TTL (15s) would take four times as long.
+		if time.Since(start) > 8*time.Second {
+			t.Fatal("the killed gateway's client still in presence 8 s after kill -9, with --presence-ttl 3s")
 		}
 		time.Sleep(250 * time.Millisecond)
 	}

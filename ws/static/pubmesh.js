@@ -43,6 +43,16 @@
 // keeps resuming history channels from their positions, and stays there.
 // pm.transport says which is in use ('websocket' or 'sse'), and the
 // 'transport' event fires when it changes.
+//
+// Presence (pubmesh-presence.js, served next to this file): presence() and
+// presenceStats() read who is subscribed to a channel, cluster-wide; 'join'
+// and 'leave' fire for channels whose namespace has join_leave;
+// watchPresence() keeps a channel's live membership; opts.info describes
+// this client to the others.
+
+import { PresenceTracker, presenceEvent, presenceRequest } from './pubmesh-presence.js';
+
+export { PresenceTracker };
 
 /** An error reply, or a request that could not complete. */
 export class PubMeshError extends Error {
@@ -93,6 +103,9 @@ export class PubMesh {
    *   used to reopen the stream), and to connect when opts.token is not given.
    * @param {boolean} [opts.fallback=true] fall back to SSE when WebSocket cannot connect.
    * @param {string} [opts.sseURL] http:// or https:// URL of /sse. Default: derived from url.
+   * @param {object|string} [opts.info] what presence shows of this client (any JSON
+   *   value, at most 1 KiB encoded), sent at connect (?info=); pm.info may be changed
+   *   and applies from the next connect.
    * @param {boolean} [opts.connect=true] connect at once.
    * @param {typeof WebSocket} [opts.WebSocket] WebSocket implementation.
    */
@@ -102,6 +115,7 @@ export class PubMesh {
     this.token = opts.token ?? this.getToken ?? null;
     this.fallback = opts.fallback !== false && typeof globalThis.EventSource === 'function';
     this.sseURL = opts.sseURL || this.url.replace(/^ws/, 'http').replace(/\/ws(\?|$)/, '/sse$1');
+    this.info = opts.info ?? null;
     this._transport = null; // 'websocket' or 'sse' once connected
     this._wsFailures = 0; // WebSocket dials in a row that never opened
     this._es = null; // the EventSource, over SSE
@@ -185,7 +199,10 @@ export class PubMesh {
    * pm.token to be set and pm.connect()), 'transport' ('websocket' or 'sse'),
    * 'unsubscribed' ({channel, code, message}: the gateway ended a subscription,
    * e.g. a refreshed token no longer allows it) or 'refreshed' ({exp}: the
-   * gateway took a fresh token). Returns a function that removes the listener.
+   * gateway took a fresh token), 'join' and 'leave' ({channel, client, user,
+   * gateway, connected_at, info}: a client subscribed to or left a channel
+   * this client is subscribed to, whose namespace has join_leave; this
+   * client's own join comes too). Returns a function that removes the listener.
    */
   on(event, fn) {
     if (!this._handlers.has(event)) this._handlers.set(event, new Set());
@@ -244,6 +261,8 @@ export class PubMesh {
       return;
     }
     if (tok) url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(tok);
+    const info = this._infoParam();
+    if (info) url += (url.includes('?') ? '&' : '?') + 'info=' + encodeURIComponent(info);
     let ws;
     try {
       ws = new this._WS(url);
@@ -280,6 +299,12 @@ export class PubMesh {
       this._closed(ws, ev.code, ev.reason);
     };
     ws.onerror = () => {}; // a close event follows
+  }
+
+  // _infoParam is ?info= of a connect: info as JSON, or '' without one.
+  _infoParam() {
+    if (this.info === null || this.info === undefined) return '';
+    return JSON.stringify(this.info);
   }
 
   // _closed ends the connection ws (if still current) and decides what
@@ -417,6 +442,12 @@ export class PubMesh {
       this._ended(f.channel || f.pattern, f.code, f.message);
       return;
     }
+    if (f.op === 'join' || f.op === 'leave') {
+      // Only for channels still subscribed: one queued before an
+      // unsubscribe is stale.
+      if (this._channels.has(f.channel)) this._emit(f.op, presenceEvent(f));
+      return;
+    }
     const p = f.id !== undefined ? this._pending.get(f.id) : undefined;
     if (!p) {
       if (f.op === 'error') this._emit('error', new PubMeshError(f.code, f.message));
@@ -424,7 +455,7 @@ export class PubMesh {
     }
     this._pending.delete(f.id);
     clearTimeout(p.timer);
-    if (f.op === 'ok' || f.op === 'history') p.resolve(f);
+    if (f.op === 'ok' || f.op === 'history' || f.op === 'presence' || f.op === 'presence_stats') p.resolve(f);
     else p.reject(new PubMeshError(f.code || 'unknown', f.message || 'pubmesh: request failed'));
   }
 
@@ -655,6 +686,35 @@ export class PubMesh {
   }
 
   /**
+   * Who is subscribed to channel, cluster-wide (its namespace has presence:
+   * true; authorized as a subscribe). Resolves to the entries, sorted by
+   * client id: [{client, user, gateway, connected_at, info}] (user is '' for
+   * an anonymous client). Rejects with 'no_presence', 'forbidden' or
+   * 'unavailable'. Over SSE it is GET /api/presence/{channel}.
+   */
+  presence(channel) {
+    return this._send({ op: 'presence', channel }, 'presence', channel).then((f) => f.clients || []);
+  }
+
+  /**
+   * How many clients and distinct subjects are subscribed to channel:
+   * resolves to {clients, users}. Cheap enough to poll. Errors as presence().
+   */
+  presenceStats(channel) {
+    return this._send({ op: 'presence_stats', channel }, 'presence_stats', channel).then((f) => ({ clients: f.clients, users: f.users }));
+  }
+
+  /**
+   * Keep channel's live membership (a PresenceTracker: an initial read, then
+   * join and leave, read again after each re-subscribe); onChange(members,
+   * what) is called on every change. The channel must be subscribed for
+   * join and leave to come. Call close() on it to stop.
+   */
+  watchPresence(channel, onChange) {
+    return new PresenceTracker(this, channel, onChange);
+  }
+
+  /**
    * Hand the gateway a fresh token now (getToken's, or tok): over WebSocket
    * with the refresh op (same subject; the new claims apply at once), over
    * SSE by reopening the stream with it. Resolves once the gateway took it.
@@ -717,6 +777,8 @@ export class PubMesh {
       return;
     }
     if (this._tok) q.set('token', this._tok);
+    const info = this._infoParam();
+    if (info) q.set('info', info);
     if ([...last].length) q.set('last_event_id', last.toString());
     const es = new globalThis.EventSource(this.sseURL + (this.sseURL.includes('?') ? '&' : '?') + q);
     this._es = es;
@@ -743,6 +805,13 @@ export class PubMesh {
       this._lastFrame = Date.now();
       this._onFrame(ev.data);
     });
+    // Presence frames, and the server API ending a subscription: the same
+    // frames as over WebSocket.
+    for (const name of ['join', 'leave', 'unsubscribed']) {
+      es.addEventListener(name, (ev) => {
+        if (this._es === es) this._onFrame(ev.data);
+      });
+    }
     es.addEventListener('close', (ev) => {
       if (this._es !== es) return;
       const f = parse(ev) || {};
@@ -825,6 +894,10 @@ export class PubMesh {
         url = base + '/api/publish/' + encodeURIComponent(frame.channel);
         init = { method: 'POST', headers: { ...headers, 'Content-Type': 'application/json' }, body: JSON.stringify(frame.data) };
         break;
+      case 'presence':
+      case 'presence_stats':
+        url = presenceRequest(base, frame);
+        break;
       case 'history': {
         const q = new URLSearchParams();
         if (frame.since) q.set('since', frame.since);
@@ -849,7 +922,8 @@ export class PubMesh {
       // no JSON body
     }
     if (!resp.ok) throw new PubMeshError(body.code || 'unavailable', body.message || `pubmesh: HTTP ${resp.status}`);
-    return frame.op === 'history' ? { op: 'history', ...body } : { op: 'ok' };
+    if (frame.op === 'history' || frame.op === 'presence' || frame.op === 'presence_stats') return { op: frame.op, ...body };
+    return { op: 'ok' };
   }
 
   /** Close for good (until connect() is called again). */
