@@ -85,13 +85,14 @@ type Client struct {
 	livePos  map[string]*livePos // guarded by seqr.mu
 	// histReads bounds the history reads in flight (maxHistoryReads), below
 	// the node connections' pool size.
-	histReads chan struct{}
-	runsMu    sync.Mutex // guards runs, runsAt, runsRev: the cached node runs (historyRuns)
-	runs      []discovery.HistoryRun
-	runsAt    time.Time
-	runsRev   int64         // the membership revision they were read under
-	kick      chan struct{} // asks the membership loop to re-evaluate acks
-	async     *asyncPublisher
+	histReads   chan struct{}
+	histFlights histFlights // reads of the same history shared by calls that wait together (histflight.go)
+	runsMu      sync.Mutex  // guards runs, runsAt, runsRev: the cached node runs (historyRuns)
+	runs        []discovery.HistoryRun
+	runsAt      time.Time
+	runsRev     int64         // the membership revision they were read under
+	kick        chan struct{} // asks the membership loop to re-evaluate acks
+	async       *asyncPublisher
 
 	closed    atomic.Bool
 	ctx       context.Context

@@ -107,7 +107,7 @@ func (c *Client) readHistory(ctx context.Context, channel string, since *positio
 		}
 	}
 	o, _ := c.historyOf(channel)
-	entries, complete, err := c.readStreams(ctx, channel, start, o)
+	entries, complete, err := c.sharedStreams(ctx, channel, start, o)
 	if err != nil {
 		return nil, err
 	}

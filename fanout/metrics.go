@@ -27,6 +27,8 @@ type metrics struct {
 	stale               prometheus.Gauge
 	nodes               *prometheus.GaugeVec
 	publishLatency      prometheus.Histogram
+	historyReads        prometheus.Counter
+	historySharedReads  prometheus.Counter
 	asyncPendingBytes   prometheus.Gauge
 	asyncBlocked        prometheus.Counter
 }
@@ -60,6 +62,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "1 while a Gap is open: the client may be missing nodes that joined while it was cut off from etcd."}),
 		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "nodes",
 			Help: "Live nodes known to the client, by state."}, []string{"state"}),
+		historyReads:       c("history_reads_total", "Reads of a channel's history from every node (each may serve several History calls)."),
+		historySharedReads: c("history_shared_reads_total", "History calls served by a read that other calls asked for too (they came while an identical read ran, and shared the next)."),
 		asyncPendingBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "async_pending_bytes",
 			Help: "Payload bytes of PublishAsync calls not finished yet (bounded by MaxPendingPublishBytes)."}),
 		asyncBlocked: c("async_blocked_total", "PublishAsync calls that waited because MaxPendingPublishBytes was reached."),
@@ -74,7 +78,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.publishes, m.publishErrors, m.retries, m.deliveries, m.duplicates, m.overflowDrops,
 			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.badReplies, m.memberGaps, m.gapDrops, m.subQueueFull, m.stale, m.nodes, m.publishLatency,
-			m.historyAppendErrors, m.historyFills, m.recoveries, m.asyncPendingBytes, m.asyncBlocked)
+			m.historyAppendErrors, m.historyFills, m.recoveries, m.asyncPendingBytes, m.asyncBlocked, m.historyReads, m.historySharedReads)
 	}
 	return m
 }
