@@ -10,7 +10,7 @@ TEST_TIMEOUT ?= 9m
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Fuzz targets as package:Func; `make test` runs each briefly, `make fuzz` longer.
-FUZZ_TARGETS := ./ws:FuzzDecodeFrame ./ws:FuzzEncodeMessage ./fanout:FuzzEnvelope ./fanout:FuzzRespReader ./discovery:FuzzDecodeNode ./internal/respguard:FuzzConn ./clusterconfig:FuzzParse
+FUZZ_TARGETS := ./ws:FuzzDecodeFrame ./ws:FuzzEncodeMessage ./fanout:FuzzEnvelope ./fanout:FuzzRespReader ./fanout:FuzzPosition ./discovery:FuzzDecodeNode ./internal/respguard:FuzzConn ./clusterconfig:FuzzParse
 FUZZ_TIME    ?= 1m
 
 .PHONY: all build run test deps vet fmt-check tidy-check fuzz bench chaos dist

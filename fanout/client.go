@@ -223,7 +223,7 @@ func (c *Client) dispatch(nc *nodeConn, channel, pattern, raw []byte) {
 		m.Payload = []byte(payload)
 	}
 	if ok {
-		m.pub, m.seq = env.pub, env.seq
+		m.pub, m.seq, m.prev = env.pub, env.seq, env.prev
 		m.PublishedAt = time.Unix(0, env.ts)
 	}
 	c.seqr.push(m, pat, env, ok)

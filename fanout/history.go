@@ -168,9 +168,9 @@ func (c *Client) readHistory(ctx context.Context, channel string, since *positio
 	}
 	out := make([]*Message, len(ordered))
 	for i, e := range ordered {
-		pos.add(e.env.pub, e.env.seq, e.env.ts)
+		pos.add(e.env.pub, e.env.seq, e.env.prev, e.env.ts)
 		out[i] = &Message{Channel: channel, Payload: []byte(e.payload), PublishedAt: time.Unix(0, e.env.ts), Node: e.node,
-			pub: e.env.pub, seq: e.env.seq, pos: pos.encode()}
+			pub: e.env.pub, seq: e.env.seq, prev: e.env.prev, pos: pos.encode()}
 	}
 	if opts.Reverse {
 		for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
@@ -339,7 +339,7 @@ func (nc *nodeConn) fillFromHistory(from time.Time) {
 			if !ok || env.ts < oldest {
 				continue
 			}
-			m := &Message{Channel: ch, Payload: []byte(payload), Node: nc.node.ID, pub: env.pub, seq: env.seq,
+			m := &Message{Channel: ch, Payload: []byte(payload), Node: nc.node.ID, pub: env.pub, seq: env.seq, prev: env.prev,
 				PublishedAt: time.Unix(0, env.ts)}
 			c.seqr.push(m, "", env, true)
 		}

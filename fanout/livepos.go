@@ -32,7 +32,7 @@ func (c *Client) trackPosition(m *Message) {
 		lp = &livePos{since: since, pos: newPosition(since)}
 		c.livePos[m.Channel] = lp
 	}
-	lp.pos.add(m.pub, m.seq, m.PublishedAt.UnixNano())
+	lp.pos.add(m.pub, m.seq, m.prev, m.PublishedAt.UnixNano())
 	m.pos = lp.pos.encode()
 }
 

@@ -13,8 +13,20 @@ import (
 // exactness then rests on that floor (see docs/history.md).
 const maxPositionPubs = 256
 
-// positionPrefix versions the encoding.
-const positionPrefix = "p1."
+// positionPrefix versions the encoding; positionPrefix2 is the same with
+// each publisher's extras (see pubMark), written only when a position has
+// any, so that most positions stay readable by p1-only gateways during a
+// rolling upgrade.
+const (
+	positionPrefix  = "p1."
+	positionPrefix2 = "p2."
+)
+
+// maxExtras bounds a publisher's extras in a position. Past it the mark
+// jumps to the highest of them: the missing predecessors are then taken
+// as covered (an exactness the position gives up only after that many
+// messages overtook a late one).
+const maxExtras = 64
 
 // ErrBadPosition is returned for a since position that does not decode.
 var ErrBadPosition = errors.New("fanout: bad history position")
@@ -31,6 +43,13 @@ type position struct {
 type pubMark struct {
 	seq uint64
 	ts  int64 // the message's publish time, to raise floor on eviction
+	// extra holds messages delivered before their predecessor on the
+	// channel (seq -> prev): released by the sequencer after
+	// ReorderWindow while the predecessor was late. They are covered one
+	// by one, and the predecessor is not: a subscriber that leaves before
+	// it comes resumes with it. When it comes, the mark moves up over
+	// them.
+	extra map[uint64]uint64
 }
 
 func newPosition(floor int64) *position {
@@ -40,24 +59,63 @@ func newPosition(floor int64) *position {
 // covers reports whether the message (pub, seq, ts) is covered.
 func (p *position) covers(pub, seq uint64, ts int64) bool {
 	if m, ok := p.pubs[pub]; ok {
-		return seq <= m.seq
+		_, extra := m.extra[seq]
+		return seq <= m.seq || extra
 	}
 	return ts <= p.floor
 }
 
-// add records a delivered message.
-func (p *position) add(pub, seq uint64, ts int64) {
-	if m, ok := p.pubs[pub]; ok {
-		if seq > m.seq {
-			p.pubs[pub] = pubMark{seq, ts}
-		}
-	} else {
+// add records a delivered message, whose predecessor on the channel is
+// prev (0: none known). A publisher's first message sets its mark; after
+// that the mark moves only over messages whose predecessor is covered,
+// and one that came before its predecessor is an extra.
+func (p *position) add(pub, seq, prev uint64, ts int64) {
+	p.at = max(p.at, ts)
+	m, ok := p.pubs[pub]
+	if !ok {
 		if len(p.pubs) >= maxPositionPubs {
 			p.evict()
 		}
-		p.pubs[pub] = pubMark{seq, ts}
+		p.pubs[pub] = pubMark{seq: seq, ts: ts}
+		return
 	}
-	p.at = max(p.at, ts)
+	if _, dup := m.extra[seq]; dup || seq <= m.seq {
+		return
+	}
+	if prev > m.seq {
+		if len(m.extra) < maxExtras {
+			if m.extra == nil {
+				m.extra = map[uint64]uint64{}
+			}
+			m.extra[seq] = prev
+			p.pubs[pub] = m
+			return
+		}
+		// Too many: give up on the late ones (see maxExtras).
+		for s := range m.extra {
+			seq = max(seq, s)
+		}
+		clear(m.extra)
+	}
+	m.seq, m.ts = seq, ts
+	// The extras whose predecessor is now covered join the mark.
+	for moved := true; moved && len(m.extra) > 0; {
+		moved = false
+		for s, pv := range m.extra {
+			switch {
+			case s <= m.seq:
+				delete(m.extra, s)
+			case pv <= m.seq:
+				m.seq = s
+				delete(m.extra, s)
+				moved = true
+			}
+		}
+	}
+	if len(m.extra) == 0 {
+		m.extra = nil
+	}
+	p.pubs[pub] = m
 }
 
 // evict drops the publisher whose last message is oldest, raising the
@@ -77,6 +135,13 @@ func (p *position) evict() {
 func (p *position) clone() *position {
 	q := &position{floor: p.floor, at: p.at, pubs: make(map[uint64]pubMark, len(p.pubs))}
 	for k, v := range p.pubs {
+		if v.extra != nil {
+			extra := make(map[uint64]uint64, len(v.extra))
+			for s, pv := range v.extra {
+				extra[s] = pv
+			}
+			v.extra = extra
+		}
 		q.pubs[k] = v
 	}
 	return q
@@ -92,13 +157,33 @@ func (p *position) encode() string {
 		pubs = append(pubs, k)
 	}
 	sort.Slice(pubs, func(i, j int) bool { return pubs[i] < pubs[j] })
+	extras := false
+	for _, m := range p.pubs {
+		extras = extras || len(m.extra) > 0
+	}
 	b := make([]byte, 0, 24+len(pubs)*14)
 	b = binary.AppendUvarint(b, uint64(p.floor))
 	b = binary.AppendUvarint(b, uint64(p.at))
 	b = binary.AppendUvarint(b, uint64(len(pubs)))
 	for _, k := range pubs {
+		m := p.pubs[k]
 		b = binary.BigEndian.AppendUint64(b, k)
-		b = binary.AppendUvarint(b, p.pubs[k].seq)
+		b = binary.AppendUvarint(b, m.seq)
+		if extras { // p2: the count, then (seq, prev) pairs by seq
+			seqs := make([]uint64, 0, len(m.extra))
+			for s := range m.extra {
+				seqs = append(seqs, s)
+			}
+			sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
+			b = binary.AppendUvarint(b, uint64(len(seqs)))
+			for _, s := range seqs {
+				b = binary.AppendUvarint(b, s)
+				b = binary.AppendUvarint(b, m.extra[s])
+			}
+		}
+	}
+	if extras {
+		return positionPrefix2 + base64.RawURLEncoding.EncodeToString(b)
 	}
 	return positionPrefix + base64.RawURLEncoding.EncodeToString(b)
 }
@@ -107,7 +192,12 @@ func (p *position) encode() string {
 // unknown; at stands in for it (for eviction only).
 func decodePosition(s string) (*position, error) {
 	rest, ok := strings.CutPrefix(s, positionPrefix)
-	if !ok || len(rest) > 8192 {
+	v2 := false
+	if !ok {
+		rest, ok = strings.CutPrefix(s, positionPrefix2)
+		v2 = true
+	}
+	if !ok || len(rest) > 65536 {
 		return nil, ErrBadPosition
 	}
 	b, err := base64.RawURLEncoding.DecodeString(rest)
@@ -141,7 +231,27 @@ func decodePosition(s string) (*position, error) {
 			return nil, ErrBadPosition
 		}
 		last = pub
-		p.pubs[pub] = pubMark{seq: seq, ts: p.at}
+		m := pubMark{seq: seq, ts: p.at}
+		if v2 {
+			k, ok := read()
+			if !ok || k > maxExtras {
+				return nil, ErrBadPosition
+			}
+			var lastExtra uint64
+			for j := uint64(0); j < k; j++ {
+				es, ok1 := read()
+				pv, ok2 := read()
+				if !ok1 || !ok2 || es <= seq || es <= lastExtra || pv <= seq || pv >= es {
+					return nil, ErrBadPosition
+				}
+				lastExtra = es
+				if m.extra == nil {
+					m.extra = map[uint64]uint64{}
+				}
+				m.extra[es] = pv
+			}
+		}
+		p.pubs[pub] = m
 	}
 	if len(b) != 0 {
 		return nil, ErrBadPosition

@@ -21,6 +21,7 @@ type Message struct {
 	Node string
 
 	pub, seq uint64 // from the envelope; 0 without one
+	prev     uint64 // the publisher's previous message on the channel (envelope)
 	pos      string // the position after this message; "" without history
 }
 
