@@ -38,7 +38,11 @@ type Config struct {
 	// Default: 7000.
 	Port int
 	// Advertise is the host:port clients dial, written into the registry.
-	// Default: Bind:Port, or <hostname>:Port when Bind is 0.0.0.0 or ::.
+	// Default: Bind:Port; when Bind is 0.0.0.0 or ::, <hostname>:Port if the
+	// host name resolves to one of this machine's non-loopback addresses,
+	// else the first global unicast address of an interface (IPv4 first):
+	// never a loopback address, which other machines cannot dial (see
+	// advertiseHost).
 	Advertise string
 
 	// Attach is the host:port of a Redis the agent did not start and does not
@@ -211,7 +215,9 @@ func (c Config) withDefaults() Config {
 		case c.Attach != "":
 			c.Advertise = c.Attach
 		case isUnspecified(c.Bind):
-			c.Advertise = net.JoinHostPort(hostname(), strconv.Itoa(c.Port))
+			if h := advertiseHost(rawHostname(), lookupIP, localIPs()); h != "" {
+				c.Advertise = net.JoinHostPort(h, strconv.Itoa(c.Port))
+			}
 		default:
 			c.Advertise = net.JoinHostPort(c.Bind, strconv.Itoa(c.Port))
 		}
@@ -308,6 +314,9 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
+	if c.Advertise == "" {
+		return fmt.Errorf("broker: bind %s: no address of this machine other machines could dial (no interface with a global address, and the host name resolves to none): set the advertise address (--advertise HOST:PORT)", c.Bind)
+	}
 	if err := ValidAddr(c.Advertise); err != nil {
 		return fmt.Errorf("broker: invalid advertise address: %w", err)
 	}
@@ -360,6 +369,12 @@ func ValidAddr(addr string) error {
 // DefaultID is "<hostname>-<port>", the default node id.
 func DefaultID(port int) string {
 	return fmt.Sprintf("%s-%d", hostname(), port)
+}
+
+// rawHostname is the host name, "" when there is none.
+func rawHostname() string {
+	h, _ := os.Hostname()
+	return h
 }
 
 func hostname() string {
