@@ -18,6 +18,7 @@ import (
 
 	"github.com/pubmesh/pubmesh/clusterconfig"
 	"github.com/pubmesh/pubmesh/discovery"
+	"github.com/pubmesh/pubmesh/internal/hostaddr"
 )
 
 // Config of an Agent. The zero value of every field means its default, and
@@ -42,7 +43,7 @@ type Config struct {
 	// host name resolves to one of this machine's non-loopback addresses,
 	// else the first global unicast address of an interface (IPv4 first):
 	// never a loopback address, which other machines cannot dial (see
-	// advertiseHost).
+	// hostaddr.Reachable).
 	Advertise string
 
 	// Attach is the host:port of a Redis the agent did not start and does not
@@ -215,7 +216,7 @@ func (c Config) withDefaults() Config {
 		case c.Attach != "":
 			c.Advertise = c.Attach
 		case isUnspecified(c.Bind):
-			if h := advertiseHost(rawHostname(), lookupIP, localIPs()); h != "" {
+			if h := hostaddr.Default(); h != "" {
 				c.Advertise = net.JoinHostPort(h, strconv.Itoa(c.Port))
 			}
 		default:
@@ -369,12 +370,6 @@ func ValidAddr(addr string) error {
 // DefaultID is "<hostname>-<port>", the default node id.
 func DefaultID(port int) string {
 	return fmt.Sprintf("%s-%d", hostname(), port)
-}
-
-// rawHostname is the host name, "" when there is none.
-func rawHostname() string {
-	h, _ := os.Hostname()
-	return h
 }
 
 func hostname() string {
