@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FUZZ_TARGETS := ./ws:FuzzDecodeFrame ./ws:FuzzEncodeMessage ./fanout:FuzzEnvelope ./fanout:FuzzRespReader ./fanout:FuzzPosition ./discovery:FuzzDecodeNode ./internal/respguard:FuzzConn ./clusterconfig:FuzzParse
 FUZZ_TIME    ?= 1m
 
-.PHONY: all build run test deps vet fmt-check tidy-check fuzz bench chaos dist
+.PHONY: all build run test deps vet fmt-check tidy-check fuzz bench chaos multihost dist
 
 all: build
 
@@ -83,6 +83,12 @@ test: deps vet fmt-check tidy-check
 ## writes the measured tables into docs/reliability.md. `make test` runs its short version.
 chaos: deps
 	PUBMESH_CHAOS=full PUBMESH_CHAOS_REPORT=$(CURDIR)/docs/reliability.md $(GO) test -v -count=1 -timeout 60m ./chaos
+
+## multihost: the multi-host test in full (as root: 14 network namespaces as hosts, every
+## component a process on its own host, TLS everywhere; a gateway restart, a drain and a
+## host cut off under load). `make test` runs its short form; see multihost/doc.go.
+multihost: deps
+	PUBMESH_MULTIHOST=full $(GO) test -v -count=1 -timeout 20m ./multihost
 
 ## bench: pubmesh against plain Redis and Redis Cluster in one run (~2.5 min);
 ## writes bench/results/latest.{md,json,png}

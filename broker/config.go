@@ -18,6 +18,7 @@ import (
 
 	"github.com/pubmesh/pubmesh/clusterconfig"
 	"github.com/pubmesh/pubmesh/discovery"
+	"github.com/pubmesh/pubmesh/internal/hostaddr"
 )
 
 // Config of an Agent. The zero value of every field means its default, and
@@ -38,7 +39,11 @@ type Config struct {
 	// Default: 7000.
 	Port int
 	// Advertise is the host:port clients dial, written into the registry.
-	// Default: Bind:Port, or <hostname>:Port when Bind is 0.0.0.0 or ::.
+	// Default: Bind:Port; when Bind is 0.0.0.0 or ::, <hostname>:Port if the
+	// host name resolves to one of this machine's non-loopback addresses,
+	// else the first global unicast address of an interface (IPv4 first):
+	// never a loopback address, which other machines cannot dial (see
+	// hostaddr.Reachable).
 	Advertise string
 
 	// Attach is the host:port of a Redis the agent did not start and does not
@@ -211,7 +216,9 @@ func (c Config) withDefaults() Config {
 		case c.Attach != "":
 			c.Advertise = c.Attach
 		case isUnspecified(c.Bind):
-			c.Advertise = net.JoinHostPort(hostname(), strconv.Itoa(c.Port))
+			if h := hostaddr.Default(); h != "" {
+				c.Advertise = net.JoinHostPort(h, strconv.Itoa(c.Port))
+			}
 		default:
 			c.Advertise = net.JoinHostPort(c.Bind, strconv.Itoa(c.Port))
 		}
@@ -307,6 +314,9 @@ func (c Config) Validate() error {
 		if err := checkPortFree(c.Bind, c.Port); err != nil {
 			return err
 		}
+	}
+	if c.Advertise == "" {
+		return fmt.Errorf("broker: bind %s: no address of this machine other machines could dial (no interface with a global address, and the host name resolves to none): set the advertise address (--advertise HOST:PORT)", c.Bind)
 	}
 	if err := ValidAddr(c.Advertise); err != nil {
 		return fmt.Errorf("broker: invalid advertise address: %w", err)

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pubmesh/pubmesh/fanout"
+	"github.com/pubmesh/pubmesh/internal/hostaddr"
 )
 
 // GatewayConfig is a whole gateway: its own fanout client and a Handler on
@@ -37,7 +38,11 @@ type GatewayConfig struct {
 	// TLS, if set, serves HTTPS and WSS. Default: plain HTTP and WS.
 	TLS *tls.Config
 	// PublicURL is the base URL other gateways and `pubmesh gateways`
-	// show for this gateway (its registry key). Default: URL().
+	// show for this gateway (its registry key), such as a balancer's
+	// https://push.example.com/. Default: URL(), except that a gateway
+	// listening on every address (0.0.0.0, ::) registers an address of
+	// this machine other machines can dial (hostaddr.Reachable), not the
+	// unspecified one.
 	PublicURL string
 }
 
@@ -102,13 +107,26 @@ func StartGateway(ctx context.Context, cfg GatewayConfig) (*Gateway, error) {
 	go func() { g.served <- h.Serve(sctx, l) }()
 	public := cfg.PublicURL
 	if public == "" {
-		public = g.url
+		public = publicURL(scheme, l.Addr())
 	}
 	if err := h.RegisterGateway(ctx, public); err != nil {
 		h.log.Warn("ws: gateway not registered in etcd yet, retrying in the background", "err", err)
 	}
 	h.log.Info("gateway serving", "url", g.url, "websocket", g.WebSocketURL())
 	return g, nil
+}
+
+// publicURL is the base URL a gateway listening on addr registers when
+// none is given: addr itself, unless it is every address (0.0.0.0 or ::),
+// which no other machine can dial; then this machine's reachable address.
+func publicURL(scheme string, addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err == nil && hostaddr.Unspecified(host) {
+		if h := hostaddr.Default(); h != "" {
+			host = h
+		}
+	}
+	return scheme + "://" + net.JoinHostPort(host, port) + "/"
 }
 
 // URL is the gateway's base URL, such as "http://127.0.0.1:8080/".

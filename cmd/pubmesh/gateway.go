@@ -41,6 +41,7 @@ func gatewayCommand() *cli.Command {
 func gatewayFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8080", Usage: "host:port to serve on", EnvVars: []string{"PUBMESH_GATEWAY_LISTEN"}},
+		&cli.StringFlag{Name: "public-url", Usage: "base URL clients reach this gateway at (a balancer's, such as https://push.example.com/), as registered in etcd and listed by `pubmesh gateways`", DefaultText: "the --listen address; with 0.0.0.0 or ::, an address of this machine other machines can dial", EnvVars: []string{"PUBMESH_GATEWAY_PUBLIC_URL"}},
 		&cli.StringFlag{Name: "tls-cert", Usage: "serve HTTPS and WSS with this certificate (PEM)", DefaultText: "none: plain HTTP and WS", EnvVars: []string{"PUBMESH_GATEWAY_TLS_CERT"}},
 		&cli.StringFlag{Name: "tls-key", Usage: "private key (PEM) of --tls-cert", DefaultText: "none", EnvVars: []string{"PUBMESH_GATEWAY_TLS_KEY"}},
 		&cli.StringFlag{Name: "jwt-secret", Usage: "HS256 secret that signs client tokens", DefaultText: "none", EnvVars: []string{"PUBMESH_JWT_SECRET"}},
@@ -226,11 +227,12 @@ func runGateway(c *cli.Context) error {
 		return usageError{fmt.Errorf("invalid --cluster: %w", err)}
 	}
 	setup := gatewaySetup{
-		Cluster:  c.String("cluster"),
-		Listen:   c.String("listen"),
-		Replicas: c.Int("replicas"),
-		WS:       cfg,
-		Log:      log,
+		Cluster:   c.String("cluster"),
+		Listen:    c.String("listen"),
+		PublicURL: c.String("public-url"),
+		Replicas:  c.Int("replicas"),
+		WS:        cfg,
+		Log:       log,
 	}
 	var fc fanout.Config
 	if err := setFanoutSecurity(c, log, &fc); err != nil {
@@ -267,6 +269,7 @@ type gatewaySetup struct {
 	EtcdClient *clientv3.Client
 	Cluster    string
 	Listen     string // host:port
+	PublicURL  string // as registered; default: ws.GatewayConfig's
 	Replicas   int    // default 1
 	// TLS, if set, serves HTTPS and WSS. Default: plain HTTP.
 	TLS *tls.Config
@@ -313,9 +316,10 @@ func startGateway(ctx context.Context, s gatewaySetup) (url string, stop func() 
 			Logger:     s.Log,
 			Registerer: s.Metrics,
 		},
-		Handler: s.WS,
-		Listen:  s.Listen,
-		TLS:     s.TLS,
+		Handler:   s.WS,
+		Listen:    s.Listen,
+		TLS:       s.TLS,
+		PublicURL: s.PublicURL,
 	})
 	if err != nil {
 		return "", nil, err

@@ -62,7 +62,7 @@ func nodeCommand() *cli.Command {
 			&cli.StringFlag{
 				Name:        "advertise",
 				Usage:       "host:port clients dial, as registered",
-				DefaultText: "BIND:PORT, or <hostname>:PORT when BIND is 0.0.0.0",
+				DefaultText: "BIND:PORT; with BIND 0.0.0.0, <hostname>:PORT if the name resolves to a non-loopback address of this machine, else an interface's global address",
 				EnvVars:     []string{"PUBMESH_ADVERTISE"},
 			},
 			&cli.StringFlag{

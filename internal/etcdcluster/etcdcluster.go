@@ -20,6 +20,10 @@
 // ./internal/etcdcluster/member built without the race detector, so that
 // the members of a test run under -race stay light.
 //
+// Config.Hosts, Config.Command and Config.TLS put each member on an address
+// of its own, in a network namespace of its own, with client and peer TLS
+// (the multi-host test, package multihost).
+//
 // Members die with the process that started them (Pdeathsig). A Cluster is
 // safe for concurrent use.
 package etcdcluster
@@ -31,16 +35,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -69,7 +76,30 @@ type Config struct {
 	// Exe is the binary run as each member; it must call Main. Default:
 	// this process's own executable (os.Executable).
 	Exe string
+	// Hosts: member i listens for clients and peers on Hosts[i] (an IP
+	// address). Default: 127.0.0.1 for every member.
+	Hosts []string
+	// Command makes the command that runs member i, e.g. inside a network
+	// namespace (netns.NS.Command). Default: exec.Command.
+	Command func(i int, name string, args ...string) *exec.Cmd
+	// TLS, if set: clients and peers speak TLS, and both must present a
+	// certificate signed by the CA (etcd's --client-cert-auth and
+	// --peer-client-cert-auth). Member i serves Certs[i].
+	TLS *TLS
 }
+
+// TLS is the certificates of a cluster with TLS. Each member's certificate
+// must allow server and client authentication (a member dials its peers
+// with it) and name the member's host.
+type TLS struct {
+	CA    string // trusted by members and clients
+	Certs []Pair // one per member
+	// Client is what Leader and WaitHealthy present.
+	Client Pair
+}
+
+// Pair is a certificate file and its key file (PEM).
+type Pair struct{ Cert, Key string }
 
 // Cluster is a running set of members.
 type Cluster struct {
@@ -92,9 +122,13 @@ type memberConfig struct {
 	InitialCluster string `json:"initial_cluster"`
 	TickMs         uint   `json:"tick_ms"`
 	ElectionMs     uint   `json:"election_ms"`
+	CA             string `json:"ca,omitempty"` // TLS on, with client certificates
+	Cert           string `json:"cert,omitempty"`
+	Key            string `json:"key,omitempty"`
 }
 
 type member struct {
+	idx int
 	cfg memberConfig
 
 	mu   sync.Mutex // guards cmd, done
@@ -132,6 +166,16 @@ func Start(cfg Config) (*Cluster, error) {
 		}
 		c.cfg.Dir, c.ownDir = d, true
 	}
+	if len(cfg.Hosts) != 0 && len(cfg.Hosts) != cfg.Members {
+		return nil, fmt.Errorf("etcdcluster: %d hosts for %d members", len(cfg.Hosts), cfg.Members)
+	}
+	if cfg.TLS != nil && len(cfg.TLS.Certs) != cfg.Members {
+		return nil, fmt.Errorf("etcdcluster: %d certificates for %d members", len(cfg.TLS.Certs), cfg.Members)
+	}
+	scheme := "http"
+	if cfg.TLS != nil {
+		scheme = "https"
+	}
 	var initial []string
 	for i := range cfg.Members {
 		cp, err1 := freeport.Get()
@@ -140,14 +184,21 @@ func Start(cfg Config) (*Cluster, error) {
 			c.Close()
 			return nil, fmt.Errorf("etcdcluster: %w", err)
 		}
-		m := &member{cfg: memberConfig{
+		host := "127.0.0.1"
+		if len(cfg.Hosts) > 0 {
+			host = cfg.Hosts[i]
+		}
+		m := &member{idx: i, cfg: memberConfig{
 			Name:       fmt.Sprintf("m%d", i),
 			Dir:        filepath.Join(c.cfg.Dir, fmt.Sprintf("m%d", i)),
-			ClientURL:  fmt.Sprintf("http://127.0.0.1:%d", cp),
-			PeerURL:    fmt.Sprintf("http://127.0.0.1:%d", pp),
+			ClientURL:  fmt.Sprintf("%s://%s", scheme, net.JoinHostPort(host, strconv.Itoa(cp))),
+			PeerURL:    fmt.Sprintf("%s://%s", scheme, net.JoinHostPort(host, strconv.Itoa(pp))),
 			TickMs:     cfg.TickMs,
 			ElectionMs: cfg.ElectionMs,
 		}}
+		if t := cfg.TLS; t != nil {
+			m.cfg.CA, m.cfg.Cert, m.cfg.Key = t.CA, t.Certs[i].Cert, t.Certs[i].Key
+		}
 		c.members = append(c.members, m)
 		initial = append(initial, m.cfg.Name+"="+m.cfg.PeerURL)
 	}
@@ -198,7 +249,11 @@ func (c *Cluster) start(m *member) error {
 		return nil
 	}
 	js, _ := json.Marshal(m.cfg)
-	cmd := exec.Command(c.exe, "-test.run=^$")
+	command := c.cfg.Command
+	if command == nil {
+		command = func(_ int, name string, args ...string) *exec.Cmd { return exec.Command(name, args...) }
+	}
+	cmd := command(m.idx, c.exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), memberEnv+"="+string(js))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	out, err := cmd.StdoutPipe()
@@ -352,7 +407,15 @@ func (c *Cluster) Leader(ctx context.Context) int {
 }
 
 func (c *Cluster) client(ep string) (*clientv3.Client, error) {
-	return clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	cc := clientv3.Config{Endpoints: []string{ep}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()}
+	if t := c.cfg.TLS; t != nil {
+		tc, err := transport.TLSInfo{CertFile: t.Client.Cert, KeyFile: t.Client.Key, TrustedCAFile: t.CA}.ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("etcdcluster: client TLS: %w", err)
+		}
+		cc.TLS = tc
+	}
+	return clientv3.New(cc)
 }
 
 // WaitHealthy waits until a write through every running member succeeds:
@@ -447,6 +510,10 @@ func runMember(js string) error {
 	ec.TickMs = mc.TickMs
 	ec.ElectionMs = mc.ElectionMs
 	ec.ListenMetricsUrls = nil
+	if mc.CA != "" {
+		ti := transport.TLSInfo{CertFile: mc.Cert, KeyFile: mc.Key, TrustedCAFile: mc.CA, ClientCertAuth: true}
+		ec.ClientTLSInfo, ec.PeerTLSInfo = ti, ti
+	}
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
 		return err

@@ -3,13 +3,16 @@ package etcdcluster_test
 import (
 	"context"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
+	"github.com/pubmesh/pubmesh/internal/devcerts"
 	"github.com/pubmesh/pubmesh/internal/etcdcluster"
 )
 
@@ -104,5 +107,51 @@ func TestQuorum(t *testing.T) {
 	}
 	if n := c.Leader(ctx); n < 0 {
 		t.Fatal("no leader at the end")
+	}
+}
+
+// TestTLS: with Config.TLS the members serve clients and peers over TLS
+// (https:// endpoints), a client with a certificate signed by the CA
+// writes, and one without a certificate is refused.
+func TestTLS(t *testing.T) {
+	dir := t.TempDir()
+	set, err := devcerts.Generate(dir, devcerts.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := etcdcluster.Pair{Cert: set.Etcd.Cert, Key: set.Etcd.Key}
+	c, err := etcdcluster.Start(etcdcluster.Config{TLS: &etcdcluster.TLS{
+		CA:     set.CA,
+		Certs:  []etcdcluster.Pair{cert, cert, cert},
+		Client: etcdcluster.Pair{Cert: set.Client.Cert, Key: set.Client.Key},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, ep := range c.Endpoints() {
+		if !strings.HasPrefix(ep, "https://") {
+			t.Fatalf("endpoint %s, want https://", ep)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.WaitHealthy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Trusting the CA but presenting no certificate: refused.
+	tc, err := transport.TLSInfo{TrustedCAFile: set.CA}.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 2 * time.Second, TLS: tc, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	pctx, pcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer pcancel()
+	if _, err := cli.Put(pctx, "/k", "v"); err == nil {
+		t.Fatal("a client without a certificate could write")
 	}
 }

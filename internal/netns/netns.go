@@ -38,6 +38,10 @@ type NS struct {
 	// HostIP and IP are the addresses of the ends: .1 and .2 of the /30.
 	HostIP, IP string
 
+	// routed: made by NewHost; LinkUp puts the route to Network back (the
+	// kernel deletes a route through a link that goes down).
+	routed bool
+
 	mu     sync.Mutex // guards closed
 	closed bool
 }
@@ -111,8 +115,17 @@ func (ns *NS) Command(name string, args ...string) *exec.Cmd {
 // as across a cut cable; nothing is refused).
 func (ns *NS) LinkDown() error { return ip("-n", ns.Name, "link", "set", ns.PeerIf, "down") }
 
-// LinkUp brings the namespace's end back up.
-func (ns *NS) LinkUp() error { return ip("-n", ns.Name, "link", "set", ns.PeerIf, "up") }
+// LinkUp brings the namespace's end back up, and for a NewHost namespace
+// its route to the others.
+func (ns *NS) LinkUp() error {
+	if err := ip("-n", ns.Name, "link", "set", ns.PeerIf, "up"); err != nil {
+		return err
+	}
+	if !ns.routed {
+		return nil
+	}
+	return ns.route()
+}
 
 // PIDs lists the processes running in the namespace.
 func (ns *NS) PIDs() []int {

@@ -84,3 +84,69 @@ func TestLinkDownUp(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 }
+
+// TestHostsReachEachOther: a redis-server in one NewHost namespace answers
+// redis-cli run in another (routed through the host), not once the
+// server's link is down, and again once it is up; a namespace made by New
+// is not reachable from a NewHost one (only NewHost namespaces route).
+func TestHostsReachEachOther(t *testing.T) {
+	if err := netns.Available(); err != nil {
+		t.Skip(err)
+	}
+	var hosts []*netns.NS
+	for range 2 {
+		h, err := netns.NewHost()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		hosts = append(hosts, h)
+	}
+	plain, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { plain.Close() })
+	for _, srv := range []*netns.NS{hosts[1], plain} {
+		cmd := srv.Command("redis-server", "--bind", srv.IP, "--port", "6399", "--save", "", "--appendonly", "no",
+			"--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	}
+	// ping runs redis-cli PING from hosts[0] against srv.
+	ping := func(srv *netns.NS) bool {
+		out, _ := hosts[0].Command("timeout", "1", "redis-cli", "-h", srv.IP, "-p", "6399", "PING").Output()
+		return strings.TrimSpace(string(out)) == "PONG"
+	}
+	waitPing := func(srv *netns.NS, what string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ping(srv) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no PONG from %s", what, srv.IP)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitPing(hosts[1], "host to host")
+	if err := hosts[1].LinkDown(); err != nil {
+		t.Fatal(err)
+	}
+	if ping(hosts[1]) {
+		t.Fatal("PONG with the server's link down")
+	}
+	if err := hosts[1].LinkUp(); err != nil {
+		t.Fatal(err)
+	}
+	waitPing(hosts[1], "after link up")
+	// The plain namespace's server answers the host (TestLinkDownUp) but
+	// has no route back to another namespace.
+	if ping(plain) {
+		t.Fatal("a namespace made by New answered a NewHost namespace")
+	}
+}
