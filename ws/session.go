@@ -23,6 +23,13 @@ type outFrame struct {
 	// streaming transports read them, the WebSocket one only b.
 	channel string
 	reply   bool // the ok of a subscribe (SSE event subscribed)
+	// wire is the whole WebSocket frame (header and b), for a message
+	// the hub shares between subscribers (sharedFrame); nil otherwise, and
+	// the writer frames b itself.
+	wire []byte
+	// prep is b as a PreparedMessage for the connections that negotiated
+	// compression; set on shared frames while Config.Compression is on.
+	prep *preparedFrame
 }
 
 // session is one client, whatever its transport (WebSocket, SSE, HTTP

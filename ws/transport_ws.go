@@ -31,6 +31,8 @@ type wsConn struct {
 	peerCode   int           // close code the client sent, 0 if none
 	peerReason string        // and its reason
 	writeDone  chan struct{} // closed when writeLoop returns
+
+	delay *time.Timer // linger's, made at its first use; writer only
 }
 
 func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
@@ -205,15 +207,27 @@ func (c *wsConn) writeLoop() {
 }
 
 // writeBatch writes f and whatever else is queued (up to maxBatch frames)
-// in one flush.
+// in one flush. With Config.WriteDelay the writer, woken by f, first
+// waits that long for more frames to join it: fewer wake-ups and writes
+// per frame for a busy subscriber, at the cost of that much latency.
 func (c *wsConn) writeBatch(f *outFrame) error {
 	s := c.s
+	if d := s.h.cfg.WriteDelay; d > 0 && len(s.send) < maxBatch-1 {
+		c.linger(d)
+	}
 	c.bc.beginBatch()
-	c.ws.SetWriteDeadline(time.Now().Add(s.h.cfg.WriteTimeout))
+	compressed := c.bc.compressed()
+	// gorilla sets its deadline on the socket at each of its writes;
+	// the frames written past it need it set here.
+	deadline := time.Now().Add(s.h.cfg.WriteTimeout)
+	c.ws.SetWriteDeadline(deadline)
+	if !compressed {
+		c.bc.SetWriteDeadline(deadline)
+	}
 	n, msgs := 0, 0
 	var err error
 	for {
-		if err = c.ws.WriteMessage(websocket.TextMessage, f.b); err != nil {
+		if err = c.writeFrame(f, compressed); err != nil {
 			break
 		}
 		n++
@@ -239,6 +253,46 @@ func (c *wsConn) writeBatch(f *outFrame) error {
 	s.h.metrics.writeBatches.Inc()
 	s.h.metrics.messagesOut.Add(float64(msgs))
 	return err
+}
+
+// writeFrame writes f into the batch: a shared message frame as is, any
+// other frame behind a header of this connection's; through gorilla on a
+// compressed connection (a shared frame as a PreparedMessage, compressed
+// once for all).
+func (c *wsConn) writeFrame(f *outFrame, compressed bool) error {
+	if compressed {
+		if f.prep != nil {
+			pm, err := f.prep.get(f.b)
+			if err != nil {
+				return err
+			}
+			return c.ws.WritePreparedMessage(pm)
+		}
+		return c.ws.WriteMessage(websocket.TextMessage, f.b)
+	}
+	if f.wire != nil {
+		return c.bc.writeFrame(nil, f.wire)
+	}
+	var h [frameHeadroom]byte
+	n := headerLen(len(f.b))
+	putHeader(h[:n], len(f.b))
+	return c.bc.writeFrame(h[:n], f.b)
+}
+
+// linger waits d, or less if the session closes or the client leaves.
+func (c *wsConn) linger(d time.Duration) {
+	if c.delay == nil {
+		c.delay = time.NewTimer(d)
+	} else {
+		c.delay.Reset(d)
+	}
+	select {
+	case <-c.delay.C:
+	case <-c.s.closing:
+		c.delay.Stop()
+	case <-c.readDone:
+		c.delay.Stop()
+	}
 }
 
 // finish sends the close frame and waits, at most CloseGrace, for the
