@@ -63,11 +63,11 @@ func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	defer release()
 
 	hw := &hijackWriter{ResponseWriter: w}
 	wsc, err := h.up.Upgrade(hw, r, nil)
 	if err != nil {
+		release()
 		return // Upgrade has answered
 	}
 	s := newSession(h, "ws", wsc.RemoteAddr().String(), p, l)
@@ -82,9 +82,16 @@ func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
 	h.register(s)
 	h.metrics.connections.Inc()
 	h.metrics.connects.Inc()
-	c.run()
-	h.metrics.connections.Dec()
-	h.unregister(s)
+	// The connection's reader is a goroutine of its own, and this one
+	// returns: net/http's connection (its request, its 4 KiB write
+	// buffer and read buffer, this goroutine's deep stack) is freed, which
+	// is most of what an idle connection would cost otherwise.
+	go func() {
+		defer release()
+		c.run()
+		h.metrics.connections.Dec()
+		h.unregister(s)
+	}()
 }
 
 // admit counts a new session in the handler (refusing it with 503 while
@@ -167,8 +174,22 @@ func (c *wsConn) readLoop() {
 			s.replyError(badRequest(nil, "binary frames are not supported: send JSON text frames"))
 			continue
 		}
-		s.handle(data)
+		c.handle(data)
 	}
+}
+
+// handle runs the op of a client frame on a goroutine of its own and waits
+// for it: the ops go deep (JSON, the fanout client, logging) and would
+// leave the reader, which spends its life waiting for the next frame, with
+// a grown stack for good. The reader still owns the session: it does
+// nothing until the op returns.
+func (c *wsConn) handle(data []byte) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.s.handle(data)
+	}()
+	<-done
 }
 
 // writeLoop is the only writer of frames. It closes the socket when it
@@ -188,8 +209,10 @@ func (c *wsConn) writeLoop() {
 		}
 		var err error
 		select {
-		case f := <-s.send:
-			err = c.writeBatch(f)
+		case <-s.queue.wake:
+			if f, ok := s.queue.pop(); ok {
+				err = c.writeBatch(f)
+			}
 		case data := <-c.pings:
 			err = c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(s.h.cfg.WriteTimeout))
 		case <-ping.C:
@@ -212,7 +235,7 @@ func (c *wsConn) writeLoop() {
 // per frame for a busy subscriber, at the cost of that much latency.
 func (c *wsConn) writeBatch(f *outFrame) error {
 	s := c.s
-	if d := s.h.cfg.WriteDelay; d > 0 && len(s.send) < maxBatch-1 {
+	if d := s.h.cfg.WriteDelay; d > 0 && s.queue.len() < maxBatch-1 {
 		c.linger(d)
 	}
 	c.bc.beginBatch()
@@ -238,10 +261,8 @@ func (c *wsConn) writeBatch(f *outFrame) error {
 			break
 		}
 		var ok bool
-		select {
-		case f, ok = <-s.send:
-		case <-s.closing:
-		default:
+		if !s.isClosing() {
+			f, ok = s.queue.pop()
 		}
 		if !ok {
 			break
@@ -250,6 +271,7 @@ func (c *wsConn) writeBatch(f *outFrame) error {
 	if ferr := c.bc.endBatch(); err == nil {
 		err = ferr
 	}
+	s.queue.rewake() // frames left behind by a full batch
 	s.h.metrics.writeBatches.Inc()
 	s.h.metrics.messagesOut.Add(float64(msgs))
 	return err
@@ -323,12 +345,11 @@ func (c *wsConn) finish() {
 // for more.
 func (c *wsConn) flushQueued() {
 	for {
-		select {
-		case f := <-c.s.send:
-			if err := c.writeBatch(f); err != nil {
-				return
-			}
-		default:
+		f, ok := c.s.queue.pop()
+		if !ok {
+			return
+		}
+		if err := c.writeBatch(f); err != nil {
 			return
 		}
 	}
