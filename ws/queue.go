@@ -19,8 +19,10 @@ type frameQueue struct {
 	limit int         // the most frames it holds (SendQueue)
 
 	// wake has a value while there may be frames the writer has not seen:
-	// a push onto an empty queue puts one there.
-	wake chan struct{}
+	// a push onto an empty queue puts one there, or calls notify instead
+	// if it is set (the WebSocket writer, started on demand).
+	wake   chan struct{}
+	notify func()
 	// room has a value after a pop from a full queue, for a reply waiting
 	// for room.
 	room chan struct{}
@@ -50,7 +52,11 @@ func (q *frameQueue) push(f *outFrame) bool {
 	first := q.n == 1
 	q.mu.Unlock()
 	if first {
-		signal(q.wake)
+		if q.notify != nil {
+			q.notify()
+		} else {
+			signal(q.wake)
+		}
 	}
 	return true
 }
@@ -99,7 +105,12 @@ func (q *frameQueue) len() int {
 // rewake makes the writer come back for frames it left in the queue (a
 // batch ended at maxBatch).
 func (q *frameQueue) rewake() {
-	if q.len() > 0 {
+	if q.len() == 0 {
+		return
+	}
+	if q.notify != nil {
+		q.notify()
+	} else {
 		signal(q.wake)
 	}
 }

@@ -15,22 +15,21 @@ const maxBatch = 128
 
 // The WebSocket transport: it reads client frames into the session's ops
 // (ops.go) and writes the session's queue as text frames. Two goroutines
-// serve a connection: the reader (the ServeHTTP goroutine: reads frames,
-// calls the ops, owns the session's subscriptions) and the writer
-// (writeLoop: the only one that writes frames, closes the socket when it
-// returns).
+// serve a connection: the reader (reads frames, calls the ops, owns the
+// session's subscriptions) and the writer (wswriter.go: the only one that
+// writes frames, started when there is something to write, closes the
+// socket at the end).
 type wsConn struct {
 	s  *session
 	ws *websocket.Conn
 	bc *bufConn
 
-	pings chan string // pong payloads the writer owes the client
-
 	readDone   chan struct{} // closed when the reader returns; readErr, peerCode and peerReason are set before
 	readErr    error
-	peerCode   int           // close code the client sent, 0 if none
-	peerReason string        // and its reason
-	writeDone  chan struct{} // closed when writeLoop returns
+	peerCode   int    // close code the client sent, 0 if none
+	peerReason string // and its reason
+
+	w wsWriter // the writer's state (wswriter.go)
 
 	delay *time.Timer // linger's, made at its first use; writer only
 }
@@ -72,12 +71,10 @@ func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	s := newSession(h, "ws", wsc.RemoteAddr().String(), p, l)
 	s.info = info
-	c := &wsConn{s: s, ws: wsc, bc: hw.conn,
-		pings:     make(chan string, 1),
-		readDone:  make(chan struct{}),
-		writeDone: make(chan struct{}),
-	}
-	s.onClose = func() { c.bc.capDeadline(time.Now().Add(h.cfg.CloseGrace)) }
+	c := &wsConn{s: s, ws: wsc, bc: hw.conn, readDone: make(chan struct{})}
+	c.w.done = make(chan struct{})
+	s.queue.notify = c.kick
+	s.onClose = func() { c.bc.capDeadline(time.Now().Add(h.cfg.CloseGrace)); c.kick() }
 	s.abort = func() { wsc.NetConn().Close() }
 	h.register(s)
 	h.metrics.connections.Inc()
@@ -130,13 +127,14 @@ func (h *Handler) admit(w http.ResponseWriter, p *Principal, l *limits) (release
 func (c *wsConn) run() {
 	s := c.s
 	s.setExpiry(s.principal().ExpiresAt)
-	go c.writeLoop()
+	c.startPings()
 	c.readLoop()
 	// The connection is over: a writer stuck on a dead client gives up
 	// within CloseGrace.
 	c.bc.capDeadline(time.Now().Add(s.h.cfg.CloseGrace))
 	close(c.readDone)
-	<-c.writeDone
+	c.kick()
+	<-c.w.done
 	s.finished()
 }
 
@@ -147,10 +145,7 @@ func (c *wsConn) readLoop() {
 	c.ws.SetPongHandler(func(string) error { alive(); return nil })
 	c.ws.SetPingHandler(func(data string) error {
 		alive()
-		select {
-		case c.pings <- data:
-		default: // one pong owed is enough
-		}
+		c.owePong(data)
 		return nil
 	})
 	// The writer echoes the close frame; gorilla's default handler would
@@ -192,43 +187,6 @@ func (c *wsConn) handle(data []byte) {
 	<-done
 }
 
-// writeLoop is the only writer of frames. It closes the socket when it
-// returns.
-func (c *wsConn) writeLoop() {
-	s := c.s
-	defer close(c.writeDone)
-	defer c.ws.Close()
-	ping := time.NewTicker(s.pingInterval)
-	defer ping.Stop()
-	for {
-		select {
-		case <-s.closing:
-			c.finish()
-			return
-		default:
-		}
-		var err error
-		select {
-		case <-s.queue.wake:
-			if f, ok := s.queue.pop(); ok {
-				err = c.writeBatch(f)
-			}
-		case data := <-c.pings:
-			err = c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(s.h.cfg.WriteTimeout))
-		case <-ping.C:
-			err = c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(s.h.cfg.WriteTimeout))
-		case <-s.closing:
-		case <-c.readDone:
-			c.afterRead()
-			return
-		}
-		if err != nil {
-			s.log.Debug("ws: write failed", "err", err)
-			return
-		}
-	}
-}
-
 // writeBatch writes f and whatever else is queued (up to maxBatch frames)
 // in one flush. With Config.WriteDelay the writer, woken by f, first
 // waits that long for more frames to join it: fewer wake-ups and writes
@@ -268,12 +226,14 @@ func (c *wsConn) writeBatch(f *outFrame) error {
 			break
 		}
 	}
+	// Counted before the flush: a client that has read them all sees
+	// them counted.
+	s.h.metrics.writeBatches.Inc()
+	s.h.metrics.messagesOut.Add(float64(msgs))
 	if ferr := c.bc.endBatch(); err == nil {
 		err = ferr
 	}
 	s.queue.rewake() // frames left behind by a full batch
-	s.h.metrics.writeBatches.Inc()
-	s.h.metrics.messagesOut.Add(float64(msgs))
 	return err
 }
 
