@@ -11,7 +11,6 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -57,7 +56,6 @@ func BenchmarkIdleConnectionRSS(b *testing.B) {
 		}
 		waitFor(b, 10*time.Second, "the connections to be counted", func() bool { return g.metric("connections") >= idleConns+10 })
 		after := settledRSS(b)
-		if f, err := os.Create("/tmp/gw14heap.out"); err == nil { pprof.WriteHeapProfile(f); f.Close() }
 		stacks := stackInuse() - stacks0
 		b.Logf("goroutines per connection: %.2f", float64(runtime.NumGoroutine()-goroutines0)/idleConns)
 		per := float64(after-before) / idleConns
