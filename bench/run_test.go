@@ -143,7 +143,8 @@ func TestConfigValidate(t *testing.T) {
 	for _, c := range []bench.Config{
 		{PayloadSize: 10},
 		{Rate: -1},
-		{Rows: []int{9}},
+		{Rows: []int{14}},
+		{Rows: []int{0}},
 		{NodeCounts: []int{0}},
 		{LoadFractions: []float64{1.5}},
 		{PubsubBufferLimit: "lots"},

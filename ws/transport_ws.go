@@ -31,7 +31,8 @@ type wsConn struct {
 
 	w wsWriter // the writer's state (wswriter.go)
 
-	delay *time.Timer // linger's, made at its first use; writer only
+	delay    *time.Timer // linger's, made at its first use; writer only
+	deadline time.Time   // the write deadline writeBatch last set; writer only
 }
 
 func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
@@ -200,10 +201,16 @@ func (c *wsConn) writeBatch(f *outFrame) error {
 	compressed := c.bc.compressed()
 	// gorilla sets its deadline on the socket at each of its writes;
 	// the frames written past it need it set here.
-	deadline := time.Now().Add(s.h.cfg.WriteTimeout)
-	c.ws.SetWriteDeadline(deadline)
-	if !compressed {
-		c.bc.SetWriteDeadline(deadline)
+	// Setting a socket's deadline costs a timer update: the socket keeps
+	// one set less than WriteTimeout/2 ago, so each batch has at least
+	// WriteTimeout/2, at most WriteTimeout, to go out.
+	now := time.Now()
+	if timeout := s.h.cfg.WriteTimeout; c.deadline.Sub(now) < timeout/2 {
+		c.deadline = now.Add(timeout)
+		c.ws.SetWriteDeadline(c.deadline)
+		if !compressed {
+			c.bc.SetWriteDeadline(c.deadline)
+		}
 	}
 	n, msgs := 0, 0
 	var err error
