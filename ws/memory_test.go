@@ -63,12 +63,19 @@ func BenchmarkIdleConnectionRSS(b *testing.B) {
 		b.ReportMetric(float64(stacks)/idleConns, "stack-bytes/conn")
 		b.Logf("%d idle connections: VmRSS %d → %d KiB, %.1f KiB per connection (goroutine stacks %.1f KiB of it)",
 			idleConns, before>>10, after>>10, per/1024, float64(stacks)/idleConns/1024)
+		if per > maxIdleConnBytes {
+			b.Errorf("%.1f KiB per idle connection, more than the %d KiB of issue 14", per/1024, maxIdleConnBytes>>10)
+		}
 		for _, c := range conns {
 			c.Close()
 		}
 		waitFor(b, 10*time.Second, "the connections to close", func() bool { return g.metric("connections") <= 10 })
 	}
 }
+
+// maxIdleConnBytes is issue 14's bound on the memory of an idle
+// connection.
+const maxIdleConnBytes = 16 << 10
 
 // idleClient connects to the gateway at host, subscribes to channel and
 // returns the socket once the ok arrived, holding no buffer.
