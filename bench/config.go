@@ -56,10 +56,18 @@ type Config struct {
 	// (row 2's shape) at the same rate as a reference for what the machine
 	// adds. Default: 0.25, 0.5, 0.75.
 	LoadFractions []float64
-	// Rows selects the rows of the main table (1 to 11). The scaling and
-	// latency tables need pubmesh and run unless SkipScaling/SkipLatency.
-	// Default: all.
+	// Rows selects the rows of the main table (1 to 11) and the WebSocket
+	// fan-out rows (12, 13). The scaling and latency tables need pubmesh
+	// and run unless SkipScaling/SkipLatency. Default: all.
 	Rows []int
+	// GatewayBinary is the pubmesh executable whose `pubmesh gateway` the
+	// fan-out rows (12, 13) run as a child process; `pubmesh bench` passes
+	// itself. Default: none: the fan-out rows are left out.
+	GatewayBinary string
+	// CompareGateway is another pubmesh executable (an older build) whose
+	// gateway the fan-out rows also measure, against the same nodes, for
+	// the ratio of gateway CPU per delivered frame. Default: none.
+	CompareGateway string
 	// Repeat is how many times each main-table row is measured, all rows
 	// once and then again (round-robin); a row shows its best attempt (most
 	// delivered/s among those without loss) and lists them all. On a
@@ -128,7 +136,7 @@ func (c Config) withDefaults() Config {
 		c.LoadFractions = []float64{0.25, 0.5, 0.75}
 	}
 	if len(c.Rows) == 0 {
-		c.Rows = []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}
+		c.Rows = []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}
 	}
 	if c.PubsubBufferLimit == "" {
 		c.PubsubBufferLimit = broker.DefaultOutputBufferLimit.String()
@@ -156,8 +164,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("bench: %d nodes; at most 16", c.Nodes)
 	}
 	for _, r := range c.Rows {
-		if r < 1 || r > 11 {
-			return fmt.Errorf("bench: row %d: rows are 1 to 11", r)
+		if r < 1 || r > 13 {
+			return fmt.Errorf("bench: row %d: rows are 1 to 13", r)
 		}
 	}
 	for _, n := range c.NodeCounts {

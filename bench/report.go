@@ -132,7 +132,10 @@ type Report struct {
 	Rows    []Result   `json:"rows"`
 	Scaling []Result   `json:"scaling"`
 	Latency []Result   `json:"latency"`
-	Ratios  []Ratio    `json:"ratios"`
+	// Fanout are the WebSocket fan-out rows (12, 13), this build's gateway
+	// and, with Config.CompareGateway, the other one's beside it.
+	Fanout []FanoutResult `json:"fanout,omitempty"`
+	Ratios []Ratio        `json:"ratios"`
 	// ServersStarted and ServersLeft count the redis-servers the run
 	// started and those still alive at the end (should be 0).
 	ServersStarted int   `json:"servers_started"`
@@ -146,6 +149,11 @@ func (r *Report) Failed() bool {
 			if x.Err != "" {
 				return true
 			}
+		}
+	}
+	for _, x := range r.Fanout {
+		if x.Err != "" {
+			return true
 		}
 	}
 	return len(r.ServersLeft) > 0
@@ -202,6 +210,7 @@ func (r *Report) computeRatios() {
 		}
 	}
 	r.Ratios = append(r.Ratios, x)
+	r.Ratios = append(r.Ratios, r.fanoutRatios()...)
 }
 
 func compare(v float64, op string, limit float64) bool {
@@ -228,7 +237,7 @@ func (r *Report) Markdown(w io.Writer) {
 	fmt.Fprintln(w, "### Targets side by side")
 	fmt.Fprintln(w)
 	table(w, r.Rows, func(x Result) string { return fmt.Sprintf("%d %s", x.Row, x.Label) }, "target")
-	if c.Repeat > 1 {
+	if c.Repeat > 1 && len(r.Rows) > 0 {
 		fmt.Fprintf(w, "Each row was measured %d times, round-robin; the table shows the attempt with the most delivered/s "+
 			"among those that lost nothing. Every attempt (delivered/s, lost, Redis CPU µs/msg, load average):\n\n", c.Repeat)
 		for _, x := range r.Rows {
@@ -260,6 +269,7 @@ func (r *Report) Markdown(w io.Writer) {
 			return fmt.Sprintf("%.0f%% (%s msg/s), %s", x.LoadFraction*100, si(x.OfferedRate), who)
 		}, "offered")
 	}
+	r.fanoutMarkdown(w)
 	if len(r.Ratios) > 0 {
 		fmt.Fprintln(w, "### Targets (issues 5, 12, 14), measured in this run")
 		fmt.Fprintln(w)

@@ -167,6 +167,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 
+	rep.Fanout = runFanout(ctx, e)
+
 	pubmesh := func(nodes int) func() (target, error) {
 		return func() (target, error) { return newPubmeshTarget(ctx, e.srv, e.etcd, cfg, nodes, 1, "") }
 	}

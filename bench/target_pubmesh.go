@@ -47,6 +47,17 @@ func (e *etcdEnv) cluster(ctx context.Context) (*clientv3.Client, string, error)
 	return e.cli, "bench-" + strconv.Itoa(e.seq), nil
 }
 
+// endpoint is the embedded etcd's client URL; cluster must have started
+// it.
+func (e *etcdEnv) endpoint() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.srv == nil {
+		return ""
+	}
+	return e.srv.Endpoint()
+}
+
 func (e *etcdEnv) close() {
 	e.mu.Lock()
 	defer e.mu.Unlock()

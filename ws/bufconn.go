@@ -2,11 +2,14 @@ package ws
 
 import (
 	"bufio"
+	"bytes"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 // Why this file exists: gorilla/websocket writes every frame to the
@@ -20,7 +23,10 @@ import (
 // the whole batch at once (endBatch). PreparedMessage was the other option;
 // it saves re-framing a shared message per connection, which is cheap
 // (a few header bytes and a copy), but not the syscall per frame, which is
-// what costs.
+// what costs. Since then the writer frames messages itself (frame.go):
+// without compression it hands bufConn whole frames (writeFrame), and
+// gorilla writes only control frames, compressed frames and the
+// handshake.
 
 // writerPool holds the batch buffers; a connection holds one only while
 // it writes, so idle connections cost none.
@@ -35,17 +41,68 @@ var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<
 type bufConn struct {
 	net.Conn
 
-	mu sync.Mutex    // guards w; held while writing
+	mu sync.Mutex    // guards w, handshook, deflate and closeSent; held while writing
 	w  *bufio.Writer // non-nil inside a batch
+
+	// handshook is set by the first write, gorilla's handshake response;
+	// deflate says whether it accepted permessage-deflate.
+	handshook, deflate bool
+	// closeSent is set once gorilla has written a close frame (on its
+	// own, after a protocol error, or for the writer): no data frame may
+	// follow it (RFC 6455 5.5.1), so writeFrame refuses from then on, as
+	// gorilla's own writes do.
+	closeSent bool
 
 	// deadlineCap, once non-zero (unix nanoseconds), caps every write
 	// deadline: a closing connection stops waiting for a stuck client.
 	deadlineCap atomic.Int64
 }
 
+// Write is gorilla's: each call is the handshake response or one whole
+// frame (gorilla writes a control frame, a prepared message or a
+// compressed frame with one Write; writeFrame carries the uncompressed
+// data frames), so a close frame is recognised by its first byte.
 func (b *bufConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if !b.handshook {
+		b.handshook = true
+		b.deflate = bytes.Contains(p, []byte("\r\nSec-WebSocket-Extensions: permessage-deflate"))
+	} else if len(p) > 0 && p[0] == 0x80|closeOpcode {
+		b.closeSent = true
+	}
+	return b.write(p)
+}
+
+// closeOpcode is a close frame's opcode (RFC 6455 5.5.1).
+const closeOpcode = 8
+
+// writeFrame writes one data frame for the connection's writer: head,
+// then body (either may be empty).
+func (b *bufConn) writeFrame(head, body []byte) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closeSent {
+		return websocket.ErrCloseSent
+	}
+	if len(head) > 0 {
+		if _, err := b.write(head); err != nil {
+			return err
+		}
+	}
+	_, err := b.write(body)
+	return err
+}
+
+// compressed reports whether the connection negotiated
+// permessage-deflate. Valid once the handshake is written.
+func (b *bufConn) compressed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.deflate
+}
+
+func (b *bufConn) write(p []byte) (int, error) {
 	if b.w != nil {
 		return b.w.Write(p)
 	}

@@ -116,8 +116,13 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 	h.up = websocket.Upgrader{
 		// Origin is checked before Upgrade (checkOrigin), to count it.
 		CheckOrigin: func(*http.Request) bool { return true },
-		// Idle connections hold no write buffer.
+		// Idle connections hold no write buffer (the writer frames
+		// messages itself, frame.go, and gorilla's buffer comes from the
+		// pool for the other frames), and a small read buffer of their
+		// own instead of net/http's 4 KiB one: client frames are small,
+		// and a larger one is read past the buffer.
 		WriteBufferPool:   &sync.Pool{},
+		ReadBufferSize:    readBufferSize,
 		HandshakeTimeout:  cfg.WriteTimeout,
 		EnableCompression: cfg.Compression,
 	}
@@ -154,6 +159,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.Serv
 
 // checkOrigin allows requests without Origin (not from a browser), the
 // gateway's own origin, and AllowOrigins.
+// readBufferSize is a WebSocket connection's read buffer.
+const readBufferSize = 512
+
 func (h *Handler) checkOrigin(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {

@@ -191,17 +191,27 @@ func (b *hub) release(s *session, ch *channel) {
 // message it does not get, one published before it joined.
 func (b *hub) pump(sh *hubShard, ch *channel, feed *fanout.Subscription) {
 	pattern, isPattern := patternOf(ch.name)
+	compress := b.h.cfg.Compression
 	for m := range feed.Messages() {
 		b.h.metrics.messagesFanout.Inc()
 		id, pos := m.ID(), m.Position()
+		// One frame for every subscriber, WebSocket header included
+		// (frame.go).
 		var f *outFrame
 		if isPattern {
 			if IsReserved(m.Channel) {
 				continue // the gateways' own channels are never a client's, whatever the pattern
 			}
-			f = &outFrame{b: encodePatternMessage(pattern, m.Channel, m.Payload, id, m.PublishedAt), msg: true, id: id, channel: m.Channel}
+			buf := newHeadroom(16 + len(pattern) + messageSize(m.Channel, m.Payload, id, ""))
+			f = sharedFrame(appendPatternMessage(buf, pattern, m.Channel, m.Payload, id, m.PublishedAt),
+				&outFrame{msg: true, id: id, channel: m.Channel})
 		} else {
-			f = &outFrame{b: encodeMessage(ch.name, m.Payload, id, m.PublishedAt, pos), msg: true, id: id, pos: pos, channel: ch.name}
+			buf := newHeadroom(messageSize(ch.name, m.Payload, id, pos))
+			f = sharedFrame(appendMessageFrame(buf, ch.name, m.Payload, id, m.PublishedAt, pos),
+				&outFrame{msg: true, id: id, pos: pos, channel: ch.name})
+		}
+		if compress {
+			f.prep = &preparedFrame{}
 		}
 		if pos != "" {
 			ch.pos.Store(&pos)

@@ -465,9 +465,9 @@ func TestLiveConnectionSettings(t *testing.T) {
 		if c.principal().Subject == "bob" {
 			wantQ, wantFrame, wantPing = 8, 1024, 3*time.Second
 		}
-		if cap(c.send) != wantQ || c.maxFrameBytes != wantFrame || c.pingInterval != wantPing {
+		if c.queue.limit != wantQ || c.maxFrameBytes != wantFrame || c.pingInterval != wantPing {
 			t.Errorf("%s's connection: queue %d, frames %d, ping %s; want %d, %d, %s", c.principal().Subject,
-				cap(c.send), c.maxFrameBytes, c.pingInterval, wantQ, wantFrame, wantPing)
+				c.queue.limit, c.maxFrameBytes, c.pingInterval, wantQ, wantFrame, wantPing)
 		}
 	}
 	g.h.mu.Unlock()

@@ -79,10 +79,16 @@ func (s *session) subscribe(f Frame) *Error {
 	if e := s.checkSubscriptionLimit(l, f.ID); e != nil {
 		return e
 	}
+	// The presence entry goes in before the subscription's ok is queued,
+	// so a client that has its ok finds itself in presence; the join event
+	// goes out once the subscription is live, so the client gets its own.
+	announce := s.presenceJoin(ns, f.Channel)
 	if f.Since != "" {
 		e := s.resume(f)
 		if e == nil && s.subs[f.Channel] != nil {
-			s.presenceJoin(ns, f.Channel)
+			announce()
+		} else {
+			s.presenceLeave(f.Channel)
 		}
 		return e
 	}
@@ -90,6 +96,7 @@ func (s *session) subscribe(f Frame) *Error {
 		return &outFrame{b: subscribedFrame(f.ID, pos), channel: f.Channel, pos: pos, reply: true}
 	})
 	if err != nil {
+		s.presenceLeave(f.Channel)
 		if s.ctx.Err() != nil {
 			return nil // closing: no reply needed
 		}
@@ -97,7 +104,7 @@ func (s *session) subscribe(f Frame) *Error {
 	}
 	s.subs[f.Channel] = ch
 	s.h.metrics.subscriptions.Inc()
-	s.presenceJoin(ns, f.Channel)
+	announce()
 	return nil
 }
 

@@ -217,13 +217,14 @@ func (s *session) entry() fanout.PresenceEntry {
 	return fanout.PresenceEntry{Client: s.id, User: user, Gateway: s.h.client.ID(), Since: s.connectedAt, Info: s.info}
 }
 
-// presenceJoin adds the session's entry to channel's presence after a
-// subscribe, when its namespace has presence. A failure is logged and
+// presenceJoin adds the session's entry to channel's presence, when its
+// namespace has presence, before the subscription goes live; it returns
+// the join announcement to make once it is live. A failure is logged and
 // counted (pubmesh_presence_errors_total); the subscription stands.
-func (s *session) presenceJoin(ns clusterconfig.Namespace, channel string) {
+func (s *session) presenceJoin(ns clusterconfig.Namespace, channel string) (announce func()) {
 	ps := s.h.pres
 	if !ns.Presence || ps == nil {
-		return
+		return func() {}
 	}
 	if s.inPresence == nil {
 		s.inPresence = map[string]bool{}
@@ -235,10 +236,12 @@ func (s *session) presenceJoin(ns clusterconfig.Namespace, channel string) {
 	joined, err := ps.store.Add(ctx, channel, e)
 	if err != nil {
 		s.log.Warn("ws: presence entry not added", "channel", channel, "err", err)
-		return
+		return func() {}
 	}
-	if joined && ns.JoinLeave {
-		ps.publishEvent(OpJoin, channel, e, "published_join")
+	return func() {
+		if joined && ns.JoinLeave {
+			ps.publishEvent(OpJoin, channel, e, "published_join")
+		}
 	}
 }
 

@@ -288,7 +288,17 @@ func errorFrame(e *Error) []byte {
 // pos, the message's position (history channels only), is omitted when
 // empty, as ts is when zero. See appendMessage for the data.
 func encodeMessage(channel string, payload []byte, id string, ts time.Time, pos string) []byte {
-	b := make([]byte, 0, 80+len(channel)+len(payload)+len(id)+len(pos))
+	b := make([]byte, 0, messageSize(channel, payload, id, pos))
+	return appendMessageFrame(b, channel, payload, id, ts, pos)
+}
+
+// messageSize is about the size of a message frame, for the buffer.
+func messageSize(channel string, payload []byte, id string, pos string) int {
+	return 80 + len(channel) + len(payload) + len(id) + len(pos)
+}
+
+// appendMessageFrame appends encodeMessage's frame to b.
+func appendMessageFrame(b []byte, channel string, payload []byte, id string, ts time.Time, pos string) []byte {
 	b = append(b, `{"op":"message",`...)
 	return append(appendMessage(b, channel, payload, id, ts, pos), '}')
 }
@@ -299,7 +309,11 @@ func encodeMessage(channel string, payload []byte, id string, ts time.Time, pos 
 //
 // (no pos: history does not apply to patterns).
 func encodePatternMessage(pattern, channel string, payload []byte, id string, ts time.Time) []byte {
-	b := make([]byte, 0, 96+len(pattern)+len(channel)+len(payload)+len(id))
+	return appendPatternMessage(make([]byte, 0, 16+len(pattern)+messageSize(channel, payload, id, "")), pattern, channel, payload, id, ts)
+}
+
+// appendPatternMessage appends encodePatternMessage's frame to b.
+func appendPatternMessage(b []byte, pattern, channel string, payload []byte, id string, ts time.Time) []byte {
 	b = append(b, `{"op":"message","pattern":`...)
 	b = appendString(b, pattern)
 	b = append(b, ',')

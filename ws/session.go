@@ -26,6 +26,13 @@ type outFrame struct {
 	// event names a frame that is neither a message nor a reply for SSE
 	// (join, leave, unsubscribed); empty: an error frame.
 	event string
+	// wire is the whole WebSocket frame (header and b), for a message
+	// the hub shares between subscribers (sharedFrame); nil otherwise, and
+	// the writer frames b itself.
+	wire []byte
+	// prep is b as a PreparedMessage for the connections that negotiated
+	// compression; set on shared frames while Config.Compression is on.
+	prep *preparedFrame
 }
 
 // session is one client, whatever its transport (WebSocket, SSE, HTTP
@@ -54,7 +61,7 @@ type session struct {
 	ctx    context.Context // canceled by close: aborts a pending subscribe
 	cancel context.CancelFunc
 
-	send chan *outFrame // frames for the writer; never closed, bounded by SendQueue
+	queue *frameQueue // frames for the writer, bounded by SendQueue
 
 	closeOnce   sync.Once
 	closing     chan struct{} // closed by close, after closeCode and closeReason are set
@@ -102,7 +109,7 @@ func newSession(h *Handler, transport, remote string, p *Principal, l *limits) *
 		pingInterval:  l.pingInterval,
 		ctx:           ctx,
 		cancel:        cancel,
-		send:          make(chan *outFrame, l.sendQueue),
+		queue:         newFrameQueue(l.sendQueue),
 		closing:       make(chan struct{}),
 		subs:          make(map[string]*channel),
 		onClose:       func() {},
@@ -121,16 +128,15 @@ func (s *session) principal() *Principal { return s.p.Load() }
 // client is not reading fast enough: the session is closed with 4008
 // "slow consumer" and f is dropped.
 func (s *session) enqueue(f *outFrame) bool {
-	select {
-	case s.send <- f:
-		return true
-	case <-s.closing:
+	if s.isClosing() {
 		return false
-	default:
+	}
+	if s.queue.push(f) {
+		return true
 	}
 	if s.close(CloseSlowConsumer, "slow consumer") {
 		s.h.metrics.slowConsumers.Inc()
-		s.log.Info("ws: closing slow consumer", "queue", cap(s.send))
+		s.log.Info("ws: closing slow consumer", "queue", s.queue.limit)
 	}
 	return false
 }
@@ -141,22 +147,25 @@ func (s *session) enqueue(f *outFrame) bool {
 // than it reads the replies is slowed down (by TCP) rather than closed as a
 // slow consumer; one that reads nothing is closed after WriteTimeout.
 func (s *session) reply(f *outFrame) bool {
-	select {
-	case s.send <- f:
-		return true
-	case <-s.closing:
+	if s.isClosing() {
 		return false
-	default:
+	}
+	if s.queue.push(f) {
+		return true
 	}
 	t := time.NewTimer(s.h.cfg.WriteTimeout)
 	defer t.Stop()
-	select {
-	case s.send <- f:
-		return true
-	case <-s.closing:
-		return false
-	case <-t.C:
-		return s.enqueue(f) // still full: closed as a slow consumer
+	for {
+		select {
+		case <-s.queue.room:
+			if s.queue.push(f) {
+				return true
+			}
+		case <-s.closing:
+			return false
+		case <-t.C:
+			return s.enqueue(f) // still full: closed as a slow consumer
+		}
 	}
 }
 

@@ -187,14 +187,11 @@ func (h *Handler) writeStream(s *session, rc *http.ResponseController, bw *bufio
 				break
 			}
 			var ok bool
-			select {
-			case f, ok = <-s.send:
-			default:
-			}
-			if !ok {
+			if f, ok = s.queue.pop(); !ok {
 				break
 			}
 		}
+		s.queue.rewake() // frames left behind by a full batch
 		h.metrics.writeBatches.Inc()
 		h.metrics.messagesOut.Add(float64(msgs))
 		return flush()
@@ -202,8 +199,10 @@ func (h *Handler) writeStream(s *session, rc *http.ResponseController, bw *bufio
 	for {
 		var err error
 		select {
-		case f := <-s.send:
-			err = batch(f)
+		case <-s.queue.wake:
+			if f, ok := s.queue.pop(); ok {
+				err = batch(f)
+			}
 		case <-ping.C:
 			format.heartbeat(bw)
 			err = flush()
@@ -214,12 +213,8 @@ func (h *Handler) writeStream(s *session, rc *http.ResponseController, bw *bufio
 			deadline := time.Now().Add(h.cfg.CloseGrace)
 		drain:
 			for s.closeCode != CloseSlowConsumer && time.Now().Before(deadline) {
-				select {
-				case f := <-s.send:
-					if batch(f) != nil {
-						break drain
-					}
-				default:
+				f, ok := s.queue.pop()
+				if !ok || batch(f) != nil {
 					break drain
 				}
 			}

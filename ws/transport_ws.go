@@ -15,22 +15,24 @@ const maxBatch = 128
 
 // The WebSocket transport: it reads client frames into the session's ops
 // (ops.go) and writes the session's queue as text frames. Two goroutines
-// serve a connection: the reader (the ServeHTTP goroutine: reads frames,
-// calls the ops, owns the session's subscriptions) and the writer
-// (writeLoop: the only one that writes frames, closes the socket when it
-// returns).
+// serve a connection: the reader (reads frames, calls the ops, owns the
+// session's subscriptions) and the writer (wswriter.go: the only one that
+// writes frames, started when there is something to write, closes the
+// socket at the end).
 type wsConn struct {
 	s  *session
 	ws *websocket.Conn
 	bc *bufConn
 
-	pings chan string // pong payloads the writer owes the client
-
 	readDone   chan struct{} // closed when the reader returns; readErr, peerCode and peerReason are set before
 	readErr    error
-	peerCode   int           // close code the client sent, 0 if none
-	peerReason string        // and its reason
-	writeDone  chan struct{} // closed when writeLoop returns
+	peerCode   int    // close code the client sent, 0 if none
+	peerReason string // and its reason
+
+	w wsWriter // the writer's state (wswriter.go)
+
+	delay    *time.Timer // linger's, made at its first use; writer only
+	deadline time.Time   // the write deadline writeBatch last set; writer only
 }
 
 func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
@@ -61,28 +63,33 @@ func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	defer release()
 
 	hw := &hijackWriter{ResponseWriter: w}
 	wsc, err := h.up.Upgrade(hw, r, nil)
 	if err != nil {
+		release()
 		return // Upgrade has answered
 	}
 	s := newSession(h, "ws", wsc.RemoteAddr().String(), p, l)
 	s.info = info
-	c := &wsConn{s: s, ws: wsc, bc: hw.conn,
-		pings:     make(chan string, 1),
-		readDone:  make(chan struct{}),
-		writeDone: make(chan struct{}),
-	}
-	s.onClose = func() { c.bc.capDeadline(time.Now().Add(h.cfg.CloseGrace)) }
+	c := &wsConn{s: s, ws: wsc, bc: hw.conn, readDone: make(chan struct{})}
+	c.w.done = make(chan struct{})
+	s.queue.notify = c.kick
+	s.onClose = func() { c.bc.capDeadline(time.Now().Add(h.cfg.CloseGrace)); c.kick() }
 	s.abort = func() { wsc.NetConn().Close() }
 	h.register(s)
 	h.metrics.connections.Inc()
 	h.metrics.connects.Inc()
-	c.run()
-	h.metrics.connections.Dec()
-	h.unregister(s)
+	// The connection's reader is a goroutine of its own, and this one
+	// returns: net/http's connection (its request, its 4 KiB write
+	// buffer and read buffer, this goroutine's deep stack) is freed, which
+	// is most of what an idle connection would cost otherwise.
+	go func() {
+		defer release()
+		c.run()
+		h.metrics.connections.Dec()
+		h.unregister(s)
+	}()
 }
 
 // admit counts a new session in the handler (refusing it with 503 while
@@ -121,13 +128,14 @@ func (h *Handler) admit(w http.ResponseWriter, p *Principal, l *limits) (release
 func (c *wsConn) run() {
 	s := c.s
 	s.setExpiry(s.principal().ExpiresAt)
-	go c.writeLoop()
+	c.startPings()
 	c.readLoop()
 	// The connection is over: a writer stuck on a dead client gives up
 	// within CloseGrace.
 	c.bc.capDeadline(time.Now().Add(s.h.cfg.CloseGrace))
 	close(c.readDone)
-	<-c.writeDone
+	c.kick()
+	<-c.w.done
 	s.finished()
 }
 
@@ -138,10 +146,7 @@ func (c *wsConn) readLoop() {
 	c.ws.SetPongHandler(func(string) error { alive(); return nil })
 	c.ws.SetPingHandler(func(data string) error {
 		alive()
-		select {
-		case c.pings <- data:
-		default: // one pong owed is enough
-		}
+		c.owePong(data)
 		return nil
 	})
 	// The writer echoes the close frame; gorilla's default handler would
@@ -165,55 +170,52 @@ func (c *wsConn) readLoop() {
 			s.replyError(badRequest(nil, "binary frames are not supported: send JSON text frames"))
 			continue
 		}
-		s.handle(data)
+		c.handle(data)
 	}
 }
 
-// writeLoop is the only writer of frames. It closes the socket when it
-// returns.
-func (c *wsConn) writeLoop() {
-	s := c.s
-	defer close(c.writeDone)
-	defer c.ws.Close()
-	ping := time.NewTicker(s.pingInterval)
-	defer ping.Stop()
-	for {
-		select {
-		case <-s.closing:
-			c.finish()
-			return
-		default:
-		}
-		var err error
-		select {
-		case f := <-s.send:
-			err = c.writeBatch(f)
-		case data := <-c.pings:
-			err = c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(s.h.cfg.WriteTimeout))
-		case <-ping.C:
-			err = c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(s.h.cfg.WriteTimeout))
-		case <-s.closing:
-		case <-c.readDone:
-			c.afterRead()
-			return
-		}
-		if err != nil {
-			s.log.Debug("ws: write failed", "err", err)
-			return
-		}
-	}
+// handle runs the op of a client frame on a goroutine of its own and waits
+// for it: the ops go deep (JSON, the fanout client, logging) and would
+// leave the reader, which spends its life waiting for the next frame, with
+// a grown stack for good. The reader still owns the session: it does
+// nothing until the op returns.
+func (c *wsConn) handle(data []byte) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.s.handle(data)
+	}()
+	<-done
 }
 
 // writeBatch writes f and whatever else is queued (up to maxBatch frames)
-// in one flush.
+// in one flush. With Config.WriteDelay the writer, woken by f, first
+// waits that long for more frames to join it: fewer wake-ups and writes
+// per frame for a busy subscriber, at the cost of that much latency.
 func (c *wsConn) writeBatch(f *outFrame) error {
 	s := c.s
+	if d := s.h.cfg.WriteDelay; d > 0 && s.queue.len() < maxBatch-1 {
+		c.linger(d)
+	}
 	c.bc.beginBatch()
-	c.ws.SetWriteDeadline(time.Now().Add(s.h.cfg.WriteTimeout))
+	compressed := c.bc.compressed()
+	// gorilla sets its deadline on the socket at each of its writes;
+	// the frames written past it need it set here.
+	// Setting a socket's deadline costs a timer update: the socket keeps
+	// one set less than WriteTimeout/2 ago, so each batch has at least
+	// WriteTimeout/2, at most WriteTimeout, to go out.
+	now := time.Now()
+	if timeout := s.h.cfg.WriteTimeout; c.deadline.Sub(now) < timeout/2 {
+		c.deadline = now.Add(timeout)
+		c.ws.SetWriteDeadline(c.deadline)
+		if !compressed {
+			c.bc.SetWriteDeadline(c.deadline)
+		}
+	}
 	n, msgs := 0, 0
 	var err error
 	for {
-		if err = c.ws.WriteMessage(websocket.TextMessage, f.b); err != nil {
+		if err = c.writeFrame(f, compressed); err != nil {
 			break
 		}
 		n++
@@ -224,21 +226,62 @@ func (c *wsConn) writeBatch(f *outFrame) error {
 			break
 		}
 		var ok bool
-		select {
-		case f, ok = <-s.send:
-		case <-s.closing:
-		default:
+		if !s.isClosing() {
+			f, ok = s.queue.pop()
 		}
 		if !ok {
 			break
 		}
 	}
+	// Counted before the flush: a client that has read them all sees
+	// them counted.
+	s.h.metrics.writeBatches.Inc()
+	s.h.metrics.messagesOut.Add(float64(msgs))
 	if ferr := c.bc.endBatch(); err == nil {
 		err = ferr
 	}
-	s.h.metrics.writeBatches.Inc()
-	s.h.metrics.messagesOut.Add(float64(msgs))
+	s.queue.rewake() // frames left behind by a full batch
 	return err
+}
+
+// writeFrame writes f into the batch: a shared message frame as is, any
+// other frame behind a header of this connection's; through gorilla on a
+// compressed connection (a shared frame as a PreparedMessage, compressed
+// once for all).
+func (c *wsConn) writeFrame(f *outFrame, compressed bool) error {
+	if compressed {
+		if f.prep != nil {
+			pm, err := f.prep.get(f.b)
+			if err != nil {
+				return err
+			}
+			return c.ws.WritePreparedMessage(pm)
+		}
+		return c.ws.WriteMessage(websocket.TextMessage, f.b)
+	}
+	if f.wire != nil {
+		return c.bc.writeFrame(nil, f.wire)
+	}
+	var h [frameHeadroom]byte
+	n := headerLen(len(f.b))
+	putHeader(h[:n], len(f.b))
+	return c.bc.writeFrame(h[:n], f.b)
+}
+
+// linger waits d, or less if the session closes or the client leaves.
+func (c *wsConn) linger(d time.Duration) {
+	if c.delay == nil {
+		c.delay = time.NewTimer(d)
+	} else {
+		c.delay.Reset(d)
+	}
+	select {
+	case <-c.delay.C:
+	case <-c.s.closing:
+		c.delay.Stop()
+	case <-c.readDone:
+		c.delay.Stop()
+	}
 }
 
 // finish sends the close frame and waits, at most CloseGrace, for the
@@ -269,12 +312,11 @@ func (c *wsConn) finish() {
 // for more.
 func (c *wsConn) flushQueued() {
 	for {
-		select {
-		case f := <-c.s.send:
-			if err := c.writeBatch(f); err != nil {
-				return
-			}
-		default:
+		f, ok := c.s.queue.pop()
+		if !ok {
+			return
+		}
+		if err := c.writeBatch(f); err != nil {
 			return
 		}
 	}

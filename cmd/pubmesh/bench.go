@@ -29,7 +29,9 @@ func benchCommand() *cli.Command {
 			"3 Redis Cluster PUBLISH; 4 Redis Cluster SPUBLISH/SSUBSCRIBE; 5 pubmesh fanout, one Publish per call;\n" +
 			"6 the same with Replicas: 2; 7 pubmesh through the WebSocket gateway; 8 pubmesh with history on;\n" +
 			"9 pubmesh PublishAsync from one goroutine; 10 pubmesh Publish from 4 goroutines;\n" +
-			"11 row 7 with permessage-deflate (--compression) negotiated by every subscriber. Then pubmesh by node count,\n" +
+			"11 row 7 with permessage-deflate (--compression) negotiated by every subscriber. Fan-out rows (a table of\n" +
+			"their own): 12 and 13, 1 000 and 5 000 WebSocket clients over 10 and 100 channels on this binary's gateway\n" +
+			"run as a child process (and --compare-gateway's beside it). Then pubmesh by node count,\n" +
 			"and pubmesh latency at fixed fractions of row 5's max rate, each beside plain go-redis at the same\n" +
 			"rate. With the defaults a run takes about 2.5 minutes on 2 cores (24 measurements of 5 s, plus\n" +
 			"setup and drain; the main table is measured twice, see --repeat). Progress goes to stderr, one\n" +
@@ -61,7 +63,7 @@ func benchCommand() *cli.Command {
 			&cli.Float64SliceFlag{Name: "load-fractions", Value: cli.NewFloat64Slice(d.LoadFractions...), EnvVars: []string{"PUBMESH_BENCH_LOAD_FRACTIONS"},
 				Usage: "fractions of row 5's max published rate for the latency table (comma-separated); each also runs plain go-redis at that rate"},
 			&cli.IntSliceFlag{Name: "rows", Value: cli.NewIntSlice(d.Rows...), EnvVars: []string{"PUBMESH_BENCH_ROWS"},
-				Usage: "rows of the main table to run (comma-separated, 1 to 10)"},
+				Usage: "rows to run (comma-separated: 1 to 10, and the WebSocket fan-out rows 12 and 13)"},
 			&cli.IntFlag{Name: "repeat", Value: d.Repeat, EnvVars: []string{"PUBMESH_BENCH_REPEAT"},
 				Usage: "measure each main-table row this many times, round-robin, and keep its best attempt (all are listed)"},
 			&cli.BoolFlag{Name: "skip-scaling", EnvVars: []string{"PUBMESH_BENCH_SKIP_SCALING"},
@@ -76,6 +78,8 @@ func benchCommand() *cli.Command {
 				Usage: "client-output-buffer-limit for pub/sub clients of every redis-server started, \"HARD SOFT SECONDS\" (as pubmesh nodes)"},
 			&cli.StringFlag{Name: "out", Value: "bench/results", EnvVars: []string{"PUBMESH_BENCH_OUT"},
 				Usage: "directory for latest.md, latest.json and latest.png; empty writes no files"},
+			&cli.StringFlag{Name: "compare-gateway", EnvVars: []string{"PUBMESH_BENCH_COMPARE_GATEWAY"}, DefaultText: "none",
+				Usage: "another pubmesh executable (an older build) whose gateway the WebSocket fan-out rows (12, 13) also measure, against the same nodes, for the ratio of gateway CPU per delivered frame"},
 			&cli.StringFlag{Name: "cpuprofile", EnvVars: []string{"PUBMESH_BENCH_CPUPROFILE"}, DefaultText: "off",
 				Usage: "write a CPU profile of the whole run to this file (go tool pprof)"},
 			&cli.BoolFlag{Name: "quiet", EnvVars: []string{"PUBMESH_BENCH_QUIET"},
@@ -121,6 +125,7 @@ func runBench(c *cli.Context) error {
 		NodeCounts:        c.IntSlice("node-counts"),
 		LoadFractions:     c.Float64Slice("load-fractions"),
 		Rows:              c.IntSlice("rows"),
+		CompareGateway:    c.String("compare-gateway"),
 		Repeat:            c.Int("repeat"),
 		SkipScaling:       c.Bool("skip-scaling"),
 		SkipLatency:       c.Bool("skip-latency"),
@@ -132,6 +137,10 @@ func runBench(c *cli.Context) error {
 	}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
+	}
+	// The fan-out rows run this very binary's gateway as a child process.
+	if exe, err := os.Executable(); err == nil {
+		cfg.GatewayBinary = exe
 	}
 	if p := c.String("cpuprofile"); p != "" {
 		f, err := os.Create(p)

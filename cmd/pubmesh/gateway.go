@@ -50,6 +50,7 @@ func gatewayFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "api-key", Usage: "API key with full access, for backends (repeat or comma-separate for several)", DefaultText: "none", EnvVars: []string{"PUBMESH_API_KEY"}},
 		&cli.StringFlag{Name: "api-key-file", Usage: "file with one API key per line", DefaultText: "none", EnvVars: []string{"PUBMESH_API_KEY_FILE"}},
 		&cli.BoolFlag{Name: "compression", Usage: "compress WebSocket frames (permessage-deflate) for clients that offer it: less bandwidth, more CPU per subscriber", EnvVars: []string{"PUBMESH_COMPRESSION"}},
+		&cli.DurationFlag{Name: "write-delay", Usage: "how long a WebSocket connection's writer, woken by a frame, waits for more before writing them at once: fewer wake-ups and system calls per frame for high-rate subscribers, up to this much more latency (0: off)", EnvVars: []string{"PUBMESH_WRITE_DELAY"}},
 		&cli.BoolFlag{Name: "insecure", Usage: "run without authentication: anyone who reaches the port may subscribe and publish to every channel", EnvVars: []string{"PUBMESH_INSECURE"}},
 		&cli.StringSliceFlag{Name: "allow-origin", Usage: "browser origins allowed to connect: https://app.example.com, https://*.example.com or *", DefaultText: "the gateway's own origin", EnvVars: []string{"PUBMESH_ALLOW_ORIGIN"}},
 		// The limits that are cluster configuration keys have no Value: unset,
@@ -81,6 +82,7 @@ func gatewayConfig(c *cli.Context, log *slog.Logger) (ws.Config, error) {
 	cfg := ws.Config{
 		Insecure:        c.Bool("insecure"),
 		Compression:     c.Bool("compression"),
+		WriteDelay:      c.Duration("write-delay"),
 		AllowOrigins:    c.StringSlice("allow-origin"),
 		MaxChannelBytes: c.Int("max-channel-bytes"),
 		ShutdownTimeout: c.Duration("shutdown-timeout"),
