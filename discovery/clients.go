@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -62,11 +61,9 @@ var ErrClientIDTaken = errors.New("discovery: a live client already has this id"
 // ClientRegistration is a fanout client's presence under its lease. Its acks
 // are written under the same lease, so they vanish with the client.
 type ClientRegistration struct {
-	*Lease
-	r    *Registry
-	id   string
-	mu   sync.Mutex // guards info
-	info ClientInfo
+	*leasedValue[ClientInfo]
+	r  *Registry
+	id string
 }
 
 // RegisterClient announces a fanout client. From then on, joins and drains
@@ -77,56 +74,21 @@ func (r *Registry) RegisterClient(ctx context.Context, info ClientInfo, ttl time
 	if err := ValidID(info.ID); err != nil {
 		return nil, err
 	}
-	lease, err := grantLease(ctx, r.cli, ttl, r.cfg.Logger)
+	l, err := createLeased(ctx, r.cli, r.cfg.Logger, r.keys.client(info.ID), "client "+info.ID, info, ttl, ErrClientIDTaken)
 	if err != nil {
-		return nil, fmt.Errorf("discovery: register client %s: %w", info.ID, err)
+		return nil, err
 	}
-	key := r.keys.client(info.ID)
-	val, _ := json.Marshal(info)
-	txn, err := r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease.ID()))).
-		Commit()
-	if err == nil && !txn.Succeeded {
-		err = ErrClientIDTaken
-	}
-	if err != nil {
-		lease.Close(ctx)
-		return nil, fmt.Errorf("discovery: register client %s: %w", info.ID, err)
-	}
-	return &ClientRegistration{Lease: lease, r: r, id: info.ID, info: info}, nil
+	return &ClientRegistration{leasedValue: l, r: r, id: info.ID}, nil
 }
 
 // Update changes the client's value with fn and writes it under the same
 // lease, only while the key still belongs to this lease.
 func (c *ClientRegistration) Update(ctx context.Context, fn func(*ClientInfo)) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	info := c.info
-	fn(&info)
-	info.ID = c.id
-	key := c.r.keys.client(info.ID)
-	val, _ := json.Marshal(info)
-	txn, err := c.r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.LeaseValue(key), "=", c.ID())).
-		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(c.ID()))).
-		Commit()
-	if err != nil {
-		return fmt.Errorf("discovery: update client %s: %w", info.ID, err)
-	}
-	if !txn.Succeeded {
-		return fmt.Errorf("discovery: update client %s: %w", info.ID, ErrLeaseLost)
-	}
-	c.info = info
-	return nil
+	return c.update(ctx, fn, func(i *ClientInfo) { i.ID = c.id })
 }
 
 // Info returns the client's value as last written.
-func (c *ClientRegistration) Info() ClientInfo {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.info
-}
+func (c *ClientRegistration) Info() ClientInfo { return c.value() }
 
 // Ack records what the client confirms about node nodeID.
 func (c *ClientRegistration) Ack(ctx context.Context, nodeID string, a Ack) error {

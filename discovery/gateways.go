@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -56,11 +55,8 @@ func (k keys) gateway(id string) string { return k.gateways() + id }
 // GatewayRegistration is a gateway's key under its own lease: it vanishes
 // when the gateway stops (Close) or stops refreshing the lease (a crash).
 type GatewayRegistration struct {
-	*Lease
-	r    *Registry
-	id   string
-	mu   sync.Mutex // guards info
-	info GatewayInfo
+	*leasedValue[GatewayInfo]
+	id string
 }
 
 // RegisterGateway writes info under a new lease of ttl. The key is created
@@ -70,57 +66,22 @@ func (r *Registry) RegisterGateway(ctx context.Context, info GatewayInfo, ttl ti
 	if err := ValidID(info.ID); err != nil {
 		return nil, err
 	}
-	lease, err := grantLease(ctx, r.cli, ttl, r.cfg.Logger)
+	l, err := createLeased(ctx, r.cli, r.cfg.Logger, r.keys.gateway(info.ID), "gateway "+info.ID, info, ttl, ErrGatewayIDTaken)
 	if err != nil {
-		return nil, fmt.Errorf("discovery: register gateway %s: %w", info.ID, err)
+		return nil, err
 	}
-	key := r.keys.gateway(info.ID)
-	val, _ := json.Marshal(info)
-	txn, err := r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease.ID()))).
-		Commit()
-	if err == nil && !txn.Succeeded {
-		err = ErrGatewayIDTaken
-	}
-	if err != nil {
-		lease.Close(ctx)
-		return nil, fmt.Errorf("discovery: register gateway %s: %w", info.ID, err)
-	}
-	return &GatewayRegistration{Lease: lease, r: r, id: info.ID, info: info}, nil
+	return &GatewayRegistration{leasedValue: l, id: info.ID}, nil
 }
 
 // Update changes the gateway's value with fn and writes it under the same
 // lease, only while the key still belongs to this lease (ErrLeaseLost
 // otherwise).
 func (g *GatewayRegistration) Update(ctx context.Context, fn func(*GatewayInfo)) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	info := g.info
-	fn(&info)
-	info.ID = g.id
-	key := g.r.keys.gateway(g.id)
-	val, _ := json.Marshal(info)
-	txn, err := g.r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.LeaseValue(key), "=", g.ID())).
-		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(g.ID()))).
-		Commit()
-	if err != nil {
-		return fmt.Errorf("discovery: update gateway %s: %w", g.id, err)
-	}
-	if !txn.Succeeded {
-		return fmt.Errorf("discovery: update gateway %s: %w", g.id, ErrLeaseLost)
-	}
-	g.info = info
-	return nil
+	return g.update(ctx, fn, func(i *GatewayInfo) { i.ID = g.id })
 }
 
 // Info returns the gateway's value as last written.
-func (g *GatewayRegistration) Info() GatewayInfo {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.info
-}
+func (g *GatewayRegistration) Info() GatewayInfo { return g.value() }
 
 // Gateways lists the registered gateways, sorted by id. A value that does
 // not decode is listed with its id only.

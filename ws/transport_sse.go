@@ -76,15 +76,8 @@ func (f *sseFormat) end(w *bufio.Writer, code int, reason string) {
 // Last-Event-ID (or ?last_event_id=, for a client that opens a new
 // EventSource itself) resumes the channels it names.
 func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request) {
-	if !h.checkOrigin(r) {
-		h.metrics.authFailures.WithLabelValues("origin").Inc()
-		writeError(w, http.StatusForbidden, &Error{Code: CodeForbidden, Message: "origin not allowed"})
-		return
-	}
-	l := h.limits()
-	p, err := h.authenticate(r, l.anonymous, "sse")
-	if err != nil {
-		h.refuse(w, err)
+	p, l, ok := h.connectClient(w, r, "sse")
+	if !ok {
 		return
 	}
 	q := r.URL.Query()

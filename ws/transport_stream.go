@@ -256,9 +256,7 @@ func (ndjsonFormat) end(w *bufio.Writer, code int, reason string) {
 // serveStreamHTTP is GET /api/stream/{channel}?since=: newline-delimited
 // JSON until the client leaves, so that `curl -N` is a subscriber.
 func (h *Handler) serveStreamHTTP(w http.ResponseWriter, r *http.Request) {
-	if !h.checkOrigin(r) {
-		h.metrics.authFailures.WithLabelValues("origin").Inc()
-		writeError(w, http.StatusForbidden, &Error{Code: CodeForbidden, Message: "origin not allowed"})
+	if !h.originAllowed(w, r) {
 		return
 	}
 	p, channel, ok := h.httpAuthenticate(w, r, OpSubscribe)
@@ -277,15 +275,8 @@ func (h *Handler) serveStreamHTTP(w http.ResponseWriter, r *http.Request) {
 // NDJSON stream of several channels and patterns at once (since= is for
 // the one-channel form).
 func (h *Handler) serveStreamQuery(w http.ResponseWriter, r *http.Request) {
-	if !h.checkOrigin(r) {
-		h.metrics.authFailures.WithLabelValues("origin").Inc()
-		writeError(w, http.StatusForbidden, &Error{Code: CodeForbidden, Message: "origin not allowed"})
-		return
-	}
-	l := h.limits()
-	p, err := h.authenticate(r, l.anonymous, "stream")
-	if err != nil {
-		h.refuse(w, err)
+	p, l, ok := h.connectClient(w, r, "stream")
+	if !ok {
 		return
 	}
 	h.serveStream(w, r, p, l, streamRequest{
@@ -322,4 +313,33 @@ func closedFrame(code int, reason string) []byte {
 	b = append(b, `,"reason":`...)
 	b = appendString(b, reason)
 	return append(b, '}')
+}
+
+// originAllowed checks r's Origin for a client connection (WebSocket or a
+// stream), answering 403 when it is not allowed.
+func (h *Handler) originAllowed(w http.ResponseWriter, r *http.Request) bool {
+	if h.checkOrigin(r) {
+		return true
+	}
+	h.metrics.authFailures.WithLabelValues("origin").Inc()
+	writeError(w, http.StatusForbidden, &Error{Code: CodeForbidden, Message: "origin not allowed"})
+	return false
+}
+
+// connectClient is the start of every client connection (WebSocket, SSE,
+// a stream of several channels): the origin, then the credential. Without
+// one a client may connect while a namespace allows anonymous clients;
+// each subscribe and publish then checks its channel's namespace. It
+// answers the refusal itself.
+func (h *Handler) connectClient(w http.ResponseWriter, r *http.Request, transport string) (*Principal, *limits, bool) {
+	if !h.originAllowed(w, r) {
+		return nil, nil, false
+	}
+	l := h.limits()
+	p, err := h.authenticate(r, l.anonymous, transport)
+	if err != nil {
+		h.refuse(w, err)
+		return nil, nil, false
+	}
+	return p, l, true
 }

@@ -36,18 +36,8 @@ type wsConn struct {
 }
 
 func (h *Handler) serveWS(w http.ResponseWriter, r *http.Request) {
-	if !h.checkOrigin(r) {
-		h.metrics.authFailures.WithLabelValues("origin").Inc()
-		writeError(w, http.StatusForbidden, &Error{Code: CodeForbidden, Message: "origin not allowed"})
-		return
-	}
-	// Without a credential a client may connect while a namespace allows
-	// anonymous clients; each subscribe and publish then checks its
-	// channel's namespace.
-	l := h.limits()
-	p, err := h.authenticate(r, l.anonymous, "ws")
-	if err != nil {
-		h.refuse(w, err)
+	p, l, ok := h.connectClient(w, r, "ws")
+	if !ok {
 		return
 	}
 	if !websocket.IsWebSocketUpgrade(r) {
