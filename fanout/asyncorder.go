@@ -43,7 +43,7 @@ func (a *asyncPublisher) gate(ar *asyncReq) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	st := a.chans[ar.channel]
-	if st == nil {
+	if st == nil || a.closed { // closing: nothing would send what waits
 		return true
 	}
 	if len(st.waiting) == 0 && !st.dispatching && st.clearFor(home) {

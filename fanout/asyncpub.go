@@ -293,6 +293,7 @@ type asyncPublisher struct {
 	retries  []asyncRetry
 	wake     chan struct{}            // 1-buffered: retries were added
 	chans    map[string]*asyncChannel // channels with publishes outstanding (asyncorder.go)
+	closed   bool                     // the retry goroutine has ended: failures finish at once
 }
 
 // asyncRetry is a job for the retry goroutine: a failed attempt of ar,
@@ -410,6 +411,15 @@ func (a *asyncPublisher) takeErrors() error {
 
 func (a *asyncPublisher) retry(ar *asyncReq, r pubResult) {
 	a.mu.Lock()
+	if a.closed { // the retry goroutine is gone: the client is closing
+		a.mu.Unlock()
+		ar.mu.Lock()
+		ar.retrying--
+		ar.finishLocked(fmt.Errorf("%w (publish failed: %w)", ErrClosed, r.err))
+		ar.mu.Unlock()
+		a.resent(ar.channel)
+		return
+	}
 	a.retries = append(a.retries, asyncRetry{ar: ar, r: r})
 	a.mu.Unlock()
 	a.kick()
@@ -432,6 +442,7 @@ func (a *asyncPublisher) run() {
 		case <-a.wake:
 		case <-a.c.ctx.Done():
 			a.mu.Lock()
+			a.closed = true
 			left := a.retries
 			a.retries = nil
 			var waiting []*asyncReq

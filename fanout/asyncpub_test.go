@@ -231,3 +231,43 @@ func TestPublishAsyncPendingBound(t *testing.T) {
 		t.Error("publish to a node that never answers succeeded")
 	}
 }
+
+// Close ends every async publish: those still queued or in flight on a
+// node that never answers finish with an error, none is left waiting.
+func TestPublishAsyncCloseFinishesAll(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	e.register("hung", ln.Addr().String(), discovery.StateReady)
+	pub := e.client(fanout.Config{PublishTimeout: 2 * time.Second, DialTimeout: 300 * time.Millisecond, Logger: quietLog()})
+	waitNodes(t, pub, 1)
+	var results []*fanout.PublishResult
+	for i := range 200 {
+		results = append(results, pub.PublishAsync(context.Background(), fmt.Sprintf("c%d", i%4), []byte("x")))
+	}
+	pub.Close()
+	deadline := time.After(20 * time.Second)
+	for i, r := range results {
+		select {
+		case <-r.Done():
+			if r.Err() == nil {
+				t.Fatalf("result %d: nil error from a node that never answered", i)
+			}
+		case <-deadline:
+			t.Fatalf("result %d still waiting 20 s after Close", i)
+		}
+	}
+}
