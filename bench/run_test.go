@@ -27,7 +27,7 @@ func TestRunQuick(t *testing.T) {
 	rep, err := bench.Run(ctx, bench.Config{
 		Channels: 4, Publishers: 8, PipelineWorkers: 2, Batch: 4, Subscribers: 2, PayloadSize: 64,
 		Duration: 300 * time.Millisecond, Nodes: 2, NodeCounts: []int{1, 2}, LoadFractions: []float64{0.5},
-		Settle: 500 * time.Millisecond, OutDir: dir, Progress: &progress, Repeat: 1,
+		Settle: 3 * time.Second, OutDir: dir, Progress: &progress, Repeat: 1,
 	})
 	if err != nil {
 		t.Fatal(err)

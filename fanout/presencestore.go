@@ -372,7 +372,7 @@ func (p *Presence) refresh(all bool) {
 		}
 		p.m.ops.WithLabelValues(op).Add(float64(len(j.entries)))
 		if j.old != "" {
-			p.removeFrom(ctx, j.old, j.channel, j.entries)
+			p.removeLater(j.old, j.channel, j.entries)
 		}
 		// An entry removed while this pass wrote it must not stay.
 		var gone []string
@@ -457,6 +457,35 @@ func evalPipelined(ctx context.Context, nc *nodeConn, script *redis.Script, keys
 		args = args[n:]
 	}
 	return nil
+}
+
+// presenceMoveGrace is how long a moved channel's entries stay on the
+// former home after they were written on the new one. A reader reads the
+// nodes at once, not at one instant: had the former home been cleared at
+// once, a read of the new home just before the write and of the former
+// just after the delete would miss the entries. Both copies live for a
+// while instead; readers merge them by client id (Stats falls back to a
+// merged List while two nodes hold entries).
+const presenceMoveGrace = 2 * time.Second
+
+// removeLater removes the moved entries from the former home after
+// presenceMoveGrace, unless the channel's home has come back to it.
+func (p *Presence) removeLater(old, channel string, entries []PresenceEntry) {
+	time.AfterFunc(presenceMoveGrace, func() {
+		if p.ctx.Err() != nil {
+			return // closing: Close removes every entry
+		}
+		p.mu.Lock()
+		pc := p.chans[channel]
+		back := pc != nil && pc.home == old
+		p.mu.Unlock()
+		if back {
+			return
+		}
+		ctx, cancel := context.WithTimeout(p.ctx, p.opts.TTL/3)
+		defer cancel()
+		p.removeFrom(ctx, old, channel, entries)
+	})
 }
 
 // removeFrom deletes entries from the node with id old, if the client
