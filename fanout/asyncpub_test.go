@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -171,22 +170,7 @@ func TestPublishAsyncRetriesInOrderWhenNodeDies(t *testing.T) {
 func TestPublishAsyncPendingBound(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	// A listener that accepts and never answers: a hung node.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			t.Cleanup(func() { c.Close() })
-		}
-	}()
-	e.register("hung", ln.Addr().String(), discovery.StateReady)
+	e.register("hung", hungAddr(t), discovery.StateReady)
 	reg := prometheus.NewRegistry()
 	pub := e.client(fanout.Config{MaxPendingPublishBytes: 1000, PublishTimeout: 300 * time.Millisecond, DialTimeout: 300 * time.Millisecond,
 		Registerer: reg, Logger: quietLog()})
@@ -214,7 +198,7 @@ func TestPublishAsyncPendingBound(t *testing.T) {
 	}
 	fctx, fcancel := context.WithTimeout(bg, 30*time.Second)
 	defer fcancel()
-	err = pub.Flush(fctx)
+	err := pub.Flush(fctx)
 	if err == nil || !strings.Contains(err.Error(), "10 async publishes failed") {
 		t.Fatalf("Flush = %v, want the first error and a count of 10", err)
 	}
@@ -237,21 +221,7 @@ func TestPublishAsyncPendingBound(t *testing.T) {
 func TestPublishAsyncCloseFinishesAll(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			t.Cleanup(func() { c.Close() })
-		}
-	}()
-	e.register("hung", ln.Addr().String(), discovery.StateReady)
+	e.register("hung", hungAddr(t), discovery.StateReady)
 	pub := e.client(fanout.Config{PublishTimeout: 2 * time.Second, DialTimeout: 300 * time.Millisecond, Logger: quietLog()})
 	waitNodes(t, pub, 1)
 	var results []*fanout.PublishResult
