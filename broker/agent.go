@@ -257,23 +257,6 @@ func (a *Agent) run(ctx context.Context) error {
 		s.dir = dir
 	}
 
-	// A node may start before etcd (a cold start of a whole site): wait for
-	// it rather than exit and crash-loop.
-	if ok, err := a.waitEtcd(rctx); !ok {
-		return err
-	}
-	// A drain request left from an earlier agent with this id (it crashed
-	// before it could clear it) is for that agent's registration, and
-	// DrainRequested ignores it (see register); delete it anyway.
-	cctx, ccancel := context.WithTimeout(rctx, opTimeout)
-	if err := a.reg.ClearDrain(cctx, cfg.ID); err != nil {
-		a.log.Warn("cannot clear an old drain request", "err", err)
-	}
-	ccancel()
-	a.logOverrides()
-	a.openConfig(rctx, &s.conf)
-	a.pruneRuns(rctx, &s.conf)
-
 	defer func() {
 		a.leave(s, leaveStop)
 		if s.registered && s.reg == nil {
@@ -295,6 +278,17 @@ func (a *Agent) run(ctx context.Context) error {
 		// An attached Redis keeps running, and its run with it.
 		a.flushRunEnds(s)
 	}()
+	// The redis-server starts while etcd is reached, so a join is ready
+	// sooner. It starts with the default settings (the configuration is
+	// read after); the first health check applies the configuration
+	// (CONFIG SET) before the node registers, so no client ever uses it
+	// with other settings than the cluster's.
+	etcdUp := make(chan error, 1) // nil once etcd answered; the agent stopped first otherwise
+	s.gates.Add(1)
+	go func() {
+		defer s.gates.Done()
+		etcdUp <- a.prepareEtcd(rctx)
+	}()
 	if cfg.Attach == "" {
 		if err := a.startChild(rctx, s); err != nil {
 			return err
@@ -302,6 +296,20 @@ func (a *Agent) run(ctx context.Context) error {
 	} else {
 		a.log.Info("watching attached redis", "addr", cfg.Attach)
 	}
+	if err := <-etcdUp; err != nil {
+		if errors.Is(err, errStoppedEarly) {
+			return nil
+		}
+		return err
+	}
+	a.logOverrides()
+	a.openConfig(rctx, &s.conf)
+	// Old runs are pruned once the node is on its way; nothing waits for it.
+	s.gates.Add(1)
+	go func() {
+		defer s.gates.Done()
+		a.pruneRuns(rctx, &s.conf)
+	}()
 	if err := a.checkHealth(rctx, s); err != nil {
 		return err
 	}
@@ -342,6 +350,31 @@ func (a *Agent) run(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// errStoppedEarly is prepareEtcd's answer when Shutdown came before etcd.
+var errStoppedEarly = errors.New("broker: stopped before etcd answered")
+
+// prepareEtcd waits for etcd and clears a drain request left from an
+// earlier agent with this id (it crashed before it could clear it): that
+// request is for the earlier registration, and DrainRequested ignores it
+// (see register), but it should not linger.
+func (a *Agent) prepareEtcd(ctx context.Context) error {
+	// A node may start before etcd (a cold start of a whole site): wait for
+	// it rather than exit and crash-loop.
+	ok, err := a.waitEtcd(ctx)
+	if !ok {
+		if err == nil {
+			return errStoppedEarly
+		}
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	if err := a.reg.ClearDrain(cctx, a.cfg.ID); err != nil {
+		a.log.Warn("cannot clear an old drain request", "err", err)
+	}
+	return nil
 }
 
 // waitEtcd returns (true, nil) once etcd answers. Until then it retries with

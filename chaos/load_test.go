@@ -41,7 +41,7 @@ func paramsFor() params {
 			pre: 3 * time.Second, post: 3 * time.Second,
 			stopFor: 10 * time.Second, quorumFor: 20 * time.Second, cutFor: 10 * time.Second,
 			wsClients:      1000,
-			healthInterval: 500 * time.Millisecond, healthFailures: 3, leaseTTL: 5 * time.Second,
+			healthInterval: 200 * time.Millisecond, healthFailures: 3, leaseTTL: 5 * time.Second,
 		}
 	}
 	return params{

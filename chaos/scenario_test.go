@@ -116,6 +116,9 @@ func scenarios() []scenario {
 	add(scenario{num: 11, name: "node key deleted by hand", replicas: 1, event: deleteNodeKey})
 	add(scenario{num: 12, name: "a subscriber cut off from etcd while a node joins", replicas: 1, cutSub: true, event: cutSubscriberFromEtcd})
 	add(scenario{num: 13, name: "cluster configuration changed under load", replicas: 1, event: changeConfig})
+	for _, rep := range []int{1, 2} {
+		add(scenario{num: 14, name: "agent kill -9 with its Redis", replicas: rep, lossy: rep == 1, event: killAgentAndRedis})
+	}
 	slices.SortStableFunc(out, func(a, b scenario) int { return a.num - b.num })
 	return out
 }
@@ -534,6 +537,29 @@ func killAgent(r *run) marks {
 	n.startAgent()
 	m.recover = r.mustWait(m.end, n.id+" to be ready again", readyAgain(n.id, inc))
 	m.note = fmt.Sprintf("detect: the lease (TTL %s) expires; then a new agent attaches to the same Redis; recover from its start", r.p.leaseTTL)
+	return m
+}
+
+// killAgentAndRedis kills the agent of a node that runs its own
+// redis-server: the child dies with it (Pdeathsig), and nobody deletes the
+// key. The clients see the node's port refuse connections and remove it
+// themselves (fanout/downreport.go) before the lease expires.
+func killAgentAndRedis(r *run) marks {
+	n, inc := r.faulted()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	pid, err := n.redisPID(ctx)
+	cancel()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	m := marks{fault: time.Now()}
+	n.agentProc().kill()
+	m.detect = r.mustWait(m.fault, n.id+" to leave", func(s discovery.Snapshot) bool { return stateOf(s, n.id) == "" })
+	waitUntil(r.t, within, "the node's redis-server to die with its agent", func() bool { return syscall.Kill(pid, 0) != nil })
+	m.end = time.Now()
+	n.startAgent()
+	m.recover = r.mustWait(m.end, n.id+" to be ready again", readyAgain(n.id, inc))
+	m.note = fmt.Sprintf("the agent's redis-server child dies with it; detect: the clients see its port refuse connections and delete its key (the lease, TTL %s, would take longer); recover: a new agent and redis-server, from its start", r.p.leaseTTL)
 	return m
 }
 

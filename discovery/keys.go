@@ -14,6 +14,10 @@ import (
 //	<prefix>/<cluster>/gateways/<gateway-id>      GatewayInfo JSON, under the gateway's lease
 //	<prefix>/<cluster>/acks/<node-id>/<client-id> Ack JSON, under the client's lease;
 //	                                              ClearAcks deletes a node's acks once it left
+//	<prefix>/<cluster>/down/<node-id>/<incarnation>/<client-id>
+//	                                              DownReport JSON, under the client's lease: the
+//	                                              client's connections to the node are refused
+//	                                              (down.go); DownQuorum of them remove the node
 //	<prefix>/<cluster>/config                     cluster configuration (clusterconfig), JSON as written
 //	<prefix>/<cluster>/config-history/<nanos>     ConfigRevision JSON, one per write by PutConfig,
 //	                                              the newest MaxConfigHistory kept; its key's

@@ -182,6 +182,9 @@ func (c *Client) endRun(node discovery.Node) {
 func (c *Client) retire(nc *nodeConn) {
 	delete(c.nodes, nc.node.ID)
 	nc.retired.Store(true)
+	if nc.downReported.Load() {
+		c.withdrawDown(nc.node)
+	}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()

@@ -31,6 +31,8 @@ type metrics struct {
 	historySharedReads  prometheus.Counter
 	asyncPendingBytes   prometheus.Gauge
 	asyncBlocked        prometheus.Counter
+	downReports         prometheus.Counter
+	downRemovals        prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -66,6 +68,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		historySharedReads: c("history_shared_reads_total", "History calls served by a read that other calls asked for too (they came while an identical read ran, and shared the next)."),
 		asyncPendingBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pubmesh", Subsystem: "fanout", Name: "async_pending_bytes",
 			Help: "Payload bytes of PublishAsync calls not finished yet (bounded by MaxPendingPublishBytes)."}),
+		downReports:  c("down_reports_total", "Reports written to etcd that a node refuses connections (its process is gone) while its key is still there."),
+		downRemovals: c("down_removals_total", "Nodes whose key this client deleted because enough clients reported their connections refused (discovery.DownQuorum)."),
 		asyncBlocked: c("async_blocked_total", "PublishAsync calls that waited because MaxPendingPublishBytes was reached."),
 		publishLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "pubmesh", Subsystem: "fanout",
 			Name: "publish_seconds", Help: "Time from Publish to acceptance by the node(s).",
@@ -78,7 +82,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.publishes, m.publishErrors, m.retries, m.deliveries, m.duplicates, m.overflowDrops,
 			m.reordered, m.outOfOrder, m.gaps, m.reconnects, m.ackTimeouts, m.refusals, m.badReplies, m.memberGaps, m.gapDrops, m.subQueueFull, m.stale, m.nodes, m.publishLatency,
-			m.historyAppendErrors, m.historyFills, m.recoveries, m.asyncPendingBytes, m.asyncBlocked, m.historyReads, m.historySharedReads)
+			m.historyAppendErrors, m.historyFills, m.recoveries, m.asyncPendingBytes, m.asyncBlocked, m.historyReads, m.historySharedReads, m.downReports, m.downRemovals)
 	}
 	return m
 }

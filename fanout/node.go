@@ -76,6 +76,7 @@ type nodeConn struct {
 
 	suspectUntil  atomic.Int64 // unix nanos
 	retired       atomic.Bool  // the node left etcd; its connection ending is expected
+	downReported  atomic.Bool  // this client reported the node down (downreport.go)
 	histErrLogged atomic.Bool  // a refused history append was logged for this connection
 	expiresMu     sync.Mutex
 	expires       map[string]time.Time // history stream -> when its TTL was last set; under expiresMu

@@ -144,6 +144,7 @@ func (nc *nodeConn) subLoop() {
 			if err == nil {
 				failures = 0
 				nc.subUp.Store(true)
+				nc.noteAnswered()
 				if first {
 					first = false
 					close(nc.subscribed)
@@ -184,6 +185,8 @@ func (nc *nodeConn) subFailed(err error, first bool, failures int) {
 	}
 	if first {
 		nc.failedOnce.Do(func() { close(nc.failed) })
+	} else if refusedDial(err) {
+		nc.noteRefused(err)
 	}
 	if nc.retired.Load() {
 		nc.c.log.Debug("fanout: node that left does not answer", "node", nc, "err", err)

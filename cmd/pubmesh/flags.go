@@ -157,14 +157,14 @@ func agentFlags(drainDefault time.Duration) []cli.Flag {
 	return append([]cli.Flag{
 		&cli.DurationFlag{
 			Name:    "health-interval",
-			Value:   500 * time.Millisecond,
+			Value:   200 * time.Millisecond,
 			Usage:   "how often the agent PINGs its Redis",
 			EnvVars: []string{"PUBMESH_HEALTH_INTERVAL"},
 		},
 		&cli.DurationFlag{
 			Name:        "health-timeout",
 			Usage:       "how long one PING may take before it counts as a miss",
-			DefaultText: "half of --health-interval",
+			DefaultText: "--health-interval",
 			EnvVars:     []string{"PUBMESH_HEALTH_TIMEOUT"},
 		},
 		&cli.IntFlag{
