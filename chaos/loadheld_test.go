@@ -433,6 +433,12 @@ func TestSoak(t *testing.T) {
 		return true
 	})
 	c.waitReady(within, pubClients...)
+	// The agents' health checks (200 ms PINGs by default, 3 misses) and the
+	// clients' down reports must not take a node out under full load: the
+	// ready set stays as it is from here to the end.
+	tl := watchTimeline(pubClients[0])
+	t.Cleanup(tl.close)
+	loadFrom := time.Now()
 
 	maxRate := measureMaxRate(t, pubClients, sinks, wss, channels)
 	if maxRate == 0 {
@@ -481,11 +487,12 @@ func TestSoak(t *testing.T) {
 	pubs.mu.Lock()
 	failed := pubs.failed
 	pubs.mu.Unlock()
+	removals := tl.readyChanges(loadFrom)
 	recordLoad("soak: %d messages published over %s at %d msg/s (half of the %d msg/s measured as the maximum with this setup: %d publishers, %d channels, %d fanout subscribers on every channel and %d WebSocket clients on 4 channels each, 3 nodes), "+
-		"%d failed; lost %d, duplicated %d, out of order %d over all subscribers; WebSocket reconnects %d. From the start (after 30 s of warm-up) to the end: "+
+		"%d failed; lost %d, duplicated %d, out of order %d over all subscribers; WebSocket reconnects %d; changes of the ready set (a node taken out) %d over the maximum-rate runs and the soak, agents with --health-interval %s --health-failures %d. From the start (after 30 s of warm-up) to the end: "+
 		"gateway goroutines %d → %d, heap in use %s → %s, RSS %s → %s; agents' RSS %s → %s; redis-servers' RSS %s → %s; test process (clients) goroutines %d → %d",
 		published, (soakFor + 30*time.Second).Round(time.Second), perPub*publishers, maxRate, publishers, channels, fanoutSubs, wsSubs,
-		failed, lost, dups, ooo, reconnects,
+		failed, lost, dups, ooo, reconnects, removals, p.healthInterval, p.healthFailures,
 		start.gw.goroutines, end.gw.goroutines, mib(start.gw.heapInuse), mib(end.gw.heapInuse), mib(start.gw.rss), mib(end.gw.rss),
 		mib(start.agentsRSS), mib(end.agentsRSS), mib(start.redisMemory), mib(end.redisMemory), start.goroutines, end.goroutines)
 	t.Logf("soak over %s: published %d, failed %d, lost %d, dups %d, out of order %d, reconnects %d; start %+v end %+v",
@@ -503,6 +510,9 @@ func TestSoak(t *testing.T) {
 		gw.metric("pubmesh_fanout_reorder_holds_total"), gw.metric("pubmesh_fanout_reorder_gaps_total"),
 		gw.metric("pubmesh_fanout_out_of_order_total"), gw.metric("pubmesh_fanout_duplicates_dropped_total"))
 
+	if removals > 0 {
+		t.Errorf("soak: the ready set changed %d times under load with no fault (a node taken out by its health checks or by down reports)", removals)
+	}
 	if failed > 0 || lost > 0 || dups > 0 || ooo > 0 || reconnects > 0 {
 		t.Errorf("soak: failed %d, lost %d, duplicated %d, out of order %d, reconnects %d", failed, lost, dups, ooo, reconnects)
 	}

@@ -582,7 +582,7 @@ func loseQuorum(r *run) marks {
 	}
 	m.recover = r.mustWait(m.end, "the clients to see etcd again", func(s discovery.Snapshot) bool { return !s.Stale && len(s.Ready()) == before })
 	m.note = fmt.Sprintf("2 of 3 members (the leader and one more) killed for %s; detect: the clients' view turns stale; recover: fresh again, every node still ready", r.p.quorumFor)
-	if changes := r.readyChanges(m.fault); changes > 0 {
+	if changes := r.obs.readyChanges(m.fault); changes > 0 {
 		m.note += fmt.Sprintf("; the ready set changed %d times", changes)
 	}
 	return m
@@ -619,29 +619,10 @@ func restartMember(r *run) marks {
 	n, stale := r.obs.staleSpans(m.fault)
 	m.note = fmt.Sprintf("the leader killed, restarted %s later on its data; detect: a new leader; recover: the member serves again; the clients' view was stale %d times (%s)",
 		m.end.Sub(m.fault).Round(100*time.Millisecond), n, stale.Round(time.Millisecond))
-	if changes := r.readyChanges(m.fault); changes > 0 {
+	if changes := r.obs.readyChanges(m.fault); changes > 0 {
 		m.note += fmt.Sprintf("; the ready set changed %d times", changes)
 	}
 	return m
-}
-
-// readyChanges counts changes of the clients' ready set after t.
-func (r *run) readyChanges(t time.Time) int {
-	r.obs.mu.Lock()
-	defer r.obs.mu.Unlock()
-	n := 0
-	var last []string
-	for i, s := range r.obs.snaps {
-		var ids []string
-		for _, x := range s.s.Ready() {
-			ids = append(ids, fmt.Sprint(x.ID, x.Incarnation))
-		}
-		if i > 0 && !s.at.Before(t) && !slices.Equal(ids, last) {
-			n++
-		}
-		last = ids
-	}
-	return n
 }
 
 func partition(r *run) marks {

@@ -1,6 +1,8 @@
 package chaos
 
 import (
+	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -115,6 +117,26 @@ func (tl *timeline) wait(t time.Time, within time.Duration, pred func(discovery.
 
 // staleSpans is how many times the view went stale after t, and for how
 // long in total.
+// readyChanges counts changes of the client's ready set after t (a node
+// that left, joined, or registered again).
+func (tl *timeline) readyChanges(t time.Time) int {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	n := 0
+	var last []string
+	for i, s := range tl.snaps {
+		var ids []string
+		for _, x := range s.s.Ready() {
+			ids = append(ids, fmt.Sprint(x.ID, x.Incarnation))
+		}
+		if i > 0 && !s.at.Before(t) && !slices.Equal(ids, last) {
+			n++
+		}
+		last = ids
+	}
+	return n
+}
+
 func (tl *timeline) staleSpans(t time.Time) (n int, total time.Duration) {
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
