@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // PublishResult is the outcome of one PublishAsync: Done is closed when
@@ -99,10 +101,20 @@ func (c *Client) PublishAsync(ctx context.Context, channel string, payload []byt
 		return failedResult(err)
 	}
 	start := time.Now()
+	var span trace.Span // nil: not traced
+	if c.tracer != nil {
+		// The span outlives the call: it ends with the publish
+		// (finishLocked), and ctx's cancel does not end it.
+		_, span = c.startPublish(ctx, channel, true)
+	}
 	seq, prev := c.prevs.nextSent(channel, func() uint64 { return c.seq.Add(1) }, start.UnixNano())
-	data := appendEnvelope(make([]byte, 0, len(payload)+64), envelope{pub: c.pubID, seq: seq, prev: prev.seq, ts: start.UnixNano()}, payload)
+	env := envelope{pub: c.pubID, seq: seq, prev: prev.seq, ts: start.UnixNano()}
+	if span != nil {
+		env.trace = traceparentOf(span)
+	}
+	data := appendEnvelope(make([]byte, 0, len(payload)+64+len(env.trace)), env, payload)
 	ar := &asyncReq{
-		c: c, channel: channel, data: data, size: size, epoch: epoch, seq: seq, prev: prev, start: start,
+		c: c, channel: channel, data: data, size: size, epoch: epoch, seq: seq, prev: prev, start: start, span: span,
 	}
 	if o, ok := c.historyOf(channel); ok {
 		ar.hist = newHistArgs(channel, data, prev.ts, c.cfg.Replicas, o)
@@ -165,6 +177,7 @@ type asyncReq struct {
 	seq     uint64
 	prev    prevLink // the channel's predecessor named in the envelope
 	start   time.Time
+	span    trace.Span // the publish span; nil when not traced
 
 	mu       sync.Mutex // guards what follows
 	rs       *readySet
@@ -252,6 +265,9 @@ func (ar *asyncReq) finishLocked(err error) {
 		c.prevs.unsent(ar.channel, ar.seq, ar.prev)
 		c.m.publishErrors.Inc()
 	}
+	if ar.span != nil {
+		endPublish(ar.span, err)
+	}
 	ar.res.finish(err)
 	c.async.release(ar.size, ar.epoch, err)
 }
@@ -264,6 +280,9 @@ func (ar *asyncReq) answer(r pubResult) {
 	ar.pending--
 	if r.err == nil {
 		ar.accepted++
+		if ar.span != nil {
+			publishAccepted(ar.span, r.node)
+		}
 		ar.maybeFinish(ar.c.ctx)
 		ar.mu.Unlock()
 		return

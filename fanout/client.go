@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pubmesh/pubmesh/discovery"
 )
@@ -93,6 +94,7 @@ type Client struct {
 	runsRev     int64         // the membership revision they were read under
 	kick        chan struct{} // asks the membership loop to re-evaluate acks
 	async       *asyncPublisher
+	tracer      trace.Tracer // nil: tracing off (trace.go)
 
 	closed    atomic.Bool
 	ctx       context.Context
@@ -123,7 +125,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("fanout: client id: %w", err)
 	}
 	c := &Client{
-		cfg: cfg, log: cfg.Logger.With("client", cfg.ID), m: newMetrics(cfg.Registerer),
+		cfg: cfg, log: cfg.Logger.With("client", cfg.ID), m: newMetrics(cfg.Registerer), tracer: newTracer(cfg.TracerProvider),
 		pubID: rand.Uint64() | 1, prevs: newPrevTable(65536), subs: newRegistry(),
 		nodes: map[string]*nodeConn{}, livePos: map[string]*livePos{}, histReads: make(chan struct{}, maxHistoryReads), readyC: make(chan struct{}), kick: make(chan struct{}, 1),
 	}
@@ -225,6 +227,9 @@ func (c *Client) dispatch(nc *nodeConn, channel, pattern, raw []byte) {
 	if ok {
 		m.pub, m.seq, m.prev = env.pub, env.seq, env.prev
 		m.PublishedAt = time.Unix(0, env.ts)
+		if env.trace != "" && c.tracer != nil {
+			c.traceReceipt(m, nc, env)
+		}
 	}
 	c.seqr.push(m, pat, env, ok)
 }
@@ -234,6 +239,9 @@ func (c *Client) dispatch(nc *nodeConn, channel, pattern, raw []byte) {
 func (c *Client) deliver(m *Message, pattern string) {
 	c.trackPosition(m)
 	c.subs.each(m.Channel, pattern, func(s *Subscription) { s.put(m, c.cfg.Overflow, c.m) })
+	if m.tr != nil {
+		traceDelivered(m)
+	}
 }
 
 // Close closes every Subscription's channel and every node connection

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pubmesh/pubmesh/discovery"
 )
@@ -137,6 +138,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the client's metrics. Default: none registered.
 	Registerer prometheus.Registerer
+	// TracerProvider, if set, traces publishes and deliveries (trace.go,
+	// docs/operations.md "Traces"), and a sampled publish carries its
+	// traceparent in the envelope. Default: nil, tracing off, at no cost.
+	TracerProvider trace.TracerProvider
 }
 
 func (c Config) withDefaults() Config {

@@ -14,6 +14,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 		{envelope{pub: 1, seq: 1, prev: 0, ts: 0}, ""},
 		{envelope{pub: 0xdeadbeefcafef00d, seq: 42, prev: 41, ts: 1764000000123456789}, "hello"},
 		{envelope{pub: ^uint64(0), seq: ^uint64(0), prev: 7, ts: -5}, "line1\nline2\x00binary"},
+		{envelope{pub: ^uint64(0), seq: ^uint64(0), prev: ^uint64(0) - 1, ts: -1 << 63, trace: testTraceparent}, "longest header"},
 	}
 	for _, tc := range tests {
 		raw := string(appendEnvelope(nil, tc.env, []byte(tc.payload)))
@@ -24,12 +25,44 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 	}
 }
 
+const testTraceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+// TestEnvelopeOptionalFields: fields after the time are optional; a valid
+// traceparent among them is the trace, anything else is skipped and never
+// makes the message raw (docs/wire-format.md).
+func TestEnvelopeOptionalFields(t *testing.T) {
+	base := envelope{pub: 1, seq: 5, ts: 5}
+	traced := base
+	traced.trace = testTraceparent
+	for _, tc := range []struct {
+		raw  string
+		want envelope
+	}{
+		{"pm1 0000000000000001 5 0 5\nx", base},
+		{"pm1 0000000000000001 5 0 5 " + testTraceparent + "\nx", traced},
+		{"pm1 0000000000000001 5 0 5 6\nx", base},                                                       // a field of a later version
+		{"pm1 0000000000000001 5 0 5 future " + testTraceparent + " more\nx", traced},                   // the traceparent among others
+		{"pm1 0000000000000001 5 0 5 " + strings.ToUpper(testTraceparent) + "\nx", base},                // uppercase: not W3C
+		{"pm1 0000000000000001 5 0 5 01" + testTraceparent[2:] + "\nx", base},                           // another version
+		{"pm1 0000000000000001 5 0 5 00-00000000000000000000000000000000-00f067aa0ba902b7-01\nx", base}, // zero trace id
+		{"pm1 0000000000000001 5 0 5 00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01\nx", base}, // zero span id
+		{"pm1 0000000000000001 5 0 5 " + testTraceparent[:54] + "\nx", base},                            // short
+		{"pm1 0000000000000001 5 0 5 \nx", base},                                                        // a trailing space
+	} {
+		got, payload, ok := parseEnvelope(tc.raw)
+		if !ok || got != tc.want || payload != "x" {
+			t.Errorf("parseEnvelope(%q) = %+v %q %v, want %+v", tc.raw, got, payload, ok, tc.want)
+		}
+	}
+}
+
 func TestEnvelopeRejectsMalformed(t *testing.T) {
 	for _, raw := range []string{
 		"", "hello", "pm1 ", "pm1 zz 1 0 5\nx", "pm1 0000000000000001 0 0 5\nx",
 		"pm1 0000000000000001 5 5 5\nx", "pm1 0000000000000001 5 0 x\nx", "pm1 0000000000000001 5 0 5",
 		"pm1 000000000000001 5 0 5\nx", "pm1 0000000000000000 5 0 5\nx", "pm1 0000000000000001 5 0\nx",
-		"pm1 0000000000000001 5 0 5 6\nx", "pm1 " + strings.Repeat("1", 200) + "\nx",
+		"pm1 " + strings.Repeat("1", 200) + "\nx",
+		"pm1 0000000000000001 5 0 5 " + testTraceparent + " " + strings.Repeat("x", 200) + "\nx", // over maxHeader
 	} {
 		if _, payload, ok := parseEnvelope(raw); ok || payload != raw {
 			t.Errorf("parseEnvelope(%q) accepted it", raw)
@@ -40,6 +73,9 @@ func TestEnvelopeRejectsMalformed(t *testing.T) {
 func FuzzEnvelope(f *testing.F) {
 	f.Add("pm1 0000000000000001 2 1 5\nhello")
 	f.Add("plain message")
+	f.Add("pm1 0000000000000001 2 1 5 " + testTraceparent + "\nhello")
+	f.Add("pm1 0000000000000001 2 1 5 x " + testTraceparent + "\nhello")
+	f.Add("pm1 0000000000000001 2 1 5 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g\nhello")
 	f.Fuzz(func(t *testing.T, raw string) {
 		e, payload, ok := parseEnvelope(raw)
 		if !ok {
@@ -50,6 +86,14 @@ func FuzzEnvelope(f *testing.F) {
 		}
 		again := string(appendEnvelope(nil, e, []byte(payload)))
 		e2, p2, ok2 := parseEnvelope(again)
+		if e.trace != "" && !validTraceparent(e.trace) {
+			t.Fatalf("accepted an invalid trace field %q", e.trace)
+		}
+		if e.trace != "" {
+			if sc, ok := parseTraceparent(e.trace); !ok || formatTraceparent(sc) != e.trace {
+				t.Fatalf("trace field %q does not survive a parse and format", e.trace)
+			}
+		}
 		if !ok2 || e2 != e || p2 != payload {
 			t.Fatalf("re-encoding %q changed it: %q", raw, again)
 		}

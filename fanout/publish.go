@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // prevTable remembers, per channel, the seq of this client's last message
@@ -157,7 +159,14 @@ func (c *Client) Publish(ctx context.Context, channel string, payload []byte) er
 		return err
 	}
 	start := time.Now()
-	err := c.publish(ctx, channel, payload, start)
+	var span trace.Span // nil: not traced
+	if c.tracer != nil {
+		ctx, span = c.startPublish(ctx, channel, false)
+	}
+	err := c.publish(ctx, channel, payload, start, span)
+	if span != nil {
+		endPublish(span, err)
+	}
 	if err != nil {
 		c.m.publishErrors.Inc()
 		return err
@@ -167,9 +176,13 @@ func (c *Client) Publish(ctx context.Context, channel string, payload []byte) er
 	return nil
 }
 
-func (c *Client) publish(ctx context.Context, channel string, payload []byte, start time.Time) error {
+func (c *Client) publish(ctx context.Context, channel string, payload []byte, start time.Time, span trace.Span) error {
 	seq, prev := c.prevs.next(channel, func() uint64 { return c.seq.Add(1) })
-	data := appendEnvelope(make([]byte, 0, len(payload)+64), envelope{pub: c.pubID, seq: seq, prev: prev.seq, ts: start.UnixNano()}, payload)
+	env := envelope{pub: c.pubID, seq: seq, prev: prev.seq, ts: start.UnixNano()}
+	if span != nil {
+		env.trace = traceparentOf(span)
+	}
+	data := appendEnvelope(make([]byte, 0, len(payload)+64+len(env.trace)), env, payload)
 	var hist *histArgs
 	if o, ok := c.historyOf(channel); ok {
 		hist = newHistArgs(channel, data, prev.ts, c.cfg.Replicas, o)
@@ -260,6 +273,9 @@ func (c *Client) publish(ctx context.Context, channel string, payload []byte, st
 		pending--
 		if r.err == nil {
 			accepted++
+			if span != nil {
+				publishAccepted(span, r.node)
+			}
 			continue
 		}
 		lastErr = r.err

@@ -20,9 +20,10 @@ type Message struct {
 	// Node is the id of the node the message came through.
 	Node string
 
-	pub, seq uint64 // from the envelope; 0 without one
-	prev     uint64 // the publisher's previous message on the channel (envelope)
-	pos      string // the position after this message; "" without history
+	pub, seq uint64    // from the envelope; 0 without one
+	prev     uint64    // the publisher's previous message on the channel (envelope)
+	pos      string    // the position after this message; "" without history
+	tr       *msgTrace // the delivery span of a traced message (trace.go); nil without
 }
 
 // Position is where a subscriber of a history channel is after this

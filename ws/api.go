@@ -44,7 +44,7 @@ func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request) {
 		h.httpError(w, badRequest(nil, "read body: %v", err))
 		return
 	}
-	e := h.publishOp(r.Context(), publishRequest{p: p, addr: clientAddr(r), channel: channel, data: body, source: "http"})
+	e := h.publishOp(h.traceContext(r), publishRequest{p: p, addr: clientAddr(r), channel: channel, data: body, source: "http"})
 	if e != nil {
 		if e.Code == CodeRateLimited {
 			w.Header().Set("Retry-After", "1")

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults of the limits, exported so documentation, flags and tests name
@@ -159,6 +160,11 @@ type Config struct {
 	// serves at /metrics. Pass the registry given to fanout.Config as
 	// Registerer to serve both. Default: a new registry of its own.
 	Metrics *prometheus.Registry
+	// TracerProvider, if set, traces client publishes and message writes
+	// (trace.go); StartGateway gives it to the gateway's fanout client too
+	// when Fanout.TracerProvider is nil. Default: nil, tracing off, at no
+	// cost.
+	TracerProvider trace.TracerProvider
 
 	// For the package's tests: the frames a resume may hold (default
 	// DefaultResumeHold), and hooks into a resume.

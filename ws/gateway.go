@@ -85,6 +85,9 @@ func StartGateway(ctx context.Context, cfg GatewayConfig) (*Gateway, error) {
 	if fc.Logger == nil {
 		fc.Logger = cfg.Handler.Logger
 	}
+	if fc.TracerProvider == nil {
+		fc.TracerProvider = cfg.Handler.TracerProvider
+	}
 	client, err := fanout.New(ctx, fc)
 	if err != nil {
 		l.Close()

@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pubmesh/pubmesh/fanout"
 )
@@ -59,6 +60,7 @@ type Handler struct {
 	mux            *http.ServeMux
 	up             websocket.Upgrader
 	log            *slog.Logger
+	tracer         trace.Tracer // nil: tracing off (trace.go)
 
 	ctx    context.Context // canceled by Shutdown
 	cancel context.CancelFunc
@@ -96,7 +98,7 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := effectiveLimits(&cfg, client.ClusterConfig())
 	h := &Handler{
-		client: client, cfg: cfg, auth: auth, metrics: m, log: cfg.Logger,
+		client: client, cfg: cfg, auth: auth, metrics: m, log: cfg.Logger, tracer: newTracer(cfg.TracerProvider),
 		subjects:       newSubjects(l.publishRate, l.publishBurst, l.maxConnsPerSubject, maxLimitedSubjects),
 		anonPublishers: newSubjects(l.publishRate, l.publishBurst, -1, maxLimitedSubjects),
 		ctx:            ctx, cancel: cancel,

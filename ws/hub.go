@@ -216,7 +216,11 @@ func (b *hub) pump(sh *hubShard, ch *channel, feed *fanout.Subscription) {
 		if pos != "" {
 			ch.pos.Store(&pos)
 		}
-		for _, s := range *ch.subs.Load() {
+		subs := *ch.subs.Load()
+		if b.h.tracer != nil {
+			b.h.traceFrame(m, f, ch.name, len(subs))
+		}
+		for _, s := range subs {
 			s.deliver(ch.name, f)
 		}
 	}

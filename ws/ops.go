@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"strconv"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // The operations of every transport, each in one order: validate the
@@ -158,6 +160,17 @@ type publishRequest struct {
 // namespace rule and the claims, the data (size, UTF-8, JSON), the rate
 // limit, then the fanout client.
 func (h *Handler) publishOp(ctx context.Context, r publishRequest) *Error {
+	if h.tracer != nil {
+		var span trace.Span
+		ctx, span = h.startPublish(ctx, r)
+		e := h.checkedPublish(ctx, r)
+		endPublish(span, e)
+		return e
+	}
+	return h.checkedPublish(ctx, r)
+}
+
+func (h *Handler) checkedPublish(ctx context.Context, r publishRequest) *Error {
 	l := h.limits()
 	ns, e := h.authorize(l, r.id, r.p, OpPublish, r.channel)
 	if e != nil {

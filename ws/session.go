@@ -33,6 +33,8 @@ type outFrame struct {
 	// prep is b as a PreparedMessage for the connections that negotiated
 	// compression; set on shared frames while Config.Compression is on.
 	prep *preparedFrame
+	// tr is the write span of a traced shared message frame (trace.go).
+	tr *frameTrace
 }
 
 // session is one client, whatever its transport (WebSocket, SSE, HTTP

@@ -208,6 +208,9 @@ func (c *wsConn) writeBatch(f *outFrame) error {
 		if err = c.writeFrame(f, compressed); err != nil {
 			break
 		}
+		if f.tr != nil {
+			f.tr.written()
+		}
 		n++
 		if f.msg {
 			msgs++

@@ -73,7 +73,7 @@ func devCommand() *cli.Command {
 			},
 			clusterFlag(),
 			logLevelFlag("warn"),
-		}, agentFlags(5*time.Second)...),
+		}, append(agentFlags(5*time.Second), tracingFlags()...)...),
 		Action: runDev,
 	}
 }
@@ -195,6 +195,11 @@ func runDev(c *cli.Context) error {
 			return err
 		}
 	}
+	tp, stopTracing, err := startTracing(c, "pubmesh-dev", log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing() // after the gateway stopped (deferred later, run first)
 	if addr := c.String("gateway-listen"); addr != "" {
 		// Started before the nodes turn ready: its fanout client is then part
 		// of their join handshake, so it hears every message from the start.
@@ -205,6 +210,7 @@ func runDev(c *cli.Context) error {
 				return fmt.Errorf("--secure: %w", err)
 			}
 		}
+		gw.WS.TracerProvider = tp.TracerProvider()
 		url, stopGateway, err := startGateway(c.Context, gw)
 		if err != nil {
 			return fmt.Errorf("%w (pick another --gateway-listen, or --gateway-listen '' for none)", err)

@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pubmesh/pubmesh/discovery"
 	"github.com/pubmesh/pubmesh/fanout"
@@ -17,7 +18,7 @@ import (
 // fanoutFlags are the flags of commands that publish or subscribe through
 // a fanout client, on top of etcdFlags and the Redis credentials and TLS.
 func fanoutFlags() []cli.Flag {
-	return append(append(etcdFlags(), redisClientFlags()...),
+	return append(append(append(etcdFlags(), redisClientFlags()...),
 		&cli.IntFlag{
 			Name:    "replicas",
 			Value:   1,
@@ -25,7 +26,7 @@ func fanoutFlags() []cli.Flag {
 			EnvVars: []string{"PUBMESH_REPLICAS"},
 		},
 		logLevelFlag("warn"),
-	)
+	), tracingFlags()...)
 }
 
 // openFanout validates the channel arguments, builds the logger, makes
@@ -47,15 +48,21 @@ func openFanout(c *cli.Context, channels []string, overflow fanout.Overflow) (cl
 	}
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	c.Context = ctx
-	if client, err = newFanout(c, log, overflow); err != nil {
+	tp, stopTracing, err := startTracing(c, "pubmesh-"+c.Command.Name, log)
+	if err != nil {
 		stop()
 		return nil, nil, nil, err
 	}
-	return client, log, func() { client.Close(); stop() }, nil
+	if client, err = newFanout(c, log, overflow, tp.TracerProvider()); err != nil {
+		stopTracing()
+		stop()
+		return nil, nil, nil, err
+	}
+	return client, log, func() { client.Close(); stopTracing(); stop() }, nil
 }
 
 // newFanout builds a fanout client from fanoutFlags.
-func newFanout(c *cli.Context, log *slog.Logger, overflow fanout.Overflow) (*fanout.Client, error) {
+func newFanout(c *cli.Context, log *slog.Logger, overflow fanout.Overflow, tp trace.TracerProvider) (*fanout.Client, error) {
 	if err := discovery.ValidID(c.String("cluster")); err != nil {
 		return nil, usageError{fmt.Errorf("invalid --cluster: %w", err)}
 	}
@@ -70,6 +77,8 @@ func newFanout(c *cli.Context, log *slog.Logger, overflow fanout.Overflow) (*fan
 		Replicas: c.Int("replicas"),
 		Overflow: overflow,
 		Logger:   log,
+		// nil without --otlp-endpoint: no tracing
+		TracerProvider: tp,
 	}
 	if err := setFanoutSecurity(c, log, &cfg); err != nil {
 		return nil, err

@@ -31,7 +31,7 @@ func gatewayCommand() *cli.Command {
 			"page, /pubmesh.js the JavaScript client, /healthz is 200 while a ready node is subscribed and takes publishes (503 with the reason otherwise), /metrics is\n" +
 			"Prometheus. Without an auth flag the gateway refuses to start unless --insecure is given.\n" +
 			"SIGINT/SIGTERM close every client with 1001 and stop within --shutdown-timeout.",
-		Flags:  append(append(append(etcdFlags(), gatewayFlags()...), redisClientFlags()...), logLevelFlag("info")),
+		Flags:  append(append(append(append(etcdFlags(), gatewayFlags()...), redisClientFlags()...), tracingFlags()...), logLevelFlag("info")),
 		Action: runGateway,
 	}
 }
@@ -251,6 +251,12 @@ func runGateway(c *cli.Context) error {
 		}
 		setup.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 	}
+	tp, stopTracing, err := startTracing(c, "pubmesh-gateway", log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing() // after stopGateway: the last spans are flushed
+	setup.WS.TracerProvider = tp.TracerProvider()
 	url, stopGateway, err := startGateway(ctx, setup)
 	if err != nil {
 		return err

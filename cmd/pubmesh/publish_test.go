@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/pubmesh/pubmesh/discovery"
+	"github.com/pubmesh/pubmesh/fanout"
+	"github.com/pubmesh/pubmesh/internal/otlprecv"
 )
 
 // Lines piped into `pubmesh publish` reach `pubmesh subscribe` processes
@@ -74,6 +76,7 @@ func TestPublishSubscribeBadInput(t *testing.T) {
 		{"subscribe with an unknown flag after the channel", []string{"subscribe", "news", "--jsn"}, 2, "flag provided but not defined: -jsn"},
 		{"publish to a channel that looks like a flag", []string{"publish", "--", "-news", "x"}, 2, "starts with '-'"},
 		{"bad replicas", []string{"publish", "--replicas", "0", "a", "x"}, 2, "--replicas"},
+		{"bad trace sample ratio", []string{"publish", "--otlp-endpoint", "127.0.0.1:1", "--trace-sample-ratio", "2", "a", "x"}, 2, "--trace-sample-ratio"},
 		{"unreachable etcd", []string{"publish", "--etcd", dead, "--etcd-timeout", "500ms", "a", "x"}, 1, "unreachable"},
 	}
 	for _, tc := range tests {
@@ -84,5 +87,42 @@ func TestPublishSubscribeBadInput(t *testing.T) {
 		if strings.Contains(r.stderr, "panic") {
 			t.Errorf("%s: panic: %s", tc.name, r.stderr)
 		}
+	}
+}
+
+// TestTracingCLI: `pubmesh publish` and `pubmesh subscribe` with
+// --otlp-endpoint export one trace to an OTLP receiver, flushed when each
+// command exits: the publish span from pubmesh-publish, the node hop and
+// delivery from pubmesh-subscribe.
+func TestTracingCLI(t *testing.T) {
+	t.Parallel()
+	rcv, err := otlprecv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rcv.Close)
+	cluster := uniqueCluster(t)
+	reg := registry(t, cluster)
+	startPubmesh(t, nodeArgs(cluster, "n1", freePort(t))...)
+	watchUntil(t, reg, 20*time.Second, "1 ready", func(s discovery.Snapshot) bool { return len(s.Ready()) == 1 })
+	common := []string{"--etcd", etcdEndpoint, "--cluster", cluster, "--log-level", "info",
+		"--otlp-endpoint", rcv.Endpoint(), "--trace-sample-ratio", "1"}
+	sub := startPubmesh(t, append(append([]string{"subscribe"}, common...), "--count", "1", "news")...)
+	sub.errs.wait(t, "subscribed", 10*time.Second)
+	if r := runPubmesh(t, 20*time.Second, append(append([]string{"publish"}, common...), "news", "traced")...); r.code != 0 {
+		t.Fatalf("publish exited %d: %s", r.code, r.stderr)
+	}
+	if code := sub.exit(t, 20*time.Second); code != 0 {
+		t.Fatalf("subscribe exited %d: %s", code, sub.errs)
+	}
+	spans := rcv.Spans()
+	byName := map[string]otlprecv.Span{}
+	for _, s := range spans {
+		byName[s.Name] = s
+	}
+	pub, hop, del := byName[fanout.SpanPublish], byName[fanout.SpanNodeHop], byName[fanout.SpanDeliver]
+	if pub.Service != "pubmesh-publish" || hop.Service != "pubmesh-subscribe" || del.Service != "pubmesh-subscribe" ||
+		hop.TraceID != pub.TraceID || hop.ParentSpanID != pub.SpanID || del.ParentSpanID != hop.SpanID || pub.TraceID == "" {
+		t.Fatalf("spans: %+v", spans)
 	}
 }

@@ -1,0 +1,91 @@
+package bench_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pubmesh/pubmesh/fanout"
+	"github.com/pubmesh/pubmesh/internal/otlprecv"
+	"github.com/pubmesh/pubmesh/internal/tracing"
+)
+
+// BenchmarkTracing is BenchmarkDeliver's path (publish from many
+// goroutines, one subscriber, one node) with tracing off (no
+// TracerProvider: the default), with an SDK provider that samples nothing
+// (ratio 0: a span object per publish, no export, no trace field), and
+// with every message traced (ratio 1: publish, node hop and delivery spans
+// exported over OTLP/gRPC to an in-process receiver, a 56-byte trace field
+// in each envelope). "off" must match BenchmarkDeliver's allocations: off
+// costs nothing (docs/benchmarks.md, "Tracing").
+func BenchmarkTracing(b *testing.B) {
+	payload := make([]byte, 128)
+	for _, tc := range []struct {
+		name  string
+		on    bool
+		ratio float64
+	}{
+		{"off", false, 0},
+		{"ratio-0", true, 0},
+		{"ratio-1", true, 1},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			c := newCluster(b, 1)
+			var pubCfg, subCfg fanout.Config
+			subCfg.Overflow = fanout.Block
+			if tc.on {
+				rcv, err := otlprecv.Start()
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(rcv.Close)
+				for _, cfg := range []*fanout.Config{&pubCfg, &subCfg} {
+					p, err := tracing.New(context.Background(), tracing.Config{Endpoint: rcv.Endpoint(), SampleRatio: tc.ratio, Service: "bench"})
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.Cleanup(func() {
+						ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+						defer cancel()
+						p.Shutdown(ctx)
+					})
+					cfg.TracerProvider = p.TracerProvider()
+				}
+			}
+			pub := c.client(b, pubCfg)
+			subc := c.client(b, subCfg)
+			sub, err := subc.Subscribe(context.Background(), channels...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var got atomic.Int64
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for range sub.Messages() {
+					got.Add(1)
+				}
+			}()
+			b.ReportAllocs()
+			b.SetParallelism(64)
+			var i atomic.Uint64
+			b.ResetTimer()
+			stopCPU := cpuPerOp(b)
+			b.RunParallel(func(pb *testing.PB) {
+				ctx := context.Background()
+				for pb.Next() {
+					if err := pub.Publish(ctx, channels[i.Add(1)%64], payload); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			waitFor(b, &got, int64(b.N))
+			stopCPU()
+			b.StopTimer()
+			subc.Close()
+			<-done
+		})
+	}
+}
