@@ -94,6 +94,8 @@ multihost: deps
 ## writes bench/results/latest.{md,json,png}
 bench: deps
 	$(GO) run ./cmd/pubmesh bench
+	@echo "tracing off, unsampled and on, on the delivery path (docs/benchmarks.md, Tracing):"
+	$(GO) test ./bench -run '^$$' -bench 'BenchmarkTracing' -benchtime 20000x -count 3 -benchmem | tee bench/results/tracing.txt
 
 ## fuzz: run every fuzz target for FUZZ_TIME (default 1m). make test runs 10000 inputs
 ## each (a few seconds): a count, not a duration, because with a duration go1.26's

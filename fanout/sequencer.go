@@ -65,6 +65,7 @@ func (s *sequencer) push(m *Message, pattern string, env envelope, ok bool) {
 	pk := patternKey(pattern)
 	if !s.dedup.add(streamKey{env.pub, pk}, env.seq) {
 		s.m.duplicates.Inc()
+		traceDuplicate(m)
 		return
 	}
 	k := orderKey{env.pub, channelHash(m.Channel), pk}

@@ -147,6 +147,16 @@ func traceDelivered(m *Message) {
 	m.tr.deliver.End()
 }
 
+// traceDuplicate ends the delivery span of a copy the sequencer dropped
+// (the message came already, from another replica or a retried publish).
+func traceDuplicate(m *Message) {
+	if m.tr == nil {
+		return
+	}
+	m.tr.deliver.SetAttributes(attribute.Bool("pubmesh.duplicate", true))
+	m.tr.deliver.End()
+}
+
 // SpanContext is the context of the message's delivery span, when the
 // message was published with a sampled trace and this client traces
 // (Config.TracerProvider); otherwise an invalid one. A consumer's own span

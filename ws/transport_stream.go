@@ -180,6 +180,9 @@ func (h *Handler) writeStream(s *session, rc *http.ResponseController, bw *bufio
 		msgs := 0
 		for n := 0; ; n++ {
 			format.frame(bw, f)
+			if f.tr != nil {
+				f.tr.written()
+			}
 			if f.msg {
 				msgs++
 			}
