@@ -89,9 +89,6 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 	}
 	a.setNode(reg.Node())
 	a.log.Info("registered", "state", node.State, "addr", node.Addr, "run_id", node.RunID, "incarnation", reg.Node().Incarnation)
-	// The id is ours now: runs of it left open by an earlier agent are over.
-	a.sweepRuns(ctx, s)
-
 	gctx, gcancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	s.gateDone, s.gateCancel = done, gcancel
@@ -100,6 +97,11 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 		defer s.gates.Done()
 		done <- a.cfg.JoinGate(gctx, reg.Node())
 	}()
+	// The id is ours now: runs of it left open by an earlier agent are
+	// over. This runs while the clients ack the join (the gate's result is
+	// read by the run loop after it), so it costs the join no time, and it
+	// is done before the node turns ready.
+	a.sweepRuns(ctx, s)
 	return nil
 }
 
