@@ -160,9 +160,9 @@ func (a *admin) channels(ctx context.Context) ([]adminChannel, int, string) {
 
 // rateMeter turns the gateway's counters into rates between samples.
 type rateMeter struct {
-	at                            time.Time
+	at                             time.Time
 	published, received, delivered float64
-	last                          adminRate
+	last                           adminRate
 }
 
 // sampleRate reads the counters and returns the rate since the previous
