@@ -179,7 +179,7 @@ func (a *admin) serveDrain(w http.ResponseWriter, r *http.Request) {
 	err := a.h.client.Registry().RequestDrain(r.Context(), id, "admin@"+a.h.client.ID())
 	if err != nil {
 		status := http.StatusServiceUnavailable
-		if strings.Contains(err.Error(), "no live node") {
+		if errors.Is(err, discovery.ErrNoSuchNode) {
 			status = http.StatusNotFound
 		}
 		a.done(r, "drain", "error", "node", id, "err", err)
