@@ -28,6 +28,13 @@ func (e *ConflictError) Error() string {
 	return fmt.Sprintf("%v: expected revision %d, now %d (read it again, then retry)", ErrConfigConflict, e.Expected, e.Current)
 }
 
+// Explain says the conflict for a person, ending with how to retry
+// (retry, such as "read it again with pubmesh config get, then retry"):
+// pubmesh config and the gateway's admin page say it the same way.
+func (e *ConflictError) Explain(retry string) string {
+	return fmt.Sprintf("conflict: the configuration is at revision %d, not %d: somebody else changed it; nothing was written (%s)", e.Current, e.Expected, retry)
+}
+
 // Is makes errors.Is(err, ErrConfigConflict) true.
 func (e *ConflictError) Is(target error) bool { return target == ErrConfigConflict }
 

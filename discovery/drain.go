@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -25,6 +26,9 @@ type DrainRequest struct {
 	// key's ModRevision stands in for it.
 	Incarnation int64 `json:"incarnation,omitempty"`
 }
+
+// ErrNoSuchNode is how RequestDrain fails when no live node has the id.
+var ErrNoSuchNode = errors.New("no live node with that id")
 
 // RequestDrain asks node id's agent to drain and leave. The request is for
 // the node's current registration (its incarnation). It fails if no live
@@ -64,7 +68,7 @@ func (r *Registry) RequestDrain(ctx context.Context, id, by string) error {
 		}
 	}
 	r.cli.Revoke(ctx, lease.ID)
-	return fmt.Errorf("discovery: drain %s: no live node with that id", id)
+	return fmt.Errorf("discovery: drain %s: %w", id, ErrNoSuchNode)
 }
 
 // DrainRequested returns a channel that is closed once a drain of node id

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -154,6 +155,14 @@ type Config struct {
 	// subscriber. Default: off.
 	Compression bool
 
+	// AdminPassword, when set, serves the admin page at /admin (admin.go):
+	// an operator logs in with it and gets a session cookie. Its own
+	// credential, not an API key. Default: nil, /admin is not served (404).
+	AdminPassword []byte
+	// AdminSessionTTL is how long an admin session cookie lasts. Default:
+	// DefaultAdminSessionTTL (12h).
+	AdminSessionTTL time.Duration
+
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger
 	// Metrics is the registry the handler registers its metrics in and
@@ -200,6 +209,10 @@ func (c *Config) setDefaults() error {
 	defDur(&c.OpTimeout, DefaultOpTimeout)
 	defDur(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	defDur(&c.APITimeout, 2*time.Second)
+	defDur(&c.AdminSessionTTL, DefaultAdminSessionTTL)
+	if c.AdminPassword != nil && len(strings.TrimSpace(string(c.AdminPassword))) == 0 {
+		return errors.New("ws: the admin password is empty")
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

@@ -37,6 +37,7 @@ import (
 //	GET  /                         the demo page
 //	GET  /pubmesh.js               the JavaScript client
 //	GET  /pubmesh-presence.js      its presence part (pubmesh.js imports it)
+//	GET  /admin, /admin/api/...    the admin page, with Config.AdminPassword only (admin.go)
 //
 // on top of one fanout client, whose cluster configuration it follows (see
 // Config). It is safe for concurrent use. Shutdown
@@ -55,6 +56,7 @@ type Handler struct {
 	live           liveConfig
 	pres           *presenceState // presence and join/leave (presence.go)
 	ctl            *control       // the server API's control channel (serverapi.go)
+	admin          *admin         // the admin page (admin.go); nil when off
 	regMu          sync.Mutex     // guards greg
 	greg           *gatewayRegistry
 	mux            *http.ServeMux
@@ -147,6 +149,10 @@ func NewHandler(client *fanout.Client, cfg Config) (*Handler, error) {
 	h.mux.HandleFunc("GET /{$}", serveStatic("index.html", "text/html; charset=utf-8"))
 	h.mux.HandleFunc("GET /pubmesh.js", serveStatic("pubmesh.js", "text/javascript; charset=utf-8"))
 	h.mux.HandleFunc("GET /pubmesh-presence.js", serveStatic("pubmesh-presence.js", "text/javascript; charset=utf-8"))
+	if err := h.startAdmin(); err != nil {
+		cancel()
+		return nil, err
+	}
 	if err := h.startCluster(); err != nil {
 		cancel()
 		return nil, err

@@ -5,12 +5,13 @@ import (
 	"net/http"
 )
 
-//go:embed static/index.html static/pubmesh.js static/pubmesh-presence.js
+//go:embed static/index.html static/pubmesh.js static/pubmesh-presence.js static/admin.html static/admin.js static/admin.css
 var static embed.FS
 
 // StaticFile returns an embedded file: "pubmesh.js" (the JavaScript
 // client), "pubmesh-presence.js" (its presence part, which pubmesh.js
-// imports from next to itself) or "index.html" (the demo page).
+// imports from next to itself), "index.html" (the demo page), or the admin
+// page's "admin.html", "admin.js" and "admin.css".
 func StaticFile(name string) ([]byte, error) { return static.ReadFile("static/" + name) }
 
 func serveStatic(name, contentType string) http.HandlerFunc {

@@ -284,7 +284,7 @@ func (s *configSession) write(cur discovery.StoredConfig, tree map[string]any, r
 	rev, err := s.reg.PutConfig(s.ctx, tree, expect, discovery.ConfigChange{Author: author(c), Comment: c.String("comment"), RollbackOf: rollbackOf})
 	var ce *discovery.ConflictError
 	if errors.As(err, &ce) {
-		return fmt.Errorf("conflict: the configuration is at revision %d, not %d: somebody else changed it; nothing was written (read it again with pubmesh config get, then retry)", ce.Current, ce.Expected)
+		return errors.New(ce.Explain("read it again with pubmesh config get, then retry"))
 	}
 	if err != nil {
 		return err

@@ -28,7 +28,7 @@ func gatewayCommand() *cli.Command {
 		UsageText: "pubmesh gateway [--listen 127.0.0.1:8080] (--jwt-secret S | --jwt-public-key FILE | --api-key K | --insecure)",
 		Description: "Clients connect to ws://HOST/ws with a JWT (from `pubmesh token`) and speak the JSON protocol of\n" +
 			"docs/protocol.md; backends POST JSON to /api/publish/CHANNEL with an API key or token. / is a demo\n" +
-			"page, /pubmesh.js the JavaScript client, /healthz is 200 while a ready node is subscribed and takes publishes (503 with the reason otherwise), /metrics is\n" +
+			"page, /pubmesh.js the JavaScript client, /admin the admin page (with --admin-password-file only), /healthz is 200 while a ready node is subscribed and takes publishes (503 with the reason otherwise), /metrics is\n" +
 			"Prometheus. Without an auth flag the gateway refuses to start unless --insecure is given.\n" +
 			"SIGINT/SIGTERM close every client with 1001 and stop within --shutdown-timeout.",
 		Flags:  append(append(append(append(etcdFlags(), gatewayFlags()...), redisClientFlags()...), tracingFlags()...), logLevelFlag("info")),
@@ -49,6 +49,8 @@ func gatewayFlags() []cli.Flag {
 		&cli.StringFlag{Name: "jwt-public-key", Usage: "PEM file of the RSA (RS256) or ECDSA (ES256) public key that verifies client tokens", DefaultText: "none", EnvVars: []string{"PUBMESH_JWT_PUBLIC_KEY"}},
 		&cli.StringSliceFlag{Name: "api-key", Usage: "API key with full access, for backends (repeat or comma-separate for several)", DefaultText: "none", EnvVars: []string{"PUBMESH_API_KEY"}},
 		&cli.StringFlag{Name: "api-key-file", Usage: "file with one API key per line", DefaultText: "none", EnvVars: []string{"PUBMESH_API_KEY_FILE"}},
+		&cli.StringFlag{Name: "admin-password-file", Usage: "serve the admin page at /admin, behind the password in this file (trailing newline ignored; with systemd, LoadCredential= and ${CREDENTIALS_DIRECTORY}/NAME)", DefaultText: "none: no admin page", EnvVars: []string{"PUBMESH_ADMIN_PASSWORD_FILE"}},
+		&cli.DurationFlag{Name: "admin-session-ttl", Value: ws.DefaultAdminSessionTTL, Usage: "how long an admin login lasts", EnvVars: []string{"PUBMESH_ADMIN_SESSION_TTL"}},
 		&cli.BoolFlag{Name: "compression", Usage: "compress WebSocket frames (permessage-deflate) for clients that offer it: less bandwidth, more CPU per subscriber", EnvVars: []string{"PUBMESH_COMPRESSION"}},
 		&cli.DurationFlag{Name: "write-delay", Usage: "how long a WebSocket connection's writer, woken by a frame, waits for more before writing them at once: fewer wake-ups and system calls per frame for high-rate subscribers, up to this much more latency (0: off)", EnvVars: []string{"PUBMESH_WRITE_DELAY"}},
 		&cli.BoolFlag{Name: "insecure", Usage: "run without authentication: anyone who reaches the port may subscribe and publish to every channel", EnvVars: []string{"PUBMESH_INSECURE"}},
@@ -164,6 +166,20 @@ func gatewayConfig(c *cli.Context, log *slog.Logger) (ws.Config, error) {
 			}
 		}
 	}
+	if path := c.String("admin-password-file"); path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return ws.Config{}, fmt.Errorf("--admin-password-file: %w", err)
+		}
+		if b = []byte(strings.TrimRight(string(b), "\r\n")); len(strings.TrimSpace(string(b))) == 0 {
+			return ws.Config{}, fmt.Errorf("the admin password is empty: --admin-password-file %s holds no password", path)
+		}
+		cfg.AdminPassword = b
+	}
+	if d := c.Duration("admin-session-ttl"); d <= 0 {
+		return ws.Config{}, fmt.Errorf("invalid --admin-session-ttl %s: must be positive", d)
+	}
+	cfg.AdminSessionTTL = c.Duration("admin-session-ttl")
 	// Secrets given as flag values are on the command line, which every
 	// user of the machine can read (ps, /proc/PID/cmdline).
 	if v := c.String("jwt-secret"); v != "" && v != os.Getenv("PUBMESH_JWT_SECRET") {
