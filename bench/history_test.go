@@ -82,23 +82,8 @@ func BenchmarkHistoryDeliver(b *testing.B) {
 					got.Add(1)
 				}
 			}()
-			b.ReportAllocs()
-			b.SetParallelism(64)
-			var i atomic.Uint64
 			r0 := redisCPU(b, c.addrs)
-			b.ResetTimer()
-			stop := cpuPerOp(b)
-			b.RunParallel(func(pb *testing.PB) {
-				ctx := context.Background()
-				for pb.Next() {
-					if err := pub.Publish(ctx, channels[i.Add(1)%64], payload); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			waitFor(b, &got, int64(b.N))
-			stop()
+			publishParallel(b, pub, payload, &got)
 			b.ReportMetric(float64(redisCPU(b, c.addrs)-r0)/float64(b.N), "redis-cpu-ns/op")
 			b.StopTimer()
 			sub.Close()

@@ -4,11 +4,9 @@ import (
 	"context"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/pubmesh/pubmesh/fanout"
 	"github.com/pubmesh/pubmesh/internal/otlprecv"
-	"github.com/pubmesh/pubmesh/internal/tracing"
 )
 
 // BenchmarkTracing is BenchmarkDeliver's path (publish from many
@@ -41,16 +39,7 @@ func BenchmarkTracing(b *testing.B) {
 				}
 				b.Cleanup(rcv.Close)
 				for _, cfg := range []*fanout.Config{&pubCfg, &subCfg} {
-					p, err := tracing.New(context.Background(), tracing.Config{Endpoint: rcv.Endpoint(), SampleRatio: tc.ratio, Service: "bench"})
-					if err != nil {
-						b.Fatal(err)
-					}
-					b.Cleanup(func() {
-						ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-						defer cancel()
-						p.Shutdown(ctx)
-					})
-					cfg.TracerProvider = p.TracerProvider()
+					cfg.TracerProvider = rcv.Provider(b, "bench", tc.ratio).TracerProvider()
 				}
 			}
 			pub := c.client(b, pubCfg)
@@ -67,22 +56,7 @@ func BenchmarkTracing(b *testing.B) {
 					got.Add(1)
 				}
 			}()
-			b.ReportAllocs()
-			b.SetParallelism(64)
-			var i atomic.Uint64
-			b.ResetTimer()
-			stopCPU := cpuPerOp(b)
-			b.RunParallel(func(pb *testing.PB) {
-				ctx := context.Background()
-				for pb.Next() {
-					if err := pub.Publish(ctx, channels[i.Add(1)%64], payload); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			waitFor(b, &got, int64(b.N))
-			stopCPU()
+			publishParallel(b, pub, payload, &got)
 			b.StopTimer()
 			subc.Close()
 			<-done

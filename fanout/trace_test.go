@@ -15,22 +15,6 @@ import (
 	"github.com/pubmesh/pubmesh/internal/tracing"
 )
 
-// tracer starts an OTLP provider exporting to rcv as service, closed (and
-// flushed) by the test's cleanup.
-func tracer(t *testing.T, rcv *otlprecv.Receiver, service string, ratio float64) *tracing.Provider {
-	t.Helper()
-	p, err := tracing.New(context.Background(), tracing.Config{Endpoint: rcv.Endpoint(), SampleRatio: ratio, Service: service})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Shutdown(ctx)
-	})
-	return p
-}
-
 // TestTracing publishes through a real node, with and without tracing,
 // and checks what the envelope carries (read on the node with a plain
 // SUBSCRIBE) and which spans the OTLP receiver gets: with tracing on and
@@ -62,7 +46,7 @@ func TestTracing(t *testing.T) {
 			var pubCfg, subCfg fanout.Config
 			var pubP, subP *tracing.Provider
 			if tc.on {
-				pubP, subP = tracer(t, rcv, "publisher", tc.ratio), tracer(t, rcv, "subscriber", tc.ratio)
+				pubP, subP = rcv.Provider(t, "publisher", tc.ratio), rcv.Provider(t, "subscriber", tc.ratio)
 				pubCfg.TracerProvider, subCfg.TracerProvider = pubP.TracerProvider(), subP.TracerProvider()
 			}
 			pub, subc := e.client(pubCfg), e.client(subCfg)

@@ -15,22 +15,6 @@ import (
 	"github.com/pubmesh/pubmesh/internal/tracing"
 )
 
-// traceProvider starts the OTLP provider the --otlp-endpoint flag builds,
-// exporting to rcv as service, shut down by the test's cleanup.
-func traceProvider(t *testing.T, rcv *otlprecv.Receiver, service string) *tracing.Provider {
-	t.Helper()
-	p, err := tracing.New(context.Background(), tracing.Config{Endpoint: rcv.Endpoint(), SampleRatio: 1, Service: service})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Shutdown(ctx)
-	})
-	return p
-}
-
 // spanChain checks that spans hold, in order, each named span of trace id
 // (service, name) with the previous one as its parent (the first one's
 // parent is parent), and returns them.
@@ -71,7 +55,7 @@ func TestBrowserTrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(rcv.Close)
-	gp, pp := traceProvider(t, rcv, "gateway"), traceProvider(t, rcv, "publisher")
+	gp, pp := rcv.Provider(t, "gateway", 1), rcv.Provider(t, "publisher", 1)
 	g := newGW(t, Config{Insecure: true, AllowOrigins: []string{"*"}, TracerProvider: gp.TracerProvider()}, gwOptions{nodes: 2})
 	pubc, err := fanout.New(context.Background(), fanout.Config{EtcdClient: g.etcd, Cluster: g.reg.Cluster(),
 		Logger: quietLogger(), TracerProvider: pp.TracerProvider()})
