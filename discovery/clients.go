@@ -155,6 +155,15 @@ func (r *Registry) PendingAcks(ctx context.Context, node Node, want AckState) ([
 // did not answer.
 func (r *Registry) WaitAcks(ctx context.Context, node Node, want AckState) ([]string, error) {
 	var known []string // pending as last read, for the caller's log
+	// One pair of watches serves the whole wait: each change to the
+	// clients or to this node's acks triggers a read. (A new pair per read
+	// cost a join 50-100 ms with three clients: their acks come within
+	// milliseconds of each other, and each read waited for the next
+	// watches to be set up.) A watch that ends is made again from the
+	// last read's revision.
+	var cw, aw clientv3.WatchChan
+	stop := func() {}
+	defer func() { stop() }()
 	for {
 		pending, rev, err := r.PendingAcks(ctx, node, want)
 		if err == nil && len(pending) == 0 {
@@ -170,17 +179,24 @@ func (r *Registry) WaitAcks(ctx context.Context, node Node, want AckState) ([]st
 			sleep(ctx, 200*time.Millisecond)
 			continue
 		}
-		// Wait for any change to clients or to this node's acks.
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		cw := r.cli.Watch(wctx, r.keys.clients(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-		aw := r.cli.Watch(wctx, r.keys.acks(node.ID), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-		select {
-		case <-cw:
-		case <-aw:
-		case <-ctx.Done():
-		case <-time.After(2 * time.Second): // a broken watch must not stall the wait
+		if cw == nil {
+			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+			stop = cancel
+			cw = r.cli.Watch(wctx, r.keys.clients(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+			aw = r.cli.Watch(wctx, r.keys.acks(node.ID), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 		}
-		cancel()
+		var wr clientv3.WatchResponse
+		ok := true
+		select {
+		case wr, ok = <-cw:
+		case wr, ok = <-aw:
+		case <-ctx.Done():
+		case <-time.After(2 * time.Second): // a stalled watch must not stall the wait
+		}
+		if !ok || wr.Err() != nil {
+			stop()
+			cw, aw = nil, nil
+		}
 	}
 }
 
