@@ -30,7 +30,6 @@ import (
 // DefaultPrefix is the root of every pubmesh key in etcd.
 const DefaultPrefix = "/pubmesh"
 
-
 // ValidID reports whether id can name a node, a client or a cluster: 1 to 128
 // characters of letters, digits, '.', '_', ':' and '-', not starting with a
 // punctuation mark. Slashes are refused because they would change the key
