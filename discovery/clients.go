@@ -155,17 +155,28 @@ func (r *Registry) PendingAcks(ctx context.Context, node Node, want AckState) ([
 // did not answer.
 func (r *Registry) WaitAcks(ctx context.Context, node Node, want AckState) ([]string, error) {
 	var known []string // pending as last read, for the caller's log
-	// One pair of watches serves the whole wait: each change to the
-	// clients or to this node's acks triggers a read. (A new pair per read
-	// cost a join 50-100 ms with three clients: their acks come within
-	// milliseconds of each other, and each read waited for the next
-	// watches to be set up.) A watch that ends is made again from the
-	// last read's revision.
+	// One pair of watches serves the whole wait, set up before the first
+	// read: each change to the clients or to this node's acks triggers a
+	// read. A watch set up after a read, from the read's revision, would
+	// start behind etcd when acks came in between (they come within
+	// milliseconds of the node's registration), and etcd catches such
+	// watches up only every 100 ms: a join took 70-100 ms longer than its
+	// acks. A watch that ends is made again.
 	var cw, aw clientv3.WatchChan
 	stop := func() {}
 	defer func() { stop() }()
 	for {
-		pending, rev, err := r.PendingAcks(ctx, node, want)
+		if cw == nil {
+			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+			stop = cancel
+			cw = r.cli.Watch(wctx, r.keys.clients(), clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+			aw = r.cli.Watch(wctx, r.keys.acks(node.ID), clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+			if !watchesCreated(ctx, cw, aw) {
+				stop()
+				cw, aw = nil, nil
+			}
+		}
+		pending, _, err := r.PendingAcks(ctx, node, want)
 		if err == nil && len(pending) == 0 {
 			return nil, nil
 		}
@@ -175,15 +186,9 @@ func (r *Registry) WaitAcks(ctx context.Context, node Node, want AckState) ([]st
 		if ctx.Err() != nil {
 			return known, ctx.Err()
 		}
-		if err != nil {
+		if err != nil || cw == nil {
 			sleep(ctx, 200*time.Millisecond)
 			continue
-		}
-		if cw == nil {
-			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-			stop = cancel
-			cw = r.cli.Watch(wctx, r.keys.clients(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-			aw = r.cli.Watch(wctx, r.keys.acks(node.ID), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 		}
 		var wr clientv3.WatchResponse
 		ok := true
@@ -198,6 +203,26 @@ func (r *Registry) WaitAcks(ctx context.Context, node Node, want AckState) ([]st
 			cw, aw = nil, nil
 		}
 	}
+}
+
+// watchesCreated waits for the created notice of each watch (so that a
+// read after it misses no change), up to 2 seconds.
+func watchesCreated(ctx context.Context, ws ...clientv3.WatchChan) bool {
+	t := time.NewTimer(2 * time.Second)
+	defer t.Stop()
+	for _, w := range ws {
+		select {
+		case wr, ok := <-w:
+			if !ok || wr.Err() != nil || !wr.Created {
+				return false
+			}
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return false
+		}
+	}
+	return true
 }
 
 // ClearAcks deletes every ack about node id once the node has left: the
