@@ -211,6 +211,17 @@ func runDev(c *cli.Context) error {
 			}
 		}
 		gw.WS.TracerProvider = tp.TracerProvider()
+		// The admin page is on, behind a password kept in the data
+		// directory (the same one on every start with --data-dir).
+		adminFile := filepath.Join(dir, "admin-password")
+		if sec != nil {
+			adminFile = filepath.Join(filepath.Dir(sec.etcdPasswordFile), "admin-password")
+		}
+		adminPassword, err := secretFile(adminFile, "")
+		if err != nil {
+			return fmt.Errorf("admin password: %w", err)
+		}
+		gw.WS.AdminPassword = []byte(adminPassword)
 		url, stopGateway, err := startGateway(c.Context, gw)
 		if err != nil {
 			return fmt.Errorf("%w (pick another --gateway-listen, or --gateway-listen '' for none)", err)
@@ -223,6 +234,7 @@ func runDev(c *cli.Context) error {
 			// No authentication: the gateway itself warns on stderr, once.
 			fmt.Fprintf(out, "gateway: %s  (ws://%s/ws)\n", url, addr)
 		}
+		fmt.Fprintf(out, "admin: %sadmin  (the password is in %s)\n", url, adminFile)
 	}
 	if addr := c.String("metrics-listen"); addr != "" {
 		stop, err := serveMetrics(addr, metrics, log)

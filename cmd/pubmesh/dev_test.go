@@ -1,9 +1,12 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"syscall"
@@ -31,6 +34,8 @@ func TestDevStartsAndStopsCleanly(t *testing.T) {
 	revLine := p.out.wait(t, `^config: history on for every channel \(namespace "\*\*": history_size 1000, history_ttl 10m, presence: true, join_leave: true\), revision [0-9]+;`, 30*time.Second)
 	rev := regexp.MustCompile(`revision ([0-9]+);`).FindStringSubmatch(revLine)[1]
 	p.out.wait(t, `^gateway: http://`+gwAddr+`/ `, 30*time.Second)
+	adminLine := p.out.wait(t, `^admin: http://`+gwAddr+`/admin  \(the password is in .+\)$`, 30*time.Second)
+	adminFile := regexp.MustCompile(`the password is in (.+)\)$`).FindStringSubmatch(adminLine)[1]
 	for i := range n {
 		p.out.wait(t, fmt.Sprintf(`^node dev-%d ready at 127\.0\.0\.1:%d$`, base+i, base+i), 30*time.Second)
 	}
@@ -71,6 +76,7 @@ func TestDevStartsAndStopsCleanly(t *testing.T) {
 			}
 		}
 	}
+	devAdmin(t, gwAddr, adminFile, n)
 	children := waitRedisChildren(t, p.cmd.Process.Pid, n, 5*time.Second)
 
 	r := runPubmesh(t, 30*time.Second, "nodes", "--etcd", etcdAddr, "--cluster", "devtest")
@@ -121,5 +127,59 @@ func TestDevStartsAndStopsCleanly(t *testing.T) {
 	}
 	if n := strings.Count(p.errs.String()+p.out.String(), "INSECURE"); n != 1 {
 		t.Errorf("dev's gateway has no authentication and warned %d times, want once:\n%s\n%s", n, p.out.String(), p.errs.String())
+	}
+}
+
+// devAdmin checks dev's admin page: no data without the session, and the
+// password dev wrote (mode 0600) logs in and shows the nodes.
+func devAdmin(t *testing.T, gwAddr, passwordFile string, nodes int) {
+	t.Helper()
+	st, err := os.Stat(passwordFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %v, want 0600", passwordFile, st.Mode().Perm())
+	}
+	b, _ := os.ReadFile(passwordFile)
+	password := strings.TrimSpace(string(b))
+	overview := "http://" + gwAddr + "/admin/api/overview"
+	resp, err := http.Get(overview)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET %s without a session: %s, want 401", overview, resp.Status)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+gwAddr+"/admin/login", strings.NewReader(url.Values{"password": {password}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", "http://"+gwAddr)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent || len(resp.Cookies()) == 0 {
+		t.Fatalf("admin login with dev's password: %s, %d cookies", resp.Status, len(resp.Cookies()))
+	}
+	req, _ = http.NewRequest(http.MethodGet, overview, nil)
+	req.AddCookie(resp.Cookies()[0])
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var o struct {
+		Nodes []struct {
+			ID    string `json:"id"`
+			State string `json:"state"`
+		} `json:"nodes"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&o); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s with the session: %s, %v", overview, resp.Status, err)
+	}
+	if len(o.Nodes) != nodes {
+		t.Errorf("the admin overview lists %d nodes, want %d: %+v", len(o.Nodes), nodes, o.Nodes)
 	}
 }
