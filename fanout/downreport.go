@@ -28,11 +28,14 @@ func (nc *nodeConn) noteRefused(err error) {
 	if nc.retired.Load() || !nc.downReported.CompareAndSwap(false, true) {
 		return
 	}
-	c := nc.c
-	c.wg.Add(1)
+	// Counted in the conn's WaitGroup, not the client's: this runs on the
+	// conn's subscription loop, which the client's Close waits for through
+	// the conn (an Add to the client's WaitGroup here could come while
+	// Close already waits on it).
+	nc.wg.Add(1)
 	go func() {
-		defer c.wg.Done()
-		c.reportDown(nc, err)
+		defer nc.wg.Done()
+		nc.c.reportDown(nc.ctx, nc, err)
 	}()
 }
 
@@ -40,22 +43,26 @@ func (nc *nodeConn) noteRefused(err error) {
 // again (a refusal that passed: the node's Redis restarted in place).
 func (nc *nodeConn) noteAnswered() {
 	if nc.downReported.CompareAndSwap(true, false) {
-		nc.c.withdrawDown(nc.node)
+		nc.wg.Add(1)
+		go func() {
+			defer nc.wg.Done()
+			nc.c.withdrawDown(nc.ctx, nc.node)
+		}()
 	}
 }
 
 // reportDown writes the client's report and, once enough clients agree,
 // removes the node's registration.
-func (c *Client) reportDown(nc *nodeConn, cause error) {
+func (c *Client) reportDown(ctx context.Context, nc *nodeConn, cause error) {
 	p := c.presence.Load()
 	if p == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+	octx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	reports, clients, err := c.reg.ReportDown(ctx, nc.node, c.cfg.ID, p.ID(), cause.Error())
+	reports, clients, err := c.reg.ReportDown(octx, nc.node, c.cfg.ID, p.ID(), cause.Error())
 	if err != nil {
-		if c.ctx.Err() == nil {
+		if ctx.Err() == nil {
 			c.log.Warn("fanout: could not report a node that refuses connections", "node", nc, "err", err)
 		}
 		return
@@ -70,9 +77,9 @@ func (c *Client) reportDown(nc *nodeConn, cause error) {
 			"node", nc, "reports", reports, "clients", clients, "err", cause)
 		return
 	}
-	removed, err := c.reg.RemoveDown(ctx, nc.node)
+	removed, err := c.reg.RemoveDown(octx, nc.node)
 	if err != nil {
-		if c.ctx.Err() == nil {
+		if ctx.Err() == nil {
 			c.log.Warn("fanout: could not remove a node that refuses connections", "node", nc, "err", err)
 		}
 		return
@@ -84,15 +91,11 @@ func (c *Client) reportDown(nc *nodeConn, cause error) {
 	}
 }
 
-// withdrawDown deletes the client's report about node, in the background.
-func (c *Client) withdrawDown(node discovery.Node) {
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
-		defer cancel()
-		if err := c.reg.WithdrawDown(ctx, node, c.cfg.ID); err != nil && c.ctx.Err() == nil {
-			c.log.Debug("fanout: could not withdraw a down report", "node", node.ID, "err", err)
-		}
-	}()
+// withdrawDown deletes the client's report about node.
+func (c *Client) withdrawDown(ctx context.Context, node discovery.Node) {
+	octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := c.reg.WithdrawDown(octx, node, c.cfg.ID); err != nil && ctx.Err() == nil {
+		c.log.Debug("fanout: could not withdraw a down report", "node", node.ID, "err", err)
+	}
 }

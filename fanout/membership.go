@@ -183,7 +183,13 @@ func (c *Client) retire(nc *nodeConn) {
 	delete(c.nodes, nc.node.ID)
 	nc.retired.Store(true)
 	if nc.downReported.Load() {
-		c.withdrawDown(nc.node)
+		// apply runs on the membership goroutine, which Close waits for:
+		// adding to the client's WaitGroup here is safe.
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.withdrawDown(c.ctx, nc.node)
+		}()
 	}
 	c.wg.Add(1)
 	go func() {
