@@ -169,6 +169,27 @@ func publishParallel(b *testing.B, pub *fanout.Client, payload []byte, got *atom
 	stopCPU()
 }
 
+// deliverAll subscribes subc to the 64 channels, publishes b.N messages
+// with publishParallel and returns once subc has them all (then closes it).
+func deliverAll(b *testing.B, pub, subc *fanout.Client, payload []byte) {
+	sub, err := subc.Subscribe(context.Background(), channels...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var got atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range sub.Messages() {
+			got.Add(1)
+		}
+	}()
+	publishParallel(b, pub, payload, &got)
+	b.StopTimer()
+	subc.Close()
+	<-done
+}
+
 // BenchmarkDeliver is the whole path of one message to one subscriber:
 // publish (many goroutines), Redis, receive, decode, dedup and order,
 // hand-off to the Subscription. ns/op and allocs/op are per delivered
@@ -179,22 +200,7 @@ func BenchmarkDeliver(b *testing.B) {
 		c := newCluster(b, 3)
 		pub := c.client(b, fanout.Config{})
 		subc := c.client(b, fanout.Config{Overflow: fanout.Block})
-		sub, err := subc.Subscribe(context.Background(), channels...)
-		if err != nil {
-			b.Fatal(err)
-		}
-		var got atomic.Int64
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for range sub.Messages() {
-				got.Add(1)
-			}
-		}()
-		publishParallel(b, pub, payload, &got)
-		b.StopTimer()
-		subc.Close()
-		<-done
+		deliverAll(b, pub, subc, payload)
 	})
 	b.Run("go-redis-pipelined", func(b *testing.B) {
 		rs := testredis.New(b)

@@ -1,8 +1,6 @@
 package bench_test
 
 import (
-	"context"
-	"sync/atomic"
 	"testing"
 
 	"github.com/pubmesh/pubmesh/fanout"
@@ -44,22 +42,7 @@ func BenchmarkTracing(b *testing.B) {
 			}
 			pub := c.client(b, pubCfg)
 			subc := c.client(b, subCfg)
-			sub, err := subc.Subscribe(context.Background(), channels...)
-			if err != nil {
-				b.Fatal(err)
-			}
-			var got atomic.Int64
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				for range sub.Messages() {
-					got.Add(1)
-				}
-			}()
-			publishParallel(b, pub, payload, &got)
-			b.StopTimer()
-			subc.Close()
-			<-done
+			deliverAll(b, pub, subc, payload)
 		})
 	}
 }

@@ -82,15 +82,7 @@ func TestBrowserAdmin(t *testing.T) {
 	if err := chromedp.Do(tab, chromedp.Navigate(g.url+"/admin")); err != nil {
 		t.Fatalf("load the page: %v", err)
 	}
-	step := func(what string, actions ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(tab, 45*time.Second)
-		defer cancel()
-		if err := chromedp.Do(ctx, actions...); err != nil {
-			body, _ := chromedp.Run(tab, chromedp.Text(chromedp.CSS("body")))
-			t.Fatalf("%s: %v\npage text:\n%s", what, err, body)
-		}
-	}
+	step := pageStep(t, tab)
 	eval := func(expr string) string {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(tab, 30*time.Second)

@@ -63,6 +63,20 @@ func newBrowser(t *testing.T) context.Context {
 	return tab
 }
 
+// pageStep returns a function that runs actions in tab, each call with
+// its own 45 s deadline, and fails t with the page's text when they fail.
+func pageStep(t *testing.T, tab context.Context) func(what string, actions ...chromedp.Action[chromedp.Void]) {
+	return func(what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(tab, 45*time.Second)
+		defer cancel()
+		if err := chromedp.Do(ctx, actions...); err != nil {
+			body, _ := chromedp.Run(tab, chromedp.Text(chromedp.CSS("body")))
+			t.Fatalf("%s: %v\npage text:\n%s", what, err, body)
+		}
+	}
+}
+
 // TestBrowserDemo drives the demo page in a real headless Chromium: load
 // /, subscribe, publish through the HTTP API and from the page, see the
 // messages, survive a dropped connection (reconnect and re-subscribe), and
@@ -77,15 +91,7 @@ func TestBrowserDemo(t *testing.T) {
 	if err := chromedp.Do(tab, chromedp.Navigate(g.url+"/")); err != nil {
 		t.Fatalf("load the page: %v", err)
 	}
-	step := func(what string, actions ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(tab, 45*time.Second)
-		defer cancel()
-		if err := chromedp.Do(ctx, actions...); err != nil {
-			body, _ := chromedp.Run(tab, chromedp.Text(chromedp.CSS("body")))
-			t.Fatalf("%s: %v\npage text:\n%s", what, err, body)
-		}
-	}
+	step := pageStep(t, tab)
 	text := func(sel string) string {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(tab, 30*time.Second)
