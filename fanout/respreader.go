@@ -47,22 +47,24 @@ func (p *respReader) bad(format string, args ...any) error {
 // fill reads more bytes, keeping buf[start:] (start is where the reply
 // being read begins); it returns the new offset of start.
 func (p *respReader) fill(start, need int) (int, error) {
-	if need > len(p.buf) || p.w == len(p.buf) {
-		// Make room: move the reply to the front, or grow for a large
-		// bulk string (up to respguard.MaxBulk, checked by the caller).
+	if p.w == len(p.buf) {
+		// No room left: move the reply to the front; if it fills the
+		// whole buffer, double the buffer (a large bulk string, up to
+		// respguard.MaxBulk, checked by the caller). It grows only as the
+		// reply's bytes arrive, never on the length a node announces: a
+		// "$200000" with nothing after it costs no 256 KiB buffer
+		// (FuzzRespReader found that).
 		size := len(p.buf)
-		for size < need {
+		if start == 0 && size < need {
 			size *= 2
 		}
-		if size > len(p.buf) || start > 0 {
-			nb := p.buf
-			if size > len(p.buf) {
-				nb = make([]byte, size)
-			}
-			n := copy(nb, p.buf[start:p.w])
-			p.buf, p.r, p.w = nb, p.r-start, n
-			start = 0
+		nb := p.buf
+		if size > len(p.buf) {
+			nb = make([]byte, size)
 		}
+		n := copy(nb, p.buf[start:p.w])
+		p.buf, p.r, p.w = nb, p.r-start, n
+		start = 0
 	}
 	n, err := p.rd.Read(p.buf[p.w:])
 	p.w += n
