@@ -450,10 +450,14 @@ func TestAgentMetrics(t *testing.T) {
 		t.Error("New with a registerer that already has this node's metrics: no error")
 	}
 	pid := a.PID()
+	before, _ := node(w.last, cfg.ID)
 	syscall.Kill(pid, syscall.SIGKILL)
+	// Ready again with the new Redis's run: a.PID() alone is 0 (not pid)
+	// as soon as the agent saw the exit, while the last snapshot may still
+	// show the old registration ready.
 	w.until(t, 15*time.Second, "ready after restart", func(s discovery.Snapshot) bool {
 		n, ok := node(s, cfg.ID)
-		return ok && n.State == discovery.StateReady && a.PID() != pid
+		return ok && n.State == discovery.StateReady && n.RunID != before.RunID
 	})
 	got = gather(t, pr)
 	if v := got[`pubmesh_node_redis_restarts_total{node="`+cfg.ID+`"}`]; v != 1 {
