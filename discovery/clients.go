@@ -121,14 +121,14 @@ func (r *Registry) Clients(ctx context.Context) ([]ClientInfo, error) {
 
 // PendingAcks returns the ids of registered clients that have not yet
 // acknowledged state want for this registration of node (same RunID and
-// Incarnation), and the revision read.
-func (r *Registry) PendingAcks(ctx context.Context, node Node, want AckState) ([]string, int64, error) {
+// Incarnation).
+func (r *Registry) PendingAcks(ctx context.Context, node Node, want AckState) ([]string, error) {
 	resp, err := r.cli.Txn(ctx).Then(
 		clientv3.OpGet(r.keys.clients(), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 		clientv3.OpGet(r.keys.acks(node.ID), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
-		return nil, 0, fmt.Errorf("discovery: acks for %s: %w", node.ID, err)
+		return nil, fmt.Errorf("discovery: acks for %s: %w", node.ID, err)
 	}
 	acked := map[string]bool{}
 	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
@@ -145,7 +145,7 @@ func (r *Registry) PendingAcks(ctx context.Context, node Node, want AckState) ([
 		}
 	}
 	sort.Strings(pending)
-	return pending, resp.Header.Revision, nil
+	return pending, nil
 }
 
 // WaitAcks blocks until every registered client has acknowledged state want
@@ -176,7 +176,7 @@ func (r *Registry) WaitAcks(ctx context.Context, node Node, want AckState) ([]st
 				cw, aw = nil, nil
 			}
 		}
-		pending, _, err := r.PendingAcks(ctx, node, want)
+		pending, err := r.PendingAcks(ctx, node, want)
 		if err == nil && len(pending) == 0 {
 			return nil, nil
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -87,8 +86,3 @@ func (r *Registry) WithdrawDown(ctx context.Context, node Node, client string) e
 	}
 	return nil
 }
-
-func (k keys) downs(node string, inc int64) string {
-	return k.root + "down/" + node + "/" + strconv.FormatInt(inc, 10) + "/"
-}
-func (k keys) down(node string, inc int64, cl string) string { return k.downs(node, inc) + cl }

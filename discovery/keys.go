@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -75,3 +76,7 @@ func (k keys) historyRuns() string         { return k.root + "history-runs/" }
 func (k keys) historyRun(id string) string { return k.historyRuns() + id }
 func (k keys) acks(node string) string     { return k.root + "acks/" + node + "/" }
 func (k keys) ack(node, cl string) string  { return k.acks(node) + cl }
+func (k keys) downs(node string, inc int64) string {
+	return k.root + "down/" + node + "/" + strconv.FormatInt(inc, 10) + "/"
+}
+func (k keys) down(node string, inc int64, cl string) string { return k.downs(node, inc) + cl }
