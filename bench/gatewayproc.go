@@ -9,18 +9,18 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/pubmesh/pubmesh/internal/freeport"
+	"github.com/pubmesh/pubmesh/internal/tailbuf"
 )
 
 // gatewayProc is a `pubmesh gateway` child process of a fan-out row.
 type gatewayProc struct {
 	cmd    *exec.Cmd
 	url    string // http://127.0.0.1:PORT
-	stderr *tailBuffer
+	stderr *tailbuf.Buffer
 	done   chan struct{} // closed when the process has exited
 }
 
@@ -37,7 +37,7 @@ func startGatewayProcess(ctx context.Context, binary, endpoint, cluster string) 
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	g := &gatewayProc{url: "http://" + addr, stderr: &tailBuffer{}, done: make(chan struct{})}
+	g := &gatewayProc{url: "http://" + addr, stderr: tailbuf.New(64 << 10), done: make(chan struct{})}
 	g.cmd = exec.Command(binary, "gateway", "--etcd", endpoint, "--cluster", cluster, "--listen", addr,
 		"--insecure", "--max-subscriptions", "-1", "--send-queue", strconv.Itoa(fanoutSendQueue), "--log-level", "warn")
 	g.cmd.Stdout, g.cmd.Stderr = g.stderr, g.stderr
@@ -154,25 +154,3 @@ func (g *gatewayProc) stop() {
 }
 
 func (g *gatewayProc) stderrTail() string { return lastLines(g.stderr.String(), 5) }
-
-// tailBuffer keeps the last 64 KiB written to it.
-type tailBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > 64<<10 {
-		t.b = append([]byte(nil), t.b[len(t.b)-32<<10:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
-}

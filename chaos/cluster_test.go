@@ -367,7 +367,7 @@ func (g *gateway) waitHealthy(within time.Duration) time.Time {
 	deadline := time.Now().Add(within)
 	for !g.healthy() {
 		if !g.proc().running() {
-			g.c.t.Fatalf("gateway exited: %s", g.proc().errs.lastLines(10))
+			g.c.t.Fatalf("gateway exited: %s", g.proc().errs.LastLines(10))
 		}
 		if time.Now().After(deadline) {
 			g.c.t.Fatalf("gateway not healthy after %s", within)

@@ -10,8 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pubmesh/pubmesh/internal/etcdcluster"
+	"github.com/pubmesh/pubmesh/internal/tailbuf"
 )
 
 // pubmeshBin is the CLI under test and memberBin the etcd member binary
@@ -109,7 +108,7 @@ func testLog() *slog.Logger {
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	errs *tail
+	errs *tailbuf.Buffer
 	done chan struct{} // closed once the process has exited and been reaped
 	err  error         // Wait's result, set before done closes
 }
@@ -118,7 +117,7 @@ type proc struct {
 func startProc(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(pubmeshBin, args...)
-	p := &proc{name: name, cmd: cmd, errs: &tail{max: 64 << 10}, done: make(chan struct{})}
+	p := &proc{name: name, cmd: cmd, errs: tailbuf.New(64 << 10), done: make(chan struct{})}
 	cmd.Stdout = io.Discard
 	cmd.Stderr = p.errs
 	// Its own process group: a signal meant for the test does not reach it,
@@ -131,7 +130,7 @@ func startProc(t testing.TB, name string, args ...string) *proc {
 	t.Cleanup(func() {
 		p.kill()
 		if t.Failed() {
-			t.Logf("%s stderr (last lines):\n%s", name, p.errs.lastLines(30))
+			t.Logf("%s stderr (last lines):\n%s", name, p.errs.LastLines(30))
 		}
 	})
 	return p
@@ -173,35 +172,4 @@ func (p *proc) stop(within time.Duration) int {
 		return ee.ExitCode()
 	}
 	return -1
-}
-
-// tail keeps the last max bytes written to it. Safe for concurrent use.
-type tail struct {
-	mu  sync.Mutex
-	b   []byte
-	max int
-}
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
-}
-
-func (t *tail) lastLines(n int) string {
-	lines := strings.Split(strings.TrimRight(t.String(), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -7,8 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +14,7 @@ import (
 	"github.com/pubmesh/pubmesh/internal/devcerts"
 	"github.com/pubmesh/pubmesh/internal/etcdcluster"
 	"github.com/pubmesh/pubmesh/internal/netns"
+	"github.com/pubmesh/pubmesh/internal/tailbuf"
 )
 
 // pubmeshBin and memberBin are built by TestMain without the race
@@ -115,7 +114,7 @@ type proc struct {
 	name  string
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
-	errs  *tail
+	errs  *tailbuf.Buffer
 	done  chan struct{}
 	err   error // Wait's result, set before done closes
 }
@@ -125,7 +124,7 @@ func start(t *testing.T, h *host, label string, env []string, lines func(string)
 	t.Helper()
 	cmd := h.ns.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
-	p := &proc{name: label + "@" + h.name, cmd: cmd, errs: &tail{max: 32 << 10}, done: make(chan struct{})}
+	p := &proc{name: label + "@" + h.name, cmd: cmd, errs: tailbuf.New(32 << 10), done: make(chan struct{})}
 	cmd.Stderr = p.errs
 	// Its own process group, and it dies with the test process.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -156,7 +155,7 @@ func start(t *testing.T, h *host, label string, env []string, lines func(string)
 	t.Cleanup(func() {
 		p.kill()
 		if t.Failed() {
-			t.Logf("%s stderr (last lines):\n%s", p.name, p.errs.lastLines(15))
+			t.Logf("%s stderr (last lines):\n%s", p.name, p.errs.LastLines(15))
 		}
 	})
 	return p
@@ -204,32 +203,4 @@ func (p *proc) wait(within time.Duration) error {
 	case <-time.After(within):
 		return fmt.Errorf("%s still running after %s", p.name, within)
 	}
-}
-
-// tail keeps the last max bytes written to it. Safe for concurrent use.
-type tail struct {
-	mu  sync.Mutex
-	b   []byte
-	max int
-}
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tail) lastLines(n int) string {
-	t.mu.Lock()
-	s := string(t.b)
-	t.mu.Unlock()
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -164,7 +164,7 @@ func TestMultiHost(t *testing.T) {
 		for _, sp := range subProcs {
 			if !led.isReady(sp.name) {
 				if !sp.running() {
-					t.Fatalf("%s exited: %s", sp.name, sp.errs.lastLines(10))
+					t.Fatalf("%s exited: %s", sp.name, sp.errs.LastLines(10))
 				}
 				return false
 			}
@@ -190,7 +190,7 @@ func TestMultiHost(t *testing.T) {
 	led.setPhase("node n3 drained, then started again")
 	drain := start(t, hosts["ops"], "drain", nil, nil, pubmeshBin, append(append([]string{"drain"}, etcdArgs...), "--timeout", "60s", "n3")...)
 	if err := drain.wait(within); err != nil {
-		t.Fatalf("pubmesh drain n3: %v: %s", err, drain.errs.lastLines(10))
+		t.Fatalf("pubmesh drain n3: %v: %s", err, drain.errs.LastLines(10))
 	}
 	if err := nodes["n3"].wait(within); err != nil {
 		t.Fatalf("node n3 after its drain: %v", err)
@@ -311,7 +311,7 @@ func waitNodes(t *testing.T, reg *discovery.Registry, procs map[string]*proc, id
 	waitUntil(t, within, fmt.Sprintf("nodes %v ready", ids), func() bool {
 		for _, id := range ids {
 			if p := procs[id]; p != nil && !p.running() {
-				t.Fatalf("node %s exited: %s", id, p.errs.lastLines(10))
+				t.Fatalf("node %s exited: %s", id, p.errs.LastLines(10))
 			}
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)

@@ -53,6 +53,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pubmesh/pubmesh/internal/freeport"
+	"github.com/pubmesh/pubmesh/internal/tailbuf"
 )
 
 // memberEnv carries a member's configuration (JSON) to its process.
@@ -260,8 +261,8 @@ func (c *Cluster) start(m *member) error {
 	if err != nil {
 		return fmt.Errorf("etcdcluster: %w", err)
 	}
-	var stderr tailBuffer
-	cmd.Stderr = &stderr
+	stderr := tailbuf.New(4096)
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("etcdcluster: start %s: %w", m.cfg.Name, err)
 	}
@@ -282,7 +283,7 @@ func (c *Cluster) start(m *member) error {
 	select {
 	case <-ready:
 	case <-done:
-		return fmt.Errorf("etcdcluster: %s exited at start: %s", m.cfg.Name, stderr.String())
+		return fmt.Errorf("etcdcluster: %s exited at start: %s", m.cfg.Name, strings.TrimSpace(stderr.String()))
 	case <-time.After(c.cfg.StartTimeout):
 		cmd.Process.Kill()
 		<-done
@@ -533,26 +534,4 @@ func runMember(js string) error {
 	case <-sigs:
 		return nil
 	}
-}
-
-// tailBuffer keeps the last 4 KiB written to it; safe for concurrent use.
-type tailBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > 4096 {
-		t.b = t.b[len(t.b)-4096:]
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.b))
 }
