@@ -2,7 +2,6 @@ package fanout
 
 import (
 	"context"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,10 +37,9 @@ func adoptedSetKey(channel string) string { return adoptedSetPrefix + channel }
 // histArgs are a publish's history arguments; nil for a channel without
 // history.
 type histArgs struct {
-	key    string
-	fields []any // the XADD entry: m, pt, r
-	size   int64
-	ttl    time.Duration
+	key  string
+	xadd []any // the whole XADD command; its entry: m, pt, r
+	ttl  time.Duration
 }
 
 // histOpts is what a history channel keeps.
@@ -51,53 +49,65 @@ type histOpts struct {
 }
 
 // histCache answers "does this channel keep history, and how much" for
-// the publish path without matching the namespace globs every time.
+// the publish and delivery paths without matching the namespace globs
+// every time. Every publish and every delivery asks, from many goroutines
+// at once, so a hit takes no lock: the answers of one configuration
+// revision live in a sync.Map, replaced as a whole when the revision
+// changes or the map is full.
 type histCache struct {
-	// none is the revision known to keep no history at all, +1 (0: not
-	// known): the common case answers from it without the lock, on every
-	// publish and every delivery.
-	none atomic.Int64
+	cur atomic.Pointer[histGen]
+	mu  sync.Mutex // serializes replacing cur
+}
 
-	mu  sync.Mutex
+// histGen is the cache of one configuration revision.
+type histGen struct {
 	rev int64
-	set bool
 	any bool // some namespace keeps history
-	m   map[string]histOpts
+	n   atomic.Int64
+	m   sync.Map // channel -> histOpts
 }
 
 const histCacheMax = 1 << 16
 
 // lookup returns the history options of channel under config ac.
 func (h *histCache) lookup(ac appliedDoc, channel string) (histOpts, bool) {
-	if h.none.Load() == ac.rev+1 {
+	g := h.cur.Load()
+	if g == nil || g.rev != ac.rev {
+		g = h.renew(ac, g)
+	}
+	if !g.any {
 		return histOpts{}, false
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if !h.set || h.rev != ac.rev {
-		h.set, h.rev, h.m, h.any = true, ac.rev, map[string]histOpts{}, false
-		for _, ns := range ac.doc.Namespaces {
-			if ns.HistorySize > 0 {
-				h.any = true
-			}
-		}
-		if !h.any {
-			h.none.Store(ac.rev + 1)
-		}
-	}
-	if !h.any {
-		return histOpts{}, false
-	}
-	if o, ok := h.m[channel]; ok {
+	if v, ok := g.m.Load(channel); ok {
+		o := v.(histOpts)
 		return o, o.size > 0
 	}
 	ns := ac.doc.For(channel)
 	o := histOpts{size: ns.HistorySize, ttl: time.Duration(ns.HistoryTTL)}
-	if len(h.m) >= histCacheMax {
-		clear(h.m)
+	if g.n.Add(1) > histCacheMax {
+		h.renew(ac, g)
+	} else {
+		g.m.Store(channel, o)
 	}
-	h.m[channel] = o
 	return o, o.size > 0
+}
+
+// renew replaces the generation seen as old (nil: none yet) by an empty
+// one for ac, unless another goroutine did already.
+func (h *histCache) renew(ac appliedDoc, old *histGen) *histGen {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if g := h.cur.Load(); g != old && g != nil && g.rev == ac.rev {
+		return g
+	}
+	g := &histGen{rev: ac.rev}
+	for _, ns := range ac.doc.Namespaces {
+		if ns.HistorySize > 0 {
+			g.any = true
+		}
+	}
+	h.cur.Store(g)
+	return g
 }
 
 // appliedDoc is the configuration a lookup runs against.
@@ -118,8 +128,11 @@ func (c *Client) historyOf(channel string) (histOpts, bool) {
 
 // newHistArgs builds the history part of one publish.
 func newHistArgs(channel string, data []byte, prevTS int64, replicas int, o histOpts) *histArgs {
-	return &histArgs{key: historyKey(channel), fields: []any{"m", data, "pt", strconv.FormatInt(prevTS, 10), "r", replicas},
-		size: int64(o.size), ttl: max(o.ttl, time.Millisecond)}
+	key := historyKey(channel)
+	// Built whole here, once: go-redis's XAddArgs would copy it into a
+	// second slice on every publish.
+	return &histArgs{key: key, ttl: max(o.ttl, time.Millisecond),
+		xadd: []any{"xadd", key, "maxlen", "~", int64(o.size), "*", "m", data, "pt", prevTS, "r", replicas}}
 }
 
 // queue adds the history commands of a publish to pipe; the caller adds
@@ -128,8 +141,8 @@ func newHistArgs(channel string, data []byte, prevTS int64, replicas int, o hist
 // every message: a message then still lives at least history_ttl, for a
 // fraction of the commands. The node's publisher goroutines share the
 // record.
-func (nc *nodeConn) queueHistory(ctx context.Context, pipe redis.Pipeliner, h *histArgs, now time.Time) *redis.StringCmd {
-	x := pipe.XAdd(ctx, &redis.XAddArgs{Stream: h.key, MaxLen: h.size, Approx: true, Values: h.fields})
+func (nc *nodeConn) queueHistory(ctx context.Context, pipe redis.Pipeliner, h *histArgs, now time.Time) *redis.Cmd {
+	x := pipe.Do(ctx, h.xadd...)
 	nc.expiresMu.Lock()
 	if nc.expires == nil || len(nc.expires) >= histCacheMax {
 		nc.expires = map[string]time.Time{}

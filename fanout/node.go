@@ -407,8 +407,8 @@ func (nc *nodeConn) publisher(lane chan *pubReq) {
 	defer nc.wg.Done()
 	batch := make([]*pubReq, 0, nc.c.cfg.MaxBatch)
 	cmds := make([]*redis.IntCmd, 0, nc.c.cfg.MaxBatch)
-	xadds := make([]*redis.StringCmd, 0, nc.c.cfg.MaxBatch) // nil for a publish without history
-	pipe := nc.rdb.Pipeline()                               // Exec empties it, so it is reused
+	xadds := make([]*redis.Cmd, 0, nc.c.cfg.MaxBatch) // nil for a publish without history
+	pipe := nc.rdb.Pipeline()                         // Exec empties it, so it is reused
 	for {
 		batch = batch[:0]
 		select {
@@ -439,7 +439,7 @@ func (nc *nodeConn) publisher(lane chan *pubReq) {
 		cmds, xadds = cmds[:0], xadds[:0]
 		now := time.Now()
 		for _, r := range batch {
-			var x *redis.StringCmd
+			var x *redis.Cmd
 			if r.hist != nil {
 				x = nc.queueHistory(nc.ctx, pipe, r.hist, now)
 			}

@@ -4,7 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -38,6 +38,10 @@ type position struct {
 	floor int64 // unix nanos
 	at    int64 // unix nanos
 	pubs  map[uint64]pubMark
+	// order is the keys of pubs, ascending, as encode writes them; it is
+	// rebuilt when its length no longer matches (a publisher came or was
+	// evicted), so the per-message encode sorts nothing.
+	order []uint64
 }
 
 type pubMark struct {
@@ -130,6 +134,7 @@ func (p *position) evict() {
 	}
 	p.floor = max(p.floor, p.pubs[oldest].ts)
 	delete(p.pubs, oldest)
+	p.order = p.order[:0]
 }
 
 func (p *position) clone() *position {
@@ -151,30 +156,51 @@ func (p *position) clone() *position {
 // at, the count, then per publisher (sorted) its id (8 bytes) and seq.
 // The per-publisher ts is not kept: a decoded position uses at instead,
 // which only matters if it is later extended past maxPositionPubs.
+//
+// It runs for every message delivered on a history channel, so it builds
+// the bytes on the stack and allocates only the string.
 func (p *position) encode() string {
-	pubs := make([]uint64, 0, len(p.pubs))
-	for k := range p.pubs {
-		pubs = append(pubs, k)
+	if len(p.order) != len(p.pubs) {
+		p.order = p.order[:0]
+		for k := range p.pubs {
+			p.order = append(p.order, k)
+		}
+		slices.Sort(p.order)
 	}
-	sort.Slice(pubs, func(i, j int) bool { return pubs[i] < pubs[j] })
-	extras := false
-	for _, m := range p.pubs {
-		extras = extras || len(m.extra) > 0
+	var stack [512]byte
+	b, extras := p.appendBinary(stack[:0], false)
+	if extras {
+		b, _ = p.appendBinary(b[:0], true)
 	}
-	b := make([]byte, 0, 24+len(pubs)*14)
+	prefix := positionPrefix
+	if extras {
+		prefix = positionPrefix2
+	}
+	var out [1024]byte
+	o := append(out[:0], prefix...)
+	return string(base64.RawURLEncoding.AppendEncode(o, b))
+}
+
+// appendBinary appends the position's bytes before base64: with the
+// publishers' extras (p2) or without (p1). Without, it stops and reports
+// true at the first publisher that has extras.
+func (p *position) appendBinary(b []byte, withExtras bool) ([]byte, bool) {
 	b = binary.AppendUvarint(b, uint64(p.floor))
 	b = binary.AppendUvarint(b, uint64(p.at))
-	b = binary.AppendUvarint(b, uint64(len(pubs)))
-	for _, k := range pubs {
+	b = binary.AppendUvarint(b, uint64(len(p.order)))
+	for _, k := range p.order {
 		m := p.pubs[k]
+		if !withExtras && len(m.extra) > 0 {
+			return b, true
+		}
 		b = binary.BigEndian.AppendUint64(b, k)
 		b = binary.AppendUvarint(b, m.seq)
-		if extras { // p2: the count, then (seq, prev) pairs by seq
+		if withExtras { // p2: the count, then (seq, prev) pairs by seq
 			seqs := make([]uint64, 0, len(m.extra))
 			for s := range m.extra {
 				seqs = append(seqs, s)
 			}
-			sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
+			slices.Sort(seqs)
 			b = binary.AppendUvarint(b, uint64(len(seqs)))
 			for _, s := range seqs {
 				b = binary.AppendUvarint(b, s)
@@ -182,10 +208,7 @@ func (p *position) encode() string {
 			}
 		}
 	}
-	if extras {
-		return positionPrefix2 + base64.RawURLEncoding.EncodeToString(b)
-	}
-	return positionPrefix + base64.RawURLEncoding.EncodeToString(b)
+	return b, withExtras
 }
 
 // decodePosition parses what encode wrote. A decoded publisher's ts is

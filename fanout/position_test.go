@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -96,4 +97,24 @@ func FuzzPosition(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkPositionTrack is the per-delivery cost of a history channel's
+// position: the message added, the position after it encoded.
+func BenchmarkPositionTrack(b *testing.B) {
+	for _, pubs := range []int{1, 4, 64} {
+		b.Run(fmt.Sprintf("pubs=%d", pubs), func(b *testing.B) {
+			p := newPosition(1)
+			seq := make([]uint64, pubs)
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				k := i % pubs
+				seq[k]++
+				p.add(uint64(k+1)*0x9e3779b97f4a7c15, seq[k], seq[k]-1, int64(i+2))
+				if len(p.encode()) == 0 {
+					b.Fatal("empty position")
+				}
+			}
+		})
+	}
 }
