@@ -3,6 +3,11 @@
 
 GO           ?= go
 BIN          := bin/pubmesh
+# pubmesh-dev: the same command with `dev` and `bench` built in (an etcd
+# server and a plotting library that the production binary leaves out);
+# bin/pubmesh runs it for those two commands.
+DEVBIN       := bin/pubmesh-dev
+DEVTAGS      := devtools
 # The whole suite stays well under this on 2 cores.
 TEST_TIMEOUT ?= 9m
 
@@ -17,9 +22,10 @@ FUZZ_TIME    ?= 1m
 
 all: build
 
-## build: compile the CLI into bin/pubmesh
+## build: compile the CLI into bin/pubmesh, and bin/pubmesh-dev (pubmesh dev and bench)
 build:
 	$(GO) build -o $(BIN) ./cmd/pubmesh
+	$(GO) build -tags $(DEVTAGS) -o $(DEVBIN) ./cmd/pubmesh
 
 ## deps: install redis-server (Debian package) when it is not on PATH
 deps:
@@ -62,6 +68,7 @@ run: build deps
 ## vet: go vet
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags $(DEVTAGS) ./cmd/pubmesh
 
 ## fmt-check: fail if any file needs gofmt
 fmt-check:
@@ -93,7 +100,7 @@ multihost: deps
 ## bench: pubmesh against plain Redis and Redis Cluster in one run (~2.5 min);
 ## writes bench/results/latest.{md,json,png}
 bench: deps
-	$(GO) run ./cmd/pubmesh bench
+	$(GO) run -tags $(DEVTAGS) ./cmd/pubmesh bench
 	@echo "tracing off, unsampled and on, on the delivery path (docs/benchmarks.md, Tracing):"
 	$(GO) test ./bench -run '^$$' -bench 'BenchmarkTracing' -benchtime 20000x -count 3 -benchmem | tee bench/results/tracing.txt
 

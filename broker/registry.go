@@ -48,14 +48,6 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 	if a.cfg.Attach != "" {
 		started = time.Now().Add(-time.Duration(in.uptime) * time.Second).Truncate(time.Second)
 	}
-	// The run is in etcd before any client can publish to it.
-	rctx, rcancel := context.WithTimeout(ctx, opTimeout)
-	err = a.recordRun(rctx, s, in.runID, started)
-	rcancel()
-	if err != nil {
-		a.retryRegister(s, fmt.Errorf("record history run: %w", err))
-		return nil
-	}
 	node := discovery.Node{
 		ID:           a.cfg.ID,
 		Addr:         a.cfg.Advertise,
@@ -69,7 +61,18 @@ func (a *Agent) register(ctx context.Context, s *runState) error {
 		// What the Redis runs; kept current by syncConfig.
 		ConfigRevision: s.conf.applied.rev,
 	}
-	reg, err := a.reg.Register(octx, node, discovery.RegisterOptions{TTL: a.cfg.LeaseTTL})
+	// The run is in etcd before any client can publish to it: Register
+	// writes the node only after recordRun, which runs while the lease is
+	// granted.
+	var runErr error
+	reg, err := a.reg.Register(octx, node, discovery.RegisterOptions{TTL: a.cfg.LeaseTTL, Prepare: func(ctx context.Context) error {
+		runErr = a.recordRun(ctx, s, in.runID, started)
+		return runErr
+	}})
+	if runErr != nil {
+		a.retryRegister(s, fmt.Errorf("record history run: %w", runErr))
+		return nil
+	}
 	if err != nil {
 		var fe *discovery.ForeignValueError
 		if errors.As(err, &fe) && !s.registered && time.Now().After(s.firstUntil) {

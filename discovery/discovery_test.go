@@ -3,6 +3,7 @@ package discovery_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -127,6 +128,53 @@ func TestRegisterWatchAndStates(t *testing.T) {
 	list, _, err := f.reg.List(ctx)
 	if err != nil || len(list) != 1 || list[0].ID != "b" {
 		t.Fatalf("List = %v, %v", list, err)
+	}
+}
+
+// RegisterOptions.Prepare runs before the node is written: the key is not
+// there while it runs, and its error fails Register, writes nothing and
+// leaves no lease behind.
+func TestRegisterPrepare(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx := context.Background()
+	leases := func() int {
+		resp, err := f.cli.Leases(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(resp.Leases)
+	}
+	before := leases()
+	boom := errors.New("boom")
+	_, err := f.reg.Register(ctx, node("p", discovery.StateJoining), discovery.RegisterOptions{Prepare: func(context.Context) error { return boom }})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Register with a failing Prepare: %v, want boom", err)
+	}
+	if list, _, _ := f.reg.List(ctx); len(list) != 0 {
+		t.Fatalf("a failed Prepare left nodes: %+v", list)
+	}
+	if n := leases(); n != before {
+		t.Fatalf("a failed Prepare left %d leases, want %d", n, before)
+	}
+	ran := false
+	reg, err := f.reg.Register(ctx, node("p", discovery.StateJoining), discovery.RegisterOptions{Prepare: func(ctx context.Context) error {
+		ran = true
+		resp, err := f.cli.Get(ctx, f.reg.NodeKey("p"))
+		if err != nil {
+			return err
+		}
+		if len(resp.Kvs) != 0 {
+			return fmt.Errorf("the node key exists while Prepare runs")
+		}
+		return nil
+	}})
+	if err != nil || !ran {
+		t.Fatalf("Register: %v (Prepare ran: %v)", err, ran)
+	}
+	defer reg.Close(ctx)
+	if list, _, _ := f.reg.List(ctx); len(list) != 1 || list[0].ID != "p" {
+		t.Fatalf("after Register: %+v", list)
 	}
 }
 

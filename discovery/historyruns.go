@@ -125,6 +125,21 @@ func (r *Registry) RecordRun(ctx context.Context, run HistoryRun) error {
 		return err
 	}
 	val, _ := json.Marshal(run)
+	// A run not recorded at all (the usual case: a redis-server that just
+	// started has a new random run_id) is recorded in one transaction
+	// without a read: it is on the path of a node's join.
+	base := r.keys.historyRun(run.RunID)
+	txn, err := r.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(base), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(base+"."), "=", 0).WithPrefix()).
+		Then(clientv3.OpPut(base, string(val))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("discovery: record history run %s: %w", run.RunID, err)
+	}
+	if txn.Succeeded {
+		return nil
+	}
 	for range 5 {
 		lives, err := r.runLives(ctx, run.RunID)
 		if err != nil {

@@ -99,6 +99,27 @@ func TestHistoryRunRecordAndEnd(t *testing.T) {
 	}
 }
 
+// RecordRun writes a run with no record in one transaction; one whose
+// first record is gone (pruned) but whose later life is still running
+// keeps that life rather than getting a second running record.
+func TestHistoryRunRecordWithoutFirstLife(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx := context.Background()
+	t0 := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	life := `{"node":"n1","run_id":"bbbb","started_at":"2025-03-01T12:00:00Z","handed_off":false}`
+	if _, err := f.cli.Put(ctx, runKey(f, "bbbb")+".1", life); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.reg.RecordRun(ctx, discovery.HistoryRun{Node: "n1", RunID: "bbbb", StartedAt: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	runs, err := f.reg.HistoryRuns(ctx)
+	if err != nil || len(runs) != 1 || !runs[0].StartedAt.Equal(t0) || runs[0].Ended() {
+		t.Fatalf("runs after RecordRun: %+v, %v; want the one running life", runs, err)
+	}
+}
+
 // EndRun is a compare-and-swap: of many concurrent ends exactly one wins,
 // and the record holds that one's handed_off.
 func TestHistoryRunEndRace(t *testing.T) {

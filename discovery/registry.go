@@ -113,6 +113,12 @@ type RegisterOptions struct {
 	// TTL of the lease. A crashed agent's node disappears this long after
 	// its last keep-alive. Default: 5s.
 	TTL time.Duration
+	// Prepare, when set, runs while the lease is being granted, and the
+	// node is written only once it returned nil; its error fails Register.
+	// An agent records the node's history run there, which must be in
+	// etcd before any client sees the node, without adding its round trip
+	// to the join. Default: none.
+	Prepare func(ctx context.Context) error
 }
 
 // Register writes node under a new lease and keeps the lease alive until
@@ -124,7 +130,25 @@ func (r *Registry) Register(ctx context.Context, node Node, opts RegisterOptions
 	if err := node.Validate(); err != nil {
 		return nil, err
 	}
-	lease, err := grantLease(ctx, r.cli, opts.TTL, r.cfg.Logger)
+	type granted struct {
+		lease *Lease
+		err   error
+	}
+	grant := make(chan granted, 1)
+	go func() {
+		l, err := grantLease(ctx, r.cli, opts.TTL, r.cfg.Logger)
+		grant <- granted{l, err}
+	}()
+	var perr error
+	if opts.Prepare != nil {
+		perr = opts.Prepare(ctx)
+	}
+	g := <-grant
+	lease, err := g.lease, g.err
+	if err == nil && perr != nil {
+		lease.Close(ctx)
+		err = perr
+	}
 	if err != nil {
 		return nil, fmt.Errorf("discovery: register %s: %w", node.ID, err)
 	}

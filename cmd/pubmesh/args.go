@@ -18,8 +18,8 @@ func hoistFlags(app *cli.App, args []string) []string {
 		return args
 	}
 	cmd := app.Command(args[1])
-	if cmd == nil {
-		return args
+	if cmd == nil || cmd.SkipFlagParsing {
+		return args // a command that parses its own (devtools.go) gets them as given
 	}
 	head := 2 // args[:head] is the program and the command path
 	// Walk down subcommands (pubmesh config set ...).

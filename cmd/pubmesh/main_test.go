@@ -39,11 +39,15 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// pubmesh, and next to it pubmesh-dev, which pubmesh runs for dev and
+	// bench (devtools.go): the tests go through that hand-over too.
 	binary = filepath.Join(dir, "pubmesh")
-	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build pubmesh: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
+	for _, b := range [][]string{{"-o", binary}, {"-tags", "devtools", "-o", filepath.Join(dir, "pubmesh-dev")}} {
+		if out, err := exec.Command("go", append(append([]string{"build"}, b...), ".")...).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b[len(b)-1], err, out)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	srv, err := embedetcd.Start(embedetcd.Config{})
 	if err != nil {
