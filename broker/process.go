@@ -135,7 +135,7 @@ func startProcess(ctx context.Context, cfg Config, conf string, pr *probe, log *
 				return nil, info{}, ctx.Err()
 			}
 			return nil, info{}, fmt.Errorf("broker: redis-server on %s:%d did not answer PING within %s (last error: %v)", cfg.Bind, cfg.Port, cfg.StartTimeout, lastErr)
-		case <-time.After(5 * time.Millisecond): // a join waits for this
+		case <-time.After(2 * time.Millisecond): // a join waits for this
 		}
 	}
 }
