@@ -49,7 +49,7 @@ type Config struct {
 	// Cluster to join. Default: "default".
 	Cluster string
 	// ID names this client in etcd, where node agents wait for its acks.
-	// Default: <hostname>-<pid>-<4 random hex digits>. Two live clients
+	// Default: <hostname>-<pid>-<8 random hex digits>. Two live clients
 	// cannot share an id: New waits one LeaseTTL for the id (it may be this
 	// service's previous run), then fails wrapping discovery.ErrClientIDTaken.
 	ID string
@@ -156,7 +156,7 @@ func (c Config) withDefaults() Config {
 		if host == "" {
 			host = "client"
 		}
-		c.ID = fmt.Sprintf("%s-%d-%04x", host, os.Getpid(), rand.IntN(1<<16))
+		c.ID = fmt.Sprintf("%s-%d-%08x", host, os.Getpid(), rand.Uint32())
 	}
 	def := func(v *int, d int) {
 		if *v <= 0 {
