@@ -82,8 +82,11 @@ func (r *Report) Chart() ([]byte, error) {
 			continue
 		}
 		who := "pubmesh"
-		if x.Reference {
+		switch {
+		case x.Reference:
 			who = "redis"
+		case x.History:
+			who = "history"
 		}
 		ln = append(ln, fmt.Sprintf("%.0f%%\n%s", x.LoadFraction*100, who))
 		lp = append(lp, x.P99us/1000)

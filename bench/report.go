@@ -25,6 +25,10 @@ type Result struct {
 	// Reference marks the plain go-redis run beside each pubmesh run of
 	// the latency table, at the same offered rate.
 	Reference bool `json:"reference,omitempty"`
+	// History marks the latency table's run of row 8's cluster (history
+	// on for every channel) at the same offered rate as the pubmesh run
+	// before it: what history costs at a load both sustain.
+	History bool `json:"history,omitempty"`
 
 	Channels    int `json:"channels"`
 	Subscribers int `json:"subscribers"`
@@ -204,13 +208,51 @@ func (r *Report) computeRatios() {
 	pair("row 11 gateway (compression on) client CPU/msg ÷ row 7", 11, 7, func(x Result) float64 { return x.ClientCPUPerMsgUs }, "", 0)
 	x := Ratio{Name: "pubmesh p99 at 50% of max", Op: "<=", Limit: 2, Unit: "ms", Missing: "no 50% latency run"}
 	for _, l := range r.Latency {
-		if l.LoadFraction == 0.5 && !l.Reference && l.Err == "" {
+		if l.LoadFraction == 0.5 && !l.Reference && !l.History && l.Err == "" {
 			x.Value, x.Missing = l.P99us/1000, ""
 			x.Met = compare(x.Value, "<=", 2)
 		}
 	}
 	r.Ratios = append(r.Ratios, x)
+	r.Ratios = append(r.Ratios, r.historyAtRateRatios()...)
 	r.Ratios = append(r.Ratios, r.fanoutRatios()...)
+}
+
+// historyAtRateRatios compares history on with off at the same offered
+// rate (issue 12's cost per delivered message, at a load both sustain),
+// at the highest fraction of the latency table that has both runs.
+func (r *Report) historyAtRateRatios() []Ratio {
+	var off, on Result
+	for _, l := range r.Latency {
+		if !l.History || l.Err != "" || l.LoadFraction < on.LoadFraction {
+			continue
+		}
+		for _, o := range r.Latency {
+			if o.LoadFraction == l.LoadFraction && !o.History && !o.Reference && o.Err == "" {
+				off, on = o, l
+			}
+		}
+	}
+	names := []string{"Redis CPU/msg", "client CPU/msg", "p99"}
+	vals := []func(Result) float64{
+		func(x Result) float64 { return x.RedisCPUPerMsgUs },
+		func(x Result) float64 { return x.ClientCPUPerMsgUs },
+		func(x Result) float64 { return x.P99us },
+	}
+	out := make([]Ratio, len(names))
+	for i, n := range names {
+		x := Ratio{Name: "history on ÷ off at the same offered rate, " + n, Op: "<=", Limit: 1.5, Unit: "×",
+			Missing: "no history-on run in the latency table"}
+		if on.Key != "" {
+			x.Name = fmt.Sprintf("history on ÷ off at %.0f%% of row 5's max (%s msg/s), %s", on.LoadFraction*100, si(on.OfferedRate), n)
+			if b := vals[i](off); b > 0 {
+				x.Value, x.Missing = vals[i](on)/b, ""
+				x.Met = compare(x.Value, "<=", 1.5)
+			}
+		}
+		out[i] = x
+	}
+	return out
 }
 
 func compare(v float64, op string, limit float64) bool {
@@ -263,8 +305,11 @@ func (r *Report) Markdown(w io.Writer) {
 		fmt.Fprintln(w)
 		table(w, r.Latency, func(x Result) string {
 			who := "pubmesh"
-			if x.Reference {
+			switch {
+			case x.Reference:
 				who = "go-redis 1 node, per call (reference)"
+			case x.History:
+				who = "pubmesh, history on (row 8's cluster)"
 			}
 			return fmt.Sprintf("%.0f%% (%s msg/s), %s", x.LoadFraction*100, si(x.OfferedRate), who)
 		}, "offered")

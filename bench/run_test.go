@@ -32,8 +32,21 @@ func TestRunQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Rows) != 11 || len(rep.Scaling) != 2 || len(rep.Latency) != 2 {
-		t.Fatalf("got %d rows, %d scaling, %d latency; want 11, 2, 2", len(rep.Rows), len(rep.Scaling), len(rep.Latency))
+	// The latency table runs row 8's cluster (history on) at the same
+	// rate as pubmesh where row 8 sustains it (below 0.9 of its max).
+	hist := 0
+	for _, l := range rep.Latency {
+		if l.History {
+			hist++
+		}
+	}
+	for _, r := range rep.Rows {
+		if r.Row == 8 && hist == 0 && rep.Latency[0].OfferedRate < 0.9*r.PublishedPerSec {
+			t.Errorf("no history-on latency run at %g msg/s, below row 8's max %g", rep.Latency[0].OfferedRate, r.PublishedPerSec)
+		}
+	}
+	if len(rep.Rows) != 11 || len(rep.Scaling) != 2 || len(rep.Latency) != 2+hist {
+		t.Fatalf("got %d rows, %d scaling, %d latency; want 11, 2, %d", len(rep.Rows), len(rep.Scaling), len(rep.Latency), 2+hist)
 	}
 	all := append(append(append([]bench.Result(nil), rep.Rows...), rep.Scaling...), rep.Latency...)
 	for _, r := range all {
@@ -60,16 +73,16 @@ func TestRunQuick(t *testing.T) {
 	if lat := rep.Latency[0]; lat.OfferedRate <= 0 || lat.LoadFraction != 0.5 {
 		t.Errorf("latency run: offered %g at fraction %g", lat.OfferedRate, lat.LoadFraction)
 	}
-	if len(rep.Ratios) != 12 {
-		t.Errorf("%d ratios, want 12", len(rep.Ratios))
+	if len(rep.Ratios) != 15 {
+		t.Errorf("%d ratios, want 15", len(rep.Ratios))
 	}
 	for _, x := range rep.Ratios {
-		if x.Missing != "" {
+		if x.Missing != "" && (hist > 0 || !strings.HasPrefix(x.Name, "history on ÷ off")) {
 			t.Errorf("ratio %s: %s", x.Name, x.Missing)
 		}
 	}
 	// Rows 1 to 11, then the scaling (1 and 2 nodes) and latency runs.
-	if rep.ServersStarted != 1+1+3+3+2+2+2+2+2+2+2+1+2+2+1 {
+	if rep.ServersStarted != 1+1+3+3+2+2+2+2+2+2+2+1+2+2+2*hist+1 {
 		t.Errorf("%d redis-servers started", rep.ServersStarted)
 	}
 	if len(rep.ServersLeft) != 0 {
@@ -89,7 +102,8 @@ func TestRunQuick(t *testing.T) {
 	for _, want := range []string{"| 1 go-redis, 1 node, hand-pipelined |", "| 7 pubmesh, 2 nodes, via WebSocket gateway |",
 		"| 8 pubmesh, 2 nodes, history on (every channel) |", "row 8 (history on) Redis CPU/msg ÷ row 5",
 		"| 9 pubmesh, 2 nodes, PublishAsync from 1 goroutine |", "| 10 pubmesh, 2 nodes, Publish from 4 goroutines |",
-		"### pubmesh by node count", "### pubmesh latency at fixed offered rates", "row 5 delivered/s ÷ row 1"} {
+		"### pubmesh by node count", "### pubmesh latency at fixed offered rates", "row 5 delivered/s ÷ row 1",
+		"history on ÷ off at"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("latest.md lacks %q", want)
 		}
