@@ -97,7 +97,7 @@ chaos: deps
 multihost: deps
 	PUBMESH_MULTIHOST=full $(GO) test -v -count=1 -timeout 20m ./multihost
 
-## bench: pubmesh against plain Redis and Redis Cluster in one run (~2.5 min);
+## bench: pubmesh against plain Redis and Redis Cluster in one run (~3.5 min);
 ## writes bench/results/latest.{md,json,png}
 bench: deps
 	$(GO) run -tags $(DEVTAGS) ./cmd/pubmesh bench

@@ -52,9 +52,10 @@ type Config struct {
 	// Default: 1, 2, 3, 4.
 	NodeCounts []int
 	// LoadFractions are the fractions of row 5's max published rate at
-	// which the latency table runs pubmesh, each followed by plain go-redis
-	// (row 2's shape) at the same rate as a reference for what the machine
-	// adds. Default: 0.25, 0.5, 0.75.
+	// which the latency table runs pubmesh, each followed by row 8's
+	// cluster (history on) at the same rate where row 8 sustains it, and by
+	// plain go-redis (row 2's shape) at the same rate as a reference for
+	// what the machine adds. Default: 0.25, 0.5, 0.75.
 	LoadFractions []float64
 	// Rows selects the rows of the main table (1 to 11) and the WebSocket
 	// fan-out rows (12, 13). The scaling and latency tables need pubmesh

@@ -34,8 +34,9 @@ func benchCommand() *cli.Command {
 			"11 row 7 with permessage-deflate (--compression) negotiated by every subscriber. Fan-out rows (a table of\n" +
 			"their own): 12 and 13, 1 000 and 5 000 WebSocket clients over 10 and 100 channels on this binary's gateway\n" +
 			"run as a child process (and --compare-gateway's beside it). Then pubmesh by node count,\n" +
-			"and pubmesh latency at fixed fractions of row 5's max rate, each beside plain go-redis at the same\n" +
-			"rate. With the defaults a run takes about 2.5 minutes on 2 cores (24 measurements of 5 s, plus\n" +
+			"and pubmesh latency at fixed fractions of row 5's max rate, each beside row 8's cluster (history on,\n" +
+			"where it sustains the rate) and plain go-redis at the same rate. With the defaults a run takes\n" +
+			"about 3.5 minutes on 2 cores (measurements of 5 s each, plus\n" +
 			"setup and drain; the main table is measured twice, see --repeat). Progress goes to stderr, one\n" +
 			"line a second; the tables go to stdout as Markdown and, with --out, to latest.md, latest.json\n" +
 			"and latest.png. Exit status 1 if a measurement failed or a redis-server was left running.",
