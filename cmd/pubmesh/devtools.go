@@ -18,7 +18,7 @@ import (
 // `make build` makes both). They link an etcd server and a plotting
 // library, whose package initialisation alone took about 19 ms of every
 // start of pubmesh, on the path of a joining node (docs/reliability.md,
-// "Detection"); the binary a host runs is 18 MB smaller without them. In
+// "Detection"); the binary a host runs is 17 MB smaller without them. In
 // this build the two commands run pubmesh-dev in place of this process:
 // same PID, arguments, environment and exit status.
 
