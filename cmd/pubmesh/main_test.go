@@ -139,6 +139,10 @@ func runPubmeshEnv(t *testing.T, timeout time.Duration, env []string, args ...st
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Env = env
+	// On timeout, SIGQUIT first: the Go runtime prints every goroutine's
+	// stack to stderr, which the failure below shows (where it hung).
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+	cmd.WaitDelay = 3 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -261,6 +265,12 @@ func (p *proc) exit(t *testing.T, timeout time.Duration) int {
 	select {
 	case <-p.done:
 	case <-time.After(timeout):
+		// Its goroutines' stacks (SIGQUIT) say where it hangs.
+		p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.done:
+		case <-time.After(3 * time.Second):
+		}
 		t.Fatalf("pubmesh still running after %s; stderr:\n%s", timeout, p.errs.String())
 	}
 	if p.err == nil {
