@@ -23,7 +23,7 @@ func benchCommand() *cli.Command {
 	d := bench.DefaultConfig()
 	return &cli.Command{
 		Name:  "bench",
-		Usage: "benchmark pubmesh against plain Redis and Redis Cluster, side by side, in one run",
+		Usage: benchUsage,
 		Description: "Starts its own redis-servers on free loopback ports (one plain node, a Redis Cluster made with\n" +
 			"redis-cli --cluster create, pubmesh nodes registered in an embedded etcd, a WebSocket gateway),\n" +
 			"runs the same workload against each target and stops every server it started, by PID.\n" +
@@ -64,7 +64,7 @@ func benchCommand() *cli.Command {
 			&cli.IntSliceFlag{Name: "node-counts", Value: cli.NewIntSlice(d.NodeCounts...), EnvVars: []string{"PUBMESH_BENCH_NODE_COUNTS"},
 				Usage: "node counts of the scaling table (comma-separated)"},
 			&cli.Float64SliceFlag{Name: "load-fractions", Value: cli.NewFloat64Slice(d.LoadFractions...), EnvVars: []string{"PUBMESH_BENCH_LOAD_FRACTIONS"},
-				Usage: "fractions of row 5's max published rate for the latency table (comma-separated); each also runs plain go-redis at that rate"},
+				Usage: "fractions of row 5's max published rate for the latency table (comma-separated); each also runs row 8's cluster (history on, where it sustains the rate) and plain go-redis at that rate"},
 			&cli.IntSliceFlag{Name: "rows", Value: cli.NewIntSlice(d.Rows...), EnvVars: []string{"PUBMESH_BENCH_ROWS"},
 				Usage: "rows to run (comma-separated: 1 to 10, and the WebSocket fan-out rows 12 and 13)"},
 			&cli.IntFlag{Name: "repeat", Value: d.Repeat, EnvVars: []string{"PUBMESH_BENCH_REPEAT"},

@@ -25,7 +25,7 @@ import (
 func devCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "dev",
-		Usage:     "run a whole local cluster in one process: an embedded etcd and N nodes",
+		Usage:     devUsage,
 		UsageText: "pubmesh dev [--nodes 3] [--etcd-listen 127.0.0.1:2379] [--base-port 7001] [--data-dir DIR] [--cluster NAME] [--secure]",
 		Description: "Starts a real etcd inside the process and one node agent (each with its own redis-server) per\n" +
 			"port from --base-port up, and prints each node when it is ready. Other commands reach it with\n" +

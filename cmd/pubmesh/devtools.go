@@ -25,11 +25,11 @@ import (
 const devtoolsBinary = "pubmesh-dev"
 
 func devCommand() *cli.Command {
-	return devtoolsCommand("dev", "run a whole local cluster in one process: an embedded etcd and N nodes (runs "+devtoolsBinary+")")
+	return devtoolsCommand("dev", devUsage+" (runs "+devtoolsBinary+")")
 }
 
 func benchCommand() *cli.Command {
-	return devtoolsCommand("bench", "benchmark pubmesh against plain Redis and Redis Cluster, side by side, in one run (runs "+devtoolsBinary+")")
+	return devtoolsCommand("bench", benchUsage+" (runs "+devtoolsBinary+")")
 }
 
 func devtoolsCommand(name, usage string) *cli.Command {
