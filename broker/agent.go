@@ -173,6 +173,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	switch {
 	case a.closed:
+		if !a.running {
+			// Shutdown came before Run: this Run is the one, and it is
+			// over, so Done closes (a caller waiting on it after Shutdown
+			// and Run must not hang).
+			a.running = true
+			close(a.done)
+		}
 		a.mu.Unlock()
 		return ErrClosed
 	case a.running:

@@ -314,6 +314,14 @@ func TestAgentShutdownBeforeRun(t *testing.T) {
 	if err := a.Run(context.Background()); !errors.Is(err, broker.ErrClosed) {
 		t.Fatalf("Run after Shutdown = %v, want ErrClosed", err)
 	}
+	select {
+	case <-a.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed after Run returned ErrClosed")
+	}
+	if err := a.Run(context.Background()); !errors.Is(err, broker.ErrClosed) {
+		t.Fatalf("second Run after Shutdown = %v, want ErrClosed", err)
+	}
 }
 
 func TestAgentAttach(t *testing.T) {
