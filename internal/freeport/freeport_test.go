@@ -1,8 +1,14 @@
 package freeport
 
 import (
+	"bufio"
+	"fmt"
+	"io"
 	"net"
+	"os"
+	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -49,5 +55,58 @@ func TestGetNReservesTheBlock(t *testing.T) {
 				t.Fatalf("Get returned %d, inside the block %d-%d from GetN", p, base, base+3)
 			}
 		}
+	}
+}
+
+// A port handed out in one process is not handed out in another while the
+// first lives (go test runs packages as parallel processes), and it is
+// free to take again once that process has gone, however it ended.
+func TestReservedAcrossProcesses(t *testing.T) {
+	if os.Getenv("FREEPORT_CHILD") == "1" {
+		base, err := GetN(3)
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		fmt.Println(base)
+		io.Copy(io.Discard, os.Stdin) // hold the ports until the parent closes stdin
+		os.Exit(0)
+	}
+	if lockFile() == nil {
+		t.Skip("no lock file in the temp directory")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestReservedAcrossProcesses$")
+	cmd.Env = append(os.Environ(), "FREEPORT_CHILD=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatalf("child said %q", line)
+	}
+	for i := range 3 {
+		if reserve(base+i, 1) {
+			t.Fatalf("port %d, handed out by a live process, could be reserved here", base+i)
+		}
+	}
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	if !reserve(base, 3) {
+		t.Fatalf("ports %d-%d are still reserved after the process that had them ended", base, base+2)
 	}
 }
