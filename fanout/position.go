@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 )
@@ -209,6 +210,17 @@ func (p *position) appendBinary(b []byte, withExtras bool) ([]byte, bool) {
 		}
 	}
 	return b, withExtras
+}
+
+// CheckPosition reports whether s is a position this package wrote (a
+// message's Position or a History's Pos), without connecting anywhere:
+// a program can refuse a bad one before it opens a client. The error wraps
+// ErrBadPosition.
+func CheckPosition(s string) error {
+	if _, err := decodePosition(s); err != nil {
+		return fmt.Errorf("%w: %.40q", err, s)
+	}
+	return nil
 }
 
 // decodePosition parses what encode wrote. A decoded publisher's ts is

@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -116,5 +117,28 @@ func BenchmarkPositionTrack(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// CheckPosition accepts what a message's Position gives and refuses
+// anything else with ErrBadPosition, so a program can refuse bad input
+// before it connects.
+func TestCheckPosition(t *testing.T) {
+	p := newPosition(0)
+	p.add(7, 3, 2, 1700)
+	for _, tc := range []struct {
+		pos string
+		ok  bool
+	}{
+		{p.encode(), true},
+		{"", false},
+		{"nonsense", false},
+		{positionPrefix + "!!", false},
+		{positionPrefix + strings.Repeat("A", 70000), false},
+	} {
+		err := CheckPosition(tc.pos)
+		if tc.ok != (err == nil) || (err != nil && !errors.Is(err, ErrBadPosition)) {
+			t.Errorf("CheckPosition(%.20q) = %v, want ok %v", tc.pos, err, tc.ok)
+		}
 	}
 }

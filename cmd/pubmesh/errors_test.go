@@ -46,6 +46,10 @@ func TestBadInput(t *testing.T) {
 		{"dev etcd port taken", []string{"dev", "--etcd-listen", takenAddr}, 1, "already in use"},
 		{"dev base port taken", []string{"dev", "--nodes", "1", "--etcd-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--base-port", takenPort}, 1, "already in use (another redis-server or pubmesh dev? pick another --base-port)"},
 		{"dev no nodes", []string{"dev", "--nodes", "0"}, 2, "invalid --nodes"},
+		// A bad position is refused at once, before connecting: etcd is dead here.
+		{"subscribe bad since", []string{"subscribe", "--etcd", dead, "--since", "nonsense", "chat"}, 2, "invalid --since: fanout: bad history position: \"nonsense\""},
+		{"history bad since", []string{"history", "--etcd", dead, "--since", "p1.!!", "chat"}, 2, "invalid --since"},
+		{"subscribe since with a pattern", []string{"subscribe", "--etcd", dead, "--pattern", "--since", "p1.AA", "chat.*"}, 2, "give exactly one CHANNEL, not a pattern"},
 		{"gateway presence TTL too short", []string{"gateway", "--insecure", "--presence-ttl", "100ms"}, 2, "invalid --presence-ttl 100ms: at least 1s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -37,6 +37,11 @@ func historyAction(c *cli.Context) error {
 	if c.Int("limit") < 0 {
 		return usageError{errors.New("--limit must not be negative")}
 	}
+	if since := c.String("since"); since != "" {
+		if err := fanout.CheckPosition(since); err != nil {
+			return usageError{fmt.Errorf("invalid --since: %w", err)}
+		}
+	}
 	channel := c.Args().First()
 	client, _, done, err := openFanout(c, []string{channel}, fanout.Block)
 	if err != nil {

@@ -47,6 +47,17 @@ func subscribeAction(c *cli.Context) error {
 	if c.NArg() < 1 {
 		return usageError{errors.New("want at least one CHANNEL (see pubmesh subscribe --help)")}
 	}
+	// Bad flags are refused before connecting: the answer must not wait
+	// for etcd or the nodes.
+	since := c.String("since")
+	if since != "" {
+		if c.NArg() != 1 || c.Bool("pattern") {
+			return usageError{errors.New("--since resumes one channel: give exactly one CHANNEL, not a pattern")}
+		}
+		if err := fanout.CheckPosition(since); err != nil {
+			return usageError{fmt.Errorf("invalid --since: %w", err)}
+		}
+	}
 	// Block, not DropOldest: a terminal or a pipe that is slower than the
 	// feed should slow the feed down rather than lose lines.
 	client, log, done, err := openFanout(c, c.Args().Slice(), fanout.Block)
@@ -59,11 +70,7 @@ func subscribeAction(c *cli.Context) error {
 	if c.Bool("pattern") {
 		subscribe = client.PSubscribe
 	}
-	since := c.String("since")
 	if since != "" {
-		if c.NArg() != 1 || c.Bool("pattern") {
-			return usageError{errors.New("--since resumes one channel: give exactly one CHANNEL, not a pattern")}
-		}
 		ch := c.Args().First()
 		subscribe = func(ctx context.Context, channels ...string) (*fanout.Subscription, error) {
 			return client.SubscribeWith(ctx, fanout.SubscribeOptions{Since: map[string]string{ch: since}}, channels...)
