@@ -8,6 +8,10 @@ BIN          := bin/pubmesh
 # bin/pubmesh runs it for those two commands.
 DEVBIN       := bin/pubmesh-dev
 DEVTAGS      := devtools
+# The commit `pubmesh version` prints: set with -ldflags because a build
+# may not record it itself (GOFLAGS=-buildvcs=false, a tarball without .git).
+COMMIT       := $(shell c=$$(git rev-parse --short=12 HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null && echo $$c || echo $$c-modified; } || echo unknown)
+VERSION_PKG  := github.com/pubmesh/pubmesh/internal/version
 # The whole suite stays well under this on 2 cores.
 TEST_TIMEOUT ?= 9m
 
@@ -24,8 +28,8 @@ all: build
 
 ## build: compile the CLI into bin/pubmesh, and bin/pubmesh-dev (pubmesh dev and bench)
 build:
-	$(GO) build -o $(BIN) ./cmd/pubmesh
-	$(GO) build -tags $(DEVTAGS) -o $(DEVBIN) ./cmd/pubmesh
+	$(GO) build -ldflags "-X $(VERSION_PKG).Commit=$(COMMIT)" -o $(BIN) ./cmd/pubmesh
+	$(GO) build -ldflags "-X $(VERSION_PKG).Commit=$(COMMIT)" -tags $(DEVTAGS) -o $(DEVBIN) ./cmd/pubmesh
 
 ## deps: install redis-server (Debian package) when it is not on PATH
 deps:
@@ -49,14 +53,13 @@ deps:
 ## dist: static, versioned release binaries in dist/ (linux amd64 and arm64), with
 ## SHA256SUMS; `dist/pubmesh-VERSION-linux-amd64 version` prints what it is.
 DIST_VERSION := $(shell sed -n 's/^const Version = "\(.*\)"/\1/p' internal/version/version.go)
-DIST_COMMIT  := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD 2>/dev/null || echo -modified)
 dist:
 	@rm -rf dist && mkdir -p dist
 	@for arch in amd64 arm64; do \
 		out=dist/pubmesh-$(DIST_VERSION)-linux-$$arch; \
 		echo "building $$out"; \
 		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath \
-			-ldflags "-s -w -X github.com/pubmesh/pubmesh/internal/version.Commit=$(DIST_COMMIT)" \
+			-ldflags "-s -w -X $(VERSION_PKG).Commit=$(COMMIT)" \
 			-o $$out ./cmd/pubmesh || exit 1; \
 	done
 	@cd dist && sha256sum pubmesh-* > SHA256SUMS && cat SHA256SUMS
