@@ -129,16 +129,9 @@ func (r *Registry) RecordRun(ctx context.Context, run HistoryRun) error {
 	// started has a new random run_id) is recorded in one transaction
 	// without a read: it is on the path of a node's join.
 	base := r.keys.historyRun(run.RunID)
-	txn, err := r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(base), "=", 0),
-			clientv3.Compare(clientv3.CreateRevision(base+"."), "=", 0).WithPrefix()).
-		Then(clientv3.OpPut(base, string(val))).
-		Commit()
-	if err != nil {
-		return fmt.Errorf("discovery: record history run %s: %w", run.RunID, err)
-	}
-	if txn.Succeeded {
-		return nil
+	ok, err := r.putIfAbsent(ctx, base, val, clientv3.Compare(clientv3.CreateRevision(base+"."), "=", 0).WithPrefix())
+	if err != nil || ok {
+		return err
 	}
 	for range 5 {
 		lives, err := r.runLives(ctx, run.RunID)
@@ -152,18 +145,24 @@ func (r *Registry) RecordRun(ctx context.Context, run HistoryRun) error {
 		if len(lives) > 0 {
 			key += "." + strconv.Itoa(len(lives))
 		}
-		txn, err := r.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, string(val))).
-			Commit()
-		if err != nil {
-			return fmt.Errorf("discovery: record history run %s: %w", run.RunID, err)
-		}
-		if txn.Succeeded {
-			return nil
+		if ok, err := r.putIfAbsent(ctx, key, val); err != nil || ok {
+			return err
 		}
 	}
 	return fmt.Errorf("discovery: record history run %s: the records keep changing", run.RunID)
+}
+
+// putIfAbsent writes a run record at key if key does not exist and the
+// further conditions hold, and reports whether it did.
+func (r *Registry) putIfAbsent(ctx context.Context, key string, val []byte, also ...clientv3.Cmp) (bool, error) {
+	txn, err := r.cli.Txn(ctx).
+		If(append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)}, also...)...).
+		Then(clientv3.OpPut(key, string(val))).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("discovery: record history run at %s: %w", key, err)
+	}
+	return txn.Succeeded, nil
 }
 
 // EndRun ends the running life of run runID at at, handed off or not. Only
