@@ -89,6 +89,9 @@ func TestHistoryOp(t *testing.T) {
 	if f := c.call(map[string]any{"op": OpSubscribe, "channel": "other.a", "since": pos5}); f.Code != CodeForbidden {
 		t.Errorf("resume outside the claims: %+v, want forbidden", f)
 	}
+	if f := c.call(map[string]any{"op": OpSubscribe, "channel": "h.a", "since": "nope"}); f.Code != CodeBadRequest || !strings.Contains(f.Message, "since is not a position") {
+		t.Errorf("resume from a bad position: %+v, want bad_request", f)
+	}
 	if n := g.metric("history_requests", "ws"); n != 10 {
 		t.Errorf("history_requests{ws} = %v, want 10", n)
 	}
