@@ -117,7 +117,7 @@ func (c *Client) PublishAsync(ctx context.Context, channel string, payload []byt
 		c: c, channel: channel, data: data, size: size, epoch: epoch, seq: seq, prev: prev, start: start, span: span,
 	}
 	if o, ok := c.historyOf(channel); ok {
-		ar.hist = newHistArgs(channel, data, prev.ts, c.cfg.Replicas, o)
+		ar.hist = newHistArgs(data, prev.ts, c.cfg.Replicas, o)
 	}
 	rs, err := c.waitReady(ctx)
 	if err != nil {

@@ -38,14 +38,30 @@ func adoptedSetKey(channel string) string { return adoptedSetPrefix + channel }
 // history.
 type histArgs struct {
 	key  string
-	xadd []any // the whole XADD command; its entry: m, pt, r
 	ttl  time.Duration
+	xadd [12]any // the whole XADD command; its entry: m, pt, r
 }
 
 // histOpts is what a history channel keeps.
 type histOpts struct {
 	size int
 	ttl  time.Duration
+	// The channel's stream key and XADD arguments, converted to any once
+	// per channel and configuration revision (the cache keeps them) rather
+	// than on every publish: each conversion of a string or a large
+	// integer allocates.
+	key     string
+	keyArg  any
+	sizeArg any
+}
+
+func newHistOpts(channel string, size int, ttl time.Duration) histOpts {
+	o := histOpts{size: size, ttl: ttl}
+	if size > 0 {
+		o.key = historyKey(channel)
+		o.keyArg, o.sizeArg = o.key, int64(size)
+	}
+	return o
 }
 
 // histCache answers "does this channel keep history, and how much" for
@@ -83,7 +99,7 @@ func (h *histCache) lookup(ac appliedDoc, channel string) (histOpts, bool) {
 		return o, o.size > 0
 	}
 	ns := ac.doc.For(channel)
-	o := histOpts{size: ns.HistorySize, ttl: time.Duration(ns.HistoryTTL)}
+	o := newHistOpts(channel, ns.HistorySize, time.Duration(ns.HistoryTTL))
 	if g.n.Add(1) > histCacheMax {
 		h.renew(ac, g)
 	} else {
@@ -127,12 +143,12 @@ func (c *Client) historyOf(channel string) (histOpts, bool) {
 }
 
 // newHistArgs builds the history part of one publish.
-func newHistArgs(channel string, data []byte, prevTS int64, replicas int, o histOpts) *histArgs {
-	key := historyKey(channel)
-	// Built whole here, once: go-redis's XAddArgs would copy it into a
-	// second slice on every publish.
-	return &histArgs{key: key, ttl: max(o.ttl, time.Millisecond),
-		xadd: []any{"xadd", key, "maxlen", "~", int64(o.size), "*", "m", data, "pt", prevTS, "r", replicas}}
+//
+// Built whole here, once, in one allocation with its arguments:
+// go-redis's XAddArgs would copy them into a second slice on every publish.
+func newHistArgs(data []byte, prevTS int64, replicas int, o histOpts) *histArgs {
+	return &histArgs{key: o.key, ttl: max(o.ttl, time.Millisecond),
+		xadd: [12]any{"xadd", o.keyArg, "maxlen", "~", o.sizeArg, "*", "m", data, "pt", prevTS, "r", replicas}}
 }
 
 // queue adds the history commands of a publish to pipe; the caller adds
@@ -142,7 +158,7 @@ func newHistArgs(channel string, data []byte, prevTS int64, replicas int, o hist
 // fraction of the commands. The node's publisher goroutines share the
 // record.
 func (nc *nodeConn) queueHistory(ctx context.Context, pipe redis.Pipeliner, h *histArgs, now time.Time) *redis.Cmd {
-	x := pipe.Do(ctx, h.xadd...)
+	x := pipe.Do(ctx, h.xadd[:]...)
 	nc.expiresMu.Lock()
 	if nc.expires == nil || len(nc.expires) >= histCacheMax {
 		nc.expires = map[string]time.Time{}

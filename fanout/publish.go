@@ -185,7 +185,7 @@ func (c *Client) publish(ctx context.Context, channel string, payload []byte, st
 	data := appendEnvelope(make([]byte, 0, len(payload)+64+len(env.trace)), env, payload)
 	var hist *histArgs
 	if o, ok := c.historyOf(channel); ok {
-		hist = newHistArgs(channel, data, prev.ts, c.cfg.Replicas, o)
+		hist = newHistArgs(data, prev.ts, c.cfg.Replicas, o)
 	}
 
 	rs, err := c.waitReady(ctx)
