@@ -24,9 +24,12 @@ func TestBrowserPresence(t *testing.T) {
 	}
 	b := browserPage{t, tabB}
 	b.wait("B alone on room", `document.querySelectorAll('#presence li').length === 1 && !!document.querySelector('#presence li[data-name="Bob"]')`)
+	// B's own join event may come after its presence read has listed it
+	// (both are on their way when the page subscribes), so the watch
+	// leaves B's own events out: only the others' are asserted.
 	b.run("watch B's events", `(window.log = [], window.events = [],
-		pubmesh.on('join', (e) => events.push('join ' + e.channel + ' ' + e.info.name)),
-		pubmesh.on('leave', (e) => events.push('leave ' + e.channel + ' ' + e.info.name)), 0)`)
+		pubmesh.on('join', (e) => e.info.name !== 'Bob' && events.push('join ' + e.channel + ' ' + e.info.name)),
+		pubmesh.on('leave', (e) => e.info.name !== 'Bob' && events.push('leave ' + e.channel + ' ' + e.info.name)), 0)`)
 
 	tabA, closeA := chromedp.NewContext(tabB) // a second tab of the same browser
 	defer closeA()
