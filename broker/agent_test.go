@@ -573,6 +573,9 @@ func TestAgentStartErrors(t *testing.T) {
 			if strings.Contains(err.Error(), "\n") {
 				t.Errorf("error is not one line: %q", err)
 			}
+			if got := errors.Is(err, broker.ErrPortInUse); got != (tc.name == "port taken") {
+				t.Errorf("errors.Is(%v, ErrPortInUse) = %v", err, got)
+			}
 		})
 	}
 }

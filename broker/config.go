@@ -400,13 +400,17 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// ErrPortInUse is wrapped by the error New and Run return when the node's
+// port is taken by another program.
+var ErrPortInUse = errors.New("already in use")
+
 // checkPortFree fails with a clear message when bind:port is taken.
 func checkPortFree(bind string, port int) error {
 	addr := net.JoinHostPort(bind, strconv.Itoa(port))
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
-			return fmt.Errorf("broker: port %d on %s is already in use (another redis-server or pubmesh node? pick another --port)", port, bind)
+			return fmt.Errorf("broker: port %d on %s is %w (another redis-server or pubmesh node? pick another --port)", port, bind, ErrPortInUse)
 		}
 		return fmt.Errorf("broker: cannot listen on %s: %w", addr, err)
 	}

@@ -2,6 +2,7 @@ package fanout_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +23,10 @@ import (
 )
 
 // quietLog shows warnings only when PUBMESH_TEST_LOG is set.
+// portTaken recognises the error of an agent whose port another program
+// took (freeport.Use then tries another).
+func portTaken(err error) bool { return errors.Is(err, broker.ErrPortInUse) }
+
 func quietLog() *slog.Logger {
 	if os.Getenv("PUBMESH_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -33,18 +38,18 @@ func quietLog() *slog.Logger {
 // and drain handshakes, and stops it when the test ends.
 func (e *env) agent(id string) *broker.Agent {
 	e.t.Helper()
-	port, err := freeport.Get()
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	log := quietLog()
-	a, err := broker.New(broker.Config{
-		Registry: e.reg, ID: id, Port: port, DataDir: e.t.TempDir(),
-		HealthInterval: 100 * time.Millisecond, HealthFailures: 3, LeaseTTL: 2 * time.Second,
-		DrainTimeout: 15 * time.Second, Logger: log.With("node", id),
-		JoinGate:  broker.JoinHandshake(e.reg, 15*time.Second, log),
-		DrainGate: broker.DrainHandshake(e.reg, func(addr string) *redis.Options { return &redis.Options{Addr: addr} }, log),
-	})
+	var a *broker.Agent
+	err := freeport.Use(func(port int) (err error) {
+		a, err = broker.New(broker.Config{
+			Registry: e.reg, ID: id, Port: port, DataDir: e.t.TempDir(),
+			HealthInterval: 100 * time.Millisecond, HealthFailures: 3, LeaseTTL: 2 * time.Second,
+			DrainTimeout: 15 * time.Second, Logger: log.With("node", id),
+			JoinGate:  broker.JoinHandshake(e.reg, 15*time.Second, log),
+			DrainGate: broker.DrainHandshake(e.reg, func(addr string) *redis.Options { return &redis.Options{Addr: addr} }, log),
+		})
+		return err
+	}, portTaken)
 	if err != nil {
 		e.t.Fatal(err)
 	}

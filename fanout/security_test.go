@@ -57,19 +57,19 @@ func TestSecureCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	port, err := freeport.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
 	const pw = "redis-pw-0c9a"
-	a, err := broker.New(broker.Config{
-		Registry: reg, ID: "n1", Port: port, DataDir: t.TempDir(),
-		Password: pw, TLSCertFile: certs.Redis.Cert, TLSKeyFile: certs.Redis.Key, TLSClientCAFile: certs.CA,
-		// TLS handshakes are slow under the race detector on a busy
-		// machine: give the health checks room.
-		HealthInterval: 300 * time.Millisecond, LeaseTTL: 2 * time.Second, JoinTimeout: 5 * time.Second,
-		DrainTimeout: 5 * time.Second, Logger: quietLog(),
-	})
+	var a *broker.Agent
+	err = freeport.Use(func(port int) (err error) {
+		a, err = broker.New(broker.Config{
+			Registry: reg, ID: "n1", Port: port, DataDir: t.TempDir(),
+			Password: pw, TLSCertFile: certs.Redis.Cert, TLSKeyFile: certs.Redis.Key, TLSClientCAFile: certs.CA,
+			// TLS handshakes are slow under the race detector on a busy
+			// machine: give the health checks room.
+			HealthInterval: 300 * time.Millisecond, LeaseTTL: 2 * time.Second, JoinTimeout: 5 * time.Second,
+			DrainTimeout: 5 * time.Second, Logger: quietLog(),
+		})
+		return err
+	}, portTaken)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -156,18 +156,20 @@ func (c *Cluster) AddNode(ctx context.Context) (*broker.Agent, error) {
 	}
 	c.mu.Unlock()
 	id := fmt.Sprintf("node%d", c.nodeSeq.Add(1))
-	port, err := freeport.Get()
-	if err != nil {
-		return nil, fmt.Errorf("pubmeshtest: %w", err)
-	}
-	agent, err := broker.New(broker.Config{
-		Registry:     c.reg,
-		ID:           id,
-		Port:         port,
-		JoinTimeout:  5 * time.Second,
-		DrainTimeout: 5 * time.Second,
-		Logger:       c.log.With("node", id),
-	})
+	var agent *broker.Agent
+	// A port another program took meanwhile is not the caller's problem:
+	// take another.
+	err := freeport.Use(func(port int) (err error) {
+		agent, err = broker.New(broker.Config{
+			Registry:     c.reg,
+			ID:           id,
+			Port:         port,
+			JoinTimeout:  5 * time.Second,
+			DrainTimeout: 5 * time.Second,
+			Logger:       c.log.With("node", id),
+		})
+		return err
+	}, func(err error) bool { return errors.Is(err, broker.ErrPortInUse) })
 	if err != nil {
 		return nil, fmt.Errorf("pubmeshtest: node %s: %w", id, err)
 	}

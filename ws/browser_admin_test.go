@@ -2,6 +2,7 @@ package ws
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -20,21 +21,21 @@ import (
 // the node draining before it leaves.
 func startAgent(t *testing.T, g *gw, id string, release <-chan struct{}) *broker.Agent {
 	t.Helper()
-	port, err := freeport.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := broker.New(broker.Config{
-		Registry: g.reg, ID: id, Port: port, JoinTimeout: 5 * time.Second, DrainTimeout: 30 * time.Second,
-		DrainGate: func(ctx context.Context, _ discovery.Node) error {
-			select {
-			case <-release:
-			case <-ctx.Done():
-			}
-			return nil
-		},
-		Logger: quietLogger().With("node", id),
-	})
+	var a *broker.Agent
+	err := freeport.Use(func(port int) (err error) {
+		a, err = broker.New(broker.Config{
+			Registry: g.reg, ID: id, Port: port, JoinTimeout: 5 * time.Second, DrainTimeout: 30 * time.Second,
+			DrainGate: func(ctx context.Context, _ discovery.Node) error {
+				select {
+				case <-release:
+				case <-ctx.Done():
+				}
+				return nil
+			},
+			Logger: quietLogger().With("node", id),
+		})
+		return err
+	}, func(err error) bool { return errors.Is(err, broker.ErrPortInUse) })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -107,3 +107,23 @@ func Free(addr string) bool {
 	l.Close()
 	return true
 }
+
+// Use calls start with a port from Get, and again with a new one while
+// start fails with an error that taken recognises, up to 5 attempts. Get
+// reserves ports only against other callers of Get; a program that binds
+// a port of its own choosing can still take one between Get's check and
+// start's bind (seen in CI, cause not found), and a test should not fail
+// for it.
+func Use(start func(port int) error, taken func(error) bool) error {
+	var err error
+	for range 5 {
+		var p int
+		if p, err = Get(); err != nil {
+			return err
+		}
+		if err = start(p); err == nil || !taken(err) {
+			return err
+		}
+	}
+	return err
+}

@@ -2,6 +2,7 @@ package freeport
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -108,5 +109,45 @@ func TestReservedAcrossProcesses(t *testing.T) {
 	}
 	if !reserve(base, 3) {
 		t.Fatalf("ports %d-%d are still reserved after the process that had them ended", base, base+2)
+	}
+}
+
+// Use tries another port while start reports the port taken, returns any
+// other error at once, and gives up after 5 attempts.
+func TestUse(t *testing.T) {
+	taken := errors.New("taken")
+	other := errors.New("other")
+	for _, tc := range []struct {
+		name    string
+		results []error // what start returns on each call; taken after the last
+		calls   int
+		want    error
+	}{
+		{"first port works", []error{nil}, 1, nil},
+		{"two ports taken, then one works", []error{taken, taken, nil}, 3, nil},
+		{"another error is returned at once", []error{other}, 1, other},
+		{"always taken", nil, 5, taken},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ports []int
+			err := Use(func(p int) error {
+				ports = append(ports, p)
+				if len(ports) <= len(tc.results) {
+					return tc.results[len(ports)-1]
+				}
+				return taken
+			}, func(err error) bool { return errors.Is(err, taken) })
+			if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
+				t.Errorf("Use = %v, want %v", err, tc.want)
+			}
+			if len(ports) != tc.calls {
+				t.Errorf("start called %d times, want %d", len(ports), tc.calls)
+			}
+			for i := 1; i < len(ports); i++ {
+				if ports[i] == ports[i-1] {
+					t.Errorf("port %d tried twice in a row", ports[i])
+				}
+			}
+		})
 	}
 }
